@@ -1,0 +1,127 @@
+"""Input validation: domain names (IDNA) and resolver addresses, checked before any packet.
+
+Invalid input raises an ``InvalidInputError`` with a message a volunteer can act
+on; the CLI turns it into exit status 2. Unicode names become their punycode form
+(``例子.测试`` -> ``xn--fsqu00a.xn--0zwm56d``) so that what is measured and reported
+is exactly what goes on the wire.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+import dns.resolver
+
+from probe_agent.errors import InvalidDomainError, InvalidOptionError, InvalidResolverError
+
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_MAX_NAME = 253
+
+
+def normalize_domain(raw: str) -> str:
+    """Return the ASCII (punycode) form of *raw*, lower-cased, or raise InvalidDomainError."""
+    name = raw.strip().rstrip(".")
+    if not name:
+        raise InvalidDomainError(f"invalid domain {raw!r}: empty name")
+    if "/" in name or ":" in name or " " in name:
+        raise InvalidDomainError(
+            f"invalid domain {raw!r}: give a bare host name, not a URL or host:port"
+        )
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        raise InvalidDomainError(f"invalid domain {raw!r}: an IP address, not a domain name")
+    try:
+        ascii_name = name.encode("idna").decode("ascii").lower()
+    except UnicodeError as exc:
+        raise InvalidDomainError(f"invalid domain {raw!r}: not a valid IDNA name ({exc})") from exc
+    if len(ascii_name) > _MAX_NAME:
+        raise InvalidDomainError(f"invalid domain {raw!r}: longer than {_MAX_NAME} characters")
+    labels = ascii_name.split(".")
+    if len(labels) < 2:
+        raise InvalidDomainError(f"invalid domain {raw!r}: needs at least two labels")
+    for label in labels:
+        if not _LABEL_RE.match(label):
+            raise InvalidDomainError(f"invalid domain {raw!r}: bad label {label!r}")
+    if labels[-1].isdigit():
+        raise InvalidDomainError(f"invalid domain {raw!r}: the top-level label is numeric")
+    return ascii_name
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A resolver (or injection sink) address: IP and port."""
+
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{host}:{self.port}"
+
+    @property
+    def family_v6(self) -> bool:
+        return ":" in self.ip
+
+
+def parse_endpoint(raw: str, default_port: int = 53) -> Endpoint:
+    """Parse ``IP``, ``IP:PORT``, ``[IPv6]`` or ``[IPv6]:PORT``."""
+    text = raw.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise InvalidResolverError(f"invalid resolver {raw!r}: missing ']'")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise InvalidResolverError(f"invalid resolver {raw!r}: expected ':PORT' after ']'")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise InvalidResolverError(
+            f"invalid resolver {raw!r}: expected IP[:PORT] or [IPv6]:PORT"
+        ) from exc
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise InvalidResolverError(f"invalid resolver {raw!r}: port must be 1-65535")
+        port = int(port_text)
+    return Endpoint(ip.compressed, port)
+
+
+def system_resolvers() -> list[Endpoint]:
+    """The resolvers of /etc/resolv.conf (per network namespace under ``ip netns exec``)."""
+    try:
+        conf = dns.resolver.Resolver(configure=True)
+    except dns.resolver.NoResolverConfiguration as exc:
+        raise InvalidResolverError(
+            "no system resolver configured (/etc/resolv.conf); pass --resolver IP[:PORT]"
+        ) from exc
+    found: list[Endpoint] = []
+    for ns in conf.nameservers:
+        text = str(ns)
+        try:
+            found.append(parse_endpoint(text, default_port=conf.port))
+        except InvalidResolverError:
+            continue  # DoH/DoT URLs in resolv.conf are not ours to measure
+    if not found:
+        raise InvalidResolverError("no usable system resolver; pass --resolver IP[:PORT]")
+    return found
+
+
+def parse_network(raw: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Parse a CIDR such as ``127.0.0.0/8``."""
+    try:
+        return ipaddress.ip_network(raw.strip(), strict=False)
+    except ValueError as exc:
+        raise InvalidOptionError(
+            f"invalid network {raw!r}: expected a CIDR like 127.0.0.0/8"
+        ) from exc
