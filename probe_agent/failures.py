@@ -97,16 +97,16 @@ _HOSTNAME_MISMATCH_CODES = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, 
 _IPV4_RE = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 # Loose on purpose: anything with two or more colons between hex groups is treated
 # as an IPv6 address, which may over-scrub a time like "12:30:45" (harmless).
-_IPV6_RE = re.compile(
-    r"(?<![\w:])\[?[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:%\w+)?\]?(?![\w:])"
-)
+_IPV6_BRACKETED_RE = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%\w+)?\]")
+_IPV6_RE = re.compile(r"(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:%\w+)?(?![\w:])")
 SCRUBBED = "[scrubbed]"
 
 
 def scrub_ips(text: str) -> str:
     """Replace every IPv4 and IPv6 address in *text* with ``[scrubbed]``."""
     text = _IPV4_RE.sub(SCRUBBED, text)
-    return _IPV6_RE.sub(lambda m: SCRUBBED if m.group(0).count(":") >= 2 else m.group(0), text)
+    text = _IPV6_BRACKETED_RE.sub(SCRUBBED, text)
+    return _IPV6_RE.sub(SCRUBBED, text)
 
 
 def _from_ssl(exc: ssl.SSLError) -> Failure | None:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from rich.table import Table
 from rich.text import Text
 
+from probe_agent.failures import Failure
 from probe_agent.observations import (
     DNSObservation,
     HTTPObservation,
@@ -41,7 +42,14 @@ def _dns_cell(dns: list[DNSObservation]) -> str:
         for ip in obs.answers:
             if ip not in answers:
                 answers.append(ip)
-    failures = [o.failure for o in dns if o.failure and not o.injection_sink]
+    # An AAAA query with no answer is the normal case for IPv4-only instances.
+    failures = [
+        o.failure
+        for o in dns
+        if o.failure
+        and not o.injection_sink
+        and not (o.query_type == "AAAA" and o.failure == Failure.DNS_NO_ANSWER.value)
+    ]
     parts = []
     if answers:
         parts.append(" ".join(answers[:3]) + (" ..." if len(answers) > 3 else ""))

@@ -1,0 +1,77 @@
+"""Input validation: IDNA names, resolver endpoints, CIDRs."""
+
+from __future__ import annotations
+
+import pytest
+
+from probe_agent.errors import InvalidDomainError, InvalidOptionError, InvalidResolverError
+from probe_agent.inputs import Endpoint, normalize_domain, parse_endpoint, parse_network
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Mastodon.Social", "mastodon.social"),
+        ("alive.bar.", "alive.bar"),
+        ("  o3o.ca ", "o3o.ca"),
+        ("例子.测试", "xn--fsqu00a.xn--0zwm56d"),
+        ("bücher.example", "xn--bcher-kva.example"),
+    ],
+)
+def test_normalize_domain(raw: str, expected: str) -> None:
+    assert normalize_domain(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "localhost",
+        "bad_name!.example",
+        "-x.example",
+        "x-.example",
+        "a" * 64 + ".example",
+        ("abc." * 70) + "example",
+        "https://mastodon.social/",
+        "mastodon.social:443",
+        "192.0.2.1",
+        "example.123",
+        "a..b",
+    ],
+)
+def test_invalid_domains_raise(raw: str) -> None:
+    with pytest.raises(InvalidDomainError, match="invalid domain"):
+        normalize_domain(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("8.8.8.8", Endpoint("8.8.8.8", 53)),
+        ("127.0.0.1:5353", Endpoint("127.0.0.1", 5353)),
+        ("::1", Endpoint("::1", 53)),
+        ("[2001:db8::1]:5300", Endpoint("2001:db8::1", 5300)),
+        ("[::1]", Endpoint("::1", 53)),
+    ],
+)
+def test_parse_endpoint(raw: str, expected: Endpoint) -> None:
+    assert parse_endpoint(raw) == expected
+
+
+def test_endpoint_str_brackets_ipv6() -> None:
+    assert str(Endpoint("2001:db8::1", 53)) == "[2001:db8::1]:53"
+    assert str(Endpoint("127.0.0.1", 53)) == "127.0.0.1:53"
+
+
+@pytest.mark.parametrize(
+    "raw", ["dns.google", "1.2.3.4:0", "1.2.3.4:70000", "[::1", "[::1]x", "1.2.3.4:ab"]
+)
+def test_invalid_endpoints_raise(raw: str) -> None:
+    with pytest.raises(InvalidResolverError):
+        parse_endpoint(raw)
+
+
+def test_parse_network() -> None:
+    assert str(parse_network("127.0.0.0/8")) == "127.0.0.0/8"
+    with pytest.raises(InvalidOptionError):
+        parse_network("not-a-net")
