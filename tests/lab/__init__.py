@@ -1,0 +1,1 @@
+"""The censorship lab: real simulated censors in network namespaces (docs/lab.md)."""
