@@ -8,7 +8,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all venv test lint typecheck unit demo bench clean
+.PHONY: all venv debs test lint typecheck unit demo bench lab clean
+
+# Debian packages the lab needs (iproute2 for namespaces, iptables for the censors).
+DEBS := iproute2 iptables
+DEB_BINS := ip iptables iptables-restore
 
 all: test
 
@@ -22,6 +26,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
+# apt-get only when something is missing, so that a machine that has it all
+# (or has no root) is not touched.
+debs:
+	@missing=0; for b in $(DEB_BINS); do command -v $$b >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing $(DEBS) with apt-get"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS); \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -29,16 +42,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) debs
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
-demo: $(STAMP)
+demo: $(STAMP) debs
 	$(BIN)/python -m demo.demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_measure.py
+
+# The censorship lab, for exploring by hand (root, or an unprivileged user namespace).
+lab: $(STAMP) debs
+	$(BIN)/python -m tests.lab up
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
