@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import io
 import logging
 import sys
@@ -26,6 +27,12 @@ from probe_agent.errors import InvalidInputError, InvalidOptionError
 from probe_agent.httpprobe import HTTPSettings
 from probe_agent.inputs import normalize_domain, parse_endpoint, parse_network, system_resolvers
 from probe_agent.observations import Measurement
+from probe_agent.parallel import (
+    auto_workers,
+    fd_bounded_concurrency,
+    measure_in_processes,
+    raise_fd_limit,
+)
 from probe_agent.render import build_table, to_json_line
 
 app = typer.Typer(
@@ -99,7 +106,17 @@ def measure(
     timeout: Annotated[
         float, typer.Option(min=0.1, max=120, help="Seconds, per step.", envvar=_env("TIMEOUT"))
     ] = 10.0,
-    concurrency: Annotated[int, typer.Option(min=1, max=4096, envvar=_env("CONCURRENCY"))] = 32,
+    concurrency: Annotated[int, typer.Option(min=1, max=1024, envvar=_env("CONCURRENCY"))] = 32,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=64,
+            help="Processes to spread a long list over (0: one per 200 domains, up to the "
+            "number of CPUs).",
+            envvar=_env("WORKERS"),
+        ),
+    ] = 0,
     decoy_sni: Annotated[
         str, typer.Option(help="SNI of the control handshake.", envvar=_env("DECOY_SNI"))
     ] = DEFAULT_DECOY_SNI,
@@ -150,14 +167,26 @@ def measure(
         dns=DNSSettings(timeout=timeout),
         http=HTTPSettings(timeout=timeout),
     )
-    failed = asyncio.run(_run_measure(config, names, concurrency, output_format))
+    fd_limit = raise_fd_limit()
+    bounded = fd_bounded_concurrency(concurrency, config, fd_limit)
+    if bounded < concurrency:
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] --concurrency {concurrency} needs more open files than the "
+            f"limit ({fd_limit}) allows; using {bounded}"
+        )
+    failed = _run_measure(
+        config, names, bounded, workers or auto_workers(len(names)), output_format
+    )
     raise typer.Exit(1 if failed else 0)
 
 
-async def _run_measure(
-    config: EngineConfig, names: list[str], concurrency: int, output_format: OutputFormat
+def _run_measure(
+    config: EngineConfig,
+    names: list[str],
+    concurrency: int,
+    workers: int,
+    output_format: OutputFormat,
 ) -> int:
-    engine = Engine(config)
     collected: list[Measurement] = []
     errors: list[DomainError] = []
     err_console = Console(stderr=True)
@@ -176,11 +205,17 @@ async def _run_measure(
         else:
             collected.append(result)
 
+    def run() -> None:
+        if workers > 1:
+            measure_in_processes(config, names, concurrency, workers, on_result)
+        else:
+            asyncio.run(Engine(config).measure_all(names, concurrency, on_result))
+
     if output_format is OutputFormat.TABLE and err_console.is_terminal:
         with err_console.status(f"measuring {len(names)} domain(s)..."):
-            await engine.measure_all(names, concurrency, on_result)
+            run()
     else:
-        await engine.measure_all(names, concurrency, on_result)
+        run()
     if output_format is OutputFormat.TABLE:
         order = {name: i for i, name in enumerate(names)}
         collected.sort(key=lambda m: order[m.domain])
@@ -196,4 +231,7 @@ def version() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # A measurement allocates thousands of short-lived objects and few cycles: a
+    # rarer young-generation collection saves ~5% CPU on long lists.
+    gc.set_threshold(20_000, 50, 100)
     app()

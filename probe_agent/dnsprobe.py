@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
@@ -35,6 +34,7 @@ from probe_agent.failures import (
     dns_failure,
 )
 from probe_agent.inputs import Endpoint
+from probe_agent.netio import Dialer, SocketDialer, recv_exactly
 from probe_agent.observations import DNSObservation
 
 MAX_UDP_RESPONSES = 16  # an answer flood beyond this is counted, not kept
@@ -91,33 +91,51 @@ def _fill(obs: DNSObservation, parsed: _Parsed) -> None:
         obs.failed_operation = Operation.RESOLVE.value
 
 
-@dataclass(slots=True)
 class _Inbox(asyncio.DatagramProtocol):
-    """Collects every datagram and the first socket error (an ICMP unreachable)."""
+    """Collects every datagram, tells valid answers from the rest as they arrive.
 
-    datagrams: list[bytes] = field(default_factory=list)
-    overflow: int = 0
-    error: OSError | None = None
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    Only a valid answer (it parses, and its id, flags and question match our
+    query) ends the wait: a spoof with the wrong id or a garbage datagram must
+    not stop the retransmissions or shorten the wait for the real answer.
+    """
+
+    def __init__(self, query: dns.message.Message) -> None:
+        self.query = query
+        self.valid: list[dns.message.Message] = []
+        self.invalid = 0
+        self.overflow = 0
+        self.parse_error: BaseException | None = None
+        self.error: OSError | None = None
+        self.answered = asyncio.Event()  # a valid answer or a socket error
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        if len(self.datagrams) < MAX_UDP_RESPONSES:
-            self.datagrams.append(data)
-        else:
+        if len(self.valid) + self.invalid >= MAX_UDP_RESPONSES:
             self.overflow += 1
-        self.arrived.set()
+            return
+        try:
+            response = dns.message.from_wire(data)
+        except NETWORK_ERRORS as exc:  # malformed or truncated: evidence, not a crash
+            self.invalid += 1
+            self.parse_error = self.parse_error or exc
+            return
+        if not self.query.is_response(response):
+            self.invalid += 1  # another query's answer, or a spoof with the wrong id
+            return
+        self.valid.append(response)
+        self.answered.set()
 
     def error_received(self, exc: Exception) -> None:
         if self.error is None and isinstance(exc, OSError):
             self.error = exc
-        self.arrived.set()
+        self.answered.set()
 
 
 class NetworkDNSProber:
-    """The real DNS prober: UDP by hand (to see every answer), TCP via dnspython."""
+    """The real DNS prober: UDP by hand (to see every answer), TCP over the dialer."""
 
-    def __init__(self, settings: DNSSettings) -> None:
+    def __init__(self, settings: DNSSettings, dialer: Dialer | None = None) -> None:
         self.settings = settings
+        self.dialer = dialer or SocketDialer()
 
     async def query(
         self,
@@ -156,10 +174,21 @@ class NetworkDNSProber:
         rdtype: dns.rdatatype.RdataType,
         obs: DNSObservation,
     ) -> None:
-        obs.queries_sent = 1
-        response = await dns.asyncquery.tcp(
-            query, endpoint.ip, timeout=self.settings.timeout, port=endpoint.port
-        )
+        wire = query.to_wire()
+        async with asyncio.timeout(self.settings.timeout):
+            stream = await self.dialer.connect(endpoint.ip, endpoint.port, self.settings.timeout)
+            try:
+                # RFC 1035 4.2.2: each message prefixed by its two-byte length.
+                await stream.send(len(wire).to_bytes(2, "big") + wire)
+                obs.queries_sent = 1
+                size = int.from_bytes(await recv_exactly(stream, 2), "big")
+                data = await recv_exactly(stream, size)
+            finally:
+                stream.close()
+        response = dns.message.from_wire(data)
+        if not query.is_response(response):
+            msg = "the TCP answer does not match the query"
+            raise dns.exception.FormError(msg)  # type: ignore[no-untyped-call]
         obs.responses = 1
         _fill(obs, _parse(response, rdtype))
 
@@ -172,7 +201,7 @@ class NetworkDNSProber:
     ) -> None:
         loop = asyncio.get_running_loop()
         wire = query.to_wire()
-        inbox = _Inbox()
+        inbox = _Inbox(query)
         transport, _ = await loop.create_datagram_endpoint(
             lambda: inbox, remote_addr=(endpoint.ip, endpoint.port)
         )
@@ -186,7 +215,7 @@ class NetworkDNSProber:
                 await asyncio.sleep(self.settings.late_wait)
         finally:
             transport.close()
-        self._interpret(query, rdtype, inbox, obs)
+        self._interpret(rdtype, inbox, obs)
 
     async def _send_until_answer(
         self,
@@ -202,34 +231,21 @@ class NetworkDNSProber:
             obs.queries_sent += 1
             wait = min(self.settings.retransmit_after, deadline - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(inbox.arrived.wait(), timeout=max(wait, 0.0))
-            if inbox.datagrams:
+                await asyncio.wait_for(inbox.answered.wait(), timeout=max(wait, 0.0))
+            if inbox.valid:
                 return time.monotonic()
             if inbox.error is not None or time.monotonic() >= deadline:
                 return None
 
     def _interpret(
-        self,
-        query: dns.message.Message,
-        rdtype: dns.rdatatype.RdataType,
-        inbox: _Inbox,
-        obs: DNSObservation,
+        self, rdtype: dns.rdatatype.RdataType, inbox: _Inbox, obs: DNSObservation
     ) -> None:
-        parsed: list[_Parsed] = []
-        parse_error: BaseException | None = None
-        for data in inbox.datagrams:
-            try:
-                response = dns.message.from_wire(data)
-            except NETWORK_ERRORS as exc:  # malformed/truncated: evidence, not a crash
-                parse_error = parse_error or exc
-                continue
-            if not query.is_response(response):
-                continue  # another query's answer, or a spoof with the wrong id
-            parsed.append(_parse(response, rdtype))
-        obs.responses = len(parsed) + inbox.overflow
+        parsed = [_parse(response, rdtype) for response in inbox.valid]
+        obs.responses = len(parsed)
+        obs.ignored = inbox.invalid + inbox.overflow
         if not parsed:
-            if parse_error is not None:
-                obs.fail(classify(parse_error, Operation.RESOLVE))
+            if inbox.parse_error is not None:
+                obs.fail(classify(inbox.parse_error, Operation.RESOLVE))
             elif inbox.error is not None:
                 obs.fail(classify(inbox.error, Operation.RESOLVE))
             else:

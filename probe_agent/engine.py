@@ -21,6 +21,7 @@ unexpected error in one domain is reported for that domain and the others go on.
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -126,12 +127,25 @@ class Engine:
             software=dict(SOFTWARE),
             decoy_sni=cfg.decoy_sni if cfg.scheme == "https" else None,
         )
-        m.dns = await self._resolve(domain, clock)
-        addresses = select_addresses(m.dns, cfg.max_addresses, cfg.lab_networks)
+        flows: dict[str, asyncio.Task[_AddressResult]] = {}
         async with asyncio.TaskGroup() as tg:
-            flows = [tg.create_task(self._address_flow(domain, ip, clock)) for ip in addresses]
-        for flow in flows:
-            result = flow.result()
+
+            def dial_new(obs: DNSObservation) -> None:
+                # Dial as soon as any answer names an address: TCP answers come
+                # back long before the UDP queries finish their late-answer window.
+                for ip in select_addresses([obs], cfg.max_addresses, cfg.lab_networks):
+                    if ip not in flows and len(flows) < cfg.max_addresses:
+                        flows[ip] = tg.create_task(self._address_flow(domain, ip, clock))
+
+            queries = [
+                tg.create_task(self._query(q, domain, clock, dial_new)) for q in self._plan()
+            ]
+        m.dns = [query.result() for query in queries]
+        # Report in answer order (first answers, then late ones), whatever order they came in.
+        for ip in select_addresses(m.dns, sys.maxsize, cfg.lab_networks):
+            if ip not in flows:
+                continue
+            result = flows[ip].result()
             m.tcp += result.tcp
             m.tls += result.tls
             m.http += result.http
@@ -139,20 +153,30 @@ class Engine:
         m.runtime = clock.elapsed()
         return m
 
-    async def _resolve(self, domain: str, clock: Clock) -> list[DNSObservation]:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [
-                tg.create_task(self.dns.query(ep, transport, domain, qtype, clock))
-                for ep in self.config.resolvers
-                for transport in TRANSPORTS
-                for qtype in QUERY_TYPES
-            ]
-            tasks += [
-                tg.create_task(self.dns.query(ep, "udp", domain, qtype, clock, injection_sink=True))
-                for ep in self.config.injection_sinks
-                for qtype in QUERY_TYPES
-            ]
-        return [task.result() for task in tasks]
+    def _plan(self) -> list[tuple[Endpoint, str, str, bool]]:
+        """Every DNS query of a measurement: (resolver, transport, type, injection sink)."""
+        plan = [
+            (ep, transport, qtype, False)
+            for ep in self.config.resolvers
+            for transport in TRANSPORTS
+            for qtype in QUERY_TYPES
+        ]
+        plan += [
+            (ep, "udp", qtype, True) for ep in self.config.injection_sinks for qtype in QUERY_TYPES
+        ]
+        return plan
+
+    async def _query(
+        self,
+        planned: tuple[Endpoint, str, str, bool],
+        domain: str,
+        clock: Clock,
+        on_answer: Callable[[DNSObservation], None],
+    ) -> DNSObservation:
+        endpoint, transport, qtype, sink = planned
+        obs = await self.dns.query(endpoint, transport, domain, qtype, clock, injection_sink=sink)
+        on_answer(obs)
+        return obs
 
     async def _connect(self, ip: str, clock: Clock) -> tuple[TCPObservation, Stream | None]:
         obs = TCPObservation(t0=clock.elapsed(), t=0.0, ip=ip, port=self.config.port)

@@ -8,6 +8,8 @@ exceptions mean the measurement cannot be made or must not be submitted.
         +-- InvalidDomainError    not a valid (IDNA) host name
         +-- InvalidResolverError  not IP[:PORT]
         +-- InvalidOptionError    any other out-of-range option
+    +-- LocalResourceError        the probe's own machine ran short (EMFILE, ENOMEM):
+                                  the measurement is not submitted
 """
 
 
@@ -29,3 +31,7 @@ class InvalidResolverError(InvalidInputError):
 
 class InvalidOptionError(InvalidInputError):
     pass
+
+
+class LocalResourceError(ProbeError):
+    """Too many open files, no memory: a fault of the probe's host, not the network's."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import re
 import ssl
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import dns.exception
 import dns.message
 import dns.name
 import h11
+
+from probe_agent.errors import LocalResourceError
 
 
 class Failure(StrEnum):
@@ -100,10 +103,13 @@ _IPV4_RE = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6_BRACKETED_RE = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%\w+)?\]")
 _IPV6_RE = re.compile(r"(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:%\w+)?(?![\w:])")
 SCRUBBED = "[scrubbed]"
+# File paths name the volunteer's home directory or user name.
+_PATH_RE = re.compile(r"(?<![\w.:/])/(?:[^\s'\"/]+/)*[^\s'\"/]*")
 
 
 def scrub_ips(text: str) -> str:
-    """Replace every IPv4 and IPv6 address in *text* with ``[scrubbed]``."""
+    """Replace every IPv4 and IPv6 address, and every file path, with ``[scrubbed]``."""
+    text = _PATH_RE.sub(SCRUBBED, text)
     text = _IPV4_RE.sub(SCRUBBED, text)
     text = _IPV6_BRACKETED_RE.sub(SCRUBBED, text)
     return _IPV6_RE.sub(SCRUBBED, text)
@@ -138,13 +144,24 @@ def _from_message(text: str) -> Failure | None:
     return None
 
 
+# The probe's own machine ran short (descriptors, memory, buffers): not evidence
+# about the network, so never a failure string (STYLE.md 4).
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
 def classify(exc: BaseException, operation: Operation) -> FailureInfo:
     """Map *exc*, raised during *operation*, to a normalized failure.
 
     Programming errors (``TypeError``, ``AssertionError``...) are not network
     events; callers catch only the exceptions a network can cause (``OSError``,
-    ``EOFError``, timeouts, DNS parse errors) and let the rest propagate.
+    ``EOFError``, timeouts, DNS parse errors) and let the rest propagate. A local
+    resource error (EMFILE: too many open files, ...) raises
+    ``LocalResourceError``: the measurement is not made rather than made wrong.
     """
+    if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
+        raise LocalResourceError(
+            f"the probe's machine ran short during {operation.value}: {os.strerror(exc.errno)}"
+        ) from exc
     return FailureInfo(_failure_string(exc), operation)
 
 

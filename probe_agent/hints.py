@@ -26,7 +26,7 @@ from enum import StrEnum
 from functools import cache
 from importlib import resources
 
-from probe_agent.failures import Failure
+from probe_agent.failures import Failure, Operation
 from probe_agent.observations import DNSObservation, TLSObservation
 
 
@@ -121,7 +121,14 @@ def compute_hints(
     for obs in tls:
         if obs.decoy:
             continue
-        if obs.failure in SNI_BLOCK_FAILURES and (obs.ip, obs.port) in decoy_ok:
+        # Only a handshake that started counts: if the second connect failed, no
+        # ClientHello with the instance's name was ever sent (IP-level, or residue).
+        handshake_failed = obs.failed_operation == Operation.TLS_HANDSHAKE.value
+        if (
+            handshake_failed
+            and obs.failure in SNI_BLOCK_FAILURES
+            and (obs.ip, obs.port) in decoy_ok
+        ):
             found.add(Hint.TLS_SNI_BLOCKED)
         if obs.failure in MITM_FAILURES:
             found.add(Hint.TLS_MITM)

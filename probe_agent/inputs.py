@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 import dns.resolver
+import idna
 
 from probe_agent.errors import InvalidDomainError, InvalidOptionError, InvalidResolverError
 
@@ -36,8 +37,10 @@ def normalize_domain(raw: str) -> str:
     else:
         raise InvalidDomainError(f"invalid domain {raw!r}: an IP address, not a domain name")
     try:
-        ascii_name = name.encode("idna").decode("ascii").lower()
-    except UnicodeError as exc:
+        # IDNA 2008 with UTS 46 mapping, non-transitional: what browsers and
+        # registries use ("straße" stays "xn--strae-oqa", not "strasse").
+        ascii_name = idna.encode(name, uts46=True, transitional=False).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError) as exc:
         raise InvalidDomainError(f"invalid domain {raw!r}: not a valid IDNA name ({exc})") from exc
     if len(ascii_name) > _MAX_NAME:
         raise InvalidDomainError(f"invalid domain {raw!r}: longer than {_MAX_NAME} characters")

@@ -28,10 +28,11 @@ def _answer(query: dns.message.Message, *ips: str, rcode: int = 0, qid: int | No
 
 
 def _interpret(query: dns.message.Message, datagrams: list[bytes]) -> DNSObservation:
-    inbox = _Inbox()
-    inbox.datagrams.extend(datagrams)
+    inbox = _Inbox(query)
+    for data in datagrams:
+        inbox.datagram_received(data, ("192.0.2.53", 53))
     obs = DNSObservation(t0=0, t=0, resolver="192.0.2.53:53", transport="udp", query_type="A")
-    NetworkDNSProber(DNSSettings())._interpret(query, dns.rdatatype.A, inbox, obs)
+    NetworkDNSProber(DNSSettings())._interpret(dns.rdatatype.A, inbox, obs)
     return obs
 
 
@@ -66,6 +67,17 @@ def test_wrong_id_is_ignored() -> None:
     obs = _interpret(q, [_answer(q, "8.7.198.45", qid=(q.id + 1) % 65536), _answer(q, "45.76.1.2")])
     assert obs.answers == ["45.76.1.2"]
     assert obs.responses == 1
+    assert obs.ignored == 1
+
+
+def test_wrong_id_does_not_end_the_wait() -> None:
+    q = _query()
+    inbox = _Inbox(q)
+    inbox.datagram_received(_answer(q, "8.7.198.45", qid=(q.id + 1) % 65536), ("192.0.2.53", 53))
+    inbox.datagram_received(b"garbage", ("192.0.2.53", 53))
+    assert not inbox.answered.is_set()
+    inbox.datagram_received(_answer(q, "45.76.1.2"), ("192.0.2.53", 53))
+    assert inbox.answered.is_set()
 
 
 def test_only_garbage_is_unknown_failure() -> None:
@@ -79,10 +91,10 @@ def test_nothing_is_timeout() -> None:
 
 
 def test_refused_by_icmp() -> None:
-    inbox = _Inbox()
-    inbox.error = ConnectionRefusedError(111, "Connection refused")
+    inbox = _Inbox(_query())
+    inbox.error_received(ConnectionRefusedError(111, "Connection refused"))
     obs = DNSObservation(t0=0, t=0, resolver="192.0.2.53:53", transport="udp", query_type="A")
-    NetworkDNSProber(DNSSettings())._interpret(_query(), dns.rdatatype.A, inbox, obs)
+    NetworkDNSProber(DNSSettings())._interpret(dns.rdatatype.A, inbox, obs)
     assert obs.failure == Failure.CONNECTION_REFUSED.value
 
 

@@ -121,3 +121,17 @@ def test_scrub_ips(text: str, expected: str) -> None:
 )
 def test_dns_failure_by_rcode(rcode: str, count: int, expected: str | None) -> None:
     assert dns_failure(rcode, count) == expected
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS])
+def test_local_resource_errors_are_not_network_failures(code: int) -> None:
+    from probe_agent.errors import LocalResourceError
+
+    with pytest.raises(LocalResourceError):
+        classify(OSError(code, "Too many open files: '/home/volunteer/x'"), Operation.CONNECT)
+
+
+def test_paths_are_scrubbed() -> None:
+    text = "cannot open '/home/volunteer/.venv/lib/dns/x.py' for 1.2.3.4"
+    assert scrub_ips(text) == f"cannot open '{SCRUBBED}' for {SCRUBBED}"
+    assert scrub_ips("https://example.com/a") == "https://example.com/a"

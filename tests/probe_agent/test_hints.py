@@ -32,7 +32,9 @@ def dns(answers: list[str], late: list[str] | None = None, *, sink: bool = False
     )
 
 
-def tls(ip: str, *, decoy: bool, failure: Failure | None) -> TLSObservation:
+def tls(
+    ip: str, *, decoy: bool, failure: Failure | None, operation: str = "tls_handshake"
+) -> TLSObservation:
     return TLSObservation(
         t0=0.0,
         t=0.1,
@@ -41,6 +43,7 @@ def tls(ip: str, *, decoy: bool, failure: Failure | None) -> TLSObservation:
         sni="example.com" if decoy else "alive.bar",
         decoy=decoy,
         failure=failure.value if failure else None,
+        failed_operation=operation if failure else None,
     )
 
 
@@ -105,6 +108,12 @@ def test_sni_blocked_needs_the_decoy_to_work() -> None:
         tls(ip, decoy=False, failure=Failure.CONNECTION_RESET),
     ]
     assert compute_hints([dns([ip])], both) == []
+    # The second connect failed: no ClientHello with the name was ever sent.
+    no_hello = [
+        tls(ip, decoy=True, failure=None),
+        tls(ip, decoy=False, failure=Failure.GENERIC_TIMEOUT, operation="connect"),
+    ]
+    assert compute_hints([dns([ip])], no_hello) == []
 
 
 def test_mitm_on_certificate_errors_only() -> None:
