@@ -12,6 +12,7 @@ import csv
 import gc
 import io
 import logging
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -22,7 +23,14 @@ from rich.console import Console
 
 from probe_agent import __version__
 from probe_agent.dnsprobe import DNSSettings
-from probe_agent.engine import DEFAULT_DECOY_SNI, DomainError, Engine, EngineConfig, Result
+from probe_agent.engine import (
+    DEFAULT_DECOY_SNI,
+    DomainError,
+    Engine,
+    EngineConfig,
+    Result,
+    StopMeasuring,
+)
 from probe_agent.errors import InvalidInputError, InvalidOptionError
 from probe_agent.httpprobe import HTTPSettings
 from probe_agent.inputs import normalize_domain, parse_endpoint, parse_network, system_resolvers
@@ -200,8 +208,14 @@ def _run_measure(
                 highlight=False,
             )
         elif output_format is OutputFormat.JSONL:
-            sys.stdout.write(to_json_line(result) + "\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(to_json_line(result) + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                # The reader went away (`| head -1`): stop quietly, and keep Python's
+                # final flush from raising again at exit.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise StopMeasuring from None
         else:
             collected.append(result)
 

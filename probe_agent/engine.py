@@ -76,6 +76,10 @@ class DomainError:
 Result = Measurement | DomainError
 
 
+class StopMeasuring(Exception):
+    """Raised by a result callback to end ``measure_all`` early (its reader went away)."""
+
+
 @dataclass(slots=True)
 class _AddressResult:
     tcp: list[TCPObservation] = field(default_factory=list)
@@ -272,14 +276,24 @@ class Engine:
     ) -> None:
         """Measure every domain with at most *concurrency* at once, reporting each result."""
         pending = iter(domains)
+        stopped = False
 
         async def worker() -> None:
+            nonlocal stopped
             for domain in pending:
+                if stopped:
+                    return
                 try:
                     result: Result = await self.measure(domain)
                 except Exception as exc:  # our bug: report it for this domain, go on
                     result = DomainError(domain, exc)
-                on_result(result)
+                if stopped:
+                    return
+                try:
+                    on_result(result)
+                except StopMeasuring:
+                    stopped = True  # the others finish what they hold, then stop
+                    return
 
         async with asyncio.TaskGroup() as tg:
             for _ in range(max(1, concurrency)):

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from probe_agent.engine import DomainError, Engine, EngineConfig, Result
+from probe_agent.engine import DomainError, Engine, EngineConfig, Result, StopMeasuring
 
 DOMAINS_PER_WORKER = 200  # below this, a second process costs more than it gains
 # File descriptors one in-flight domain may hold: every DNS query at once
@@ -92,10 +92,20 @@ def measure_in_processes(
     for proc in procs:
         proc.start()
     reported: set[str] = set()
+    stopped = False
 
     def report(result: Result) -> None:
+        nonlocal stopped
+        if stopped:
+            raise StopMeasuring
         reported.add(result.domain)
-        on_result(result)
+        try:
+            on_result(result)
+        except StopMeasuring:
+            stopped = True
+            for proc in procs:
+                proc.kill()
+            raise
 
     try:
         asyncio.run(_measure_and_relay(config, shards[0], per_worker, out, procs, report))
@@ -107,6 +117,8 @@ def measure_in_processes(
                 proc.join()
         out.close()
         gc.unfreeze()
+    if stopped:
+        return
     for name in names:
         if name not in reported:
             on_result(DomainError(name, RuntimeError("its worker process died")))
@@ -140,8 +152,11 @@ async def _measure_and_relay(
             kind, payload = message
             if kind == "done":
                 finished += 1
-            else:
+                continue
+            try:
                 report(payload)
+            except StopMeasuring:
+                return  # the workers are killed; the local engine stops at its next result
 
     async with asyncio.TaskGroup() as tg:
         tg.create_task(relay())

@@ -90,6 +90,11 @@ class TLSStream:
                     self._incoming.write_eof()
             except ssl.SSLZeroReturnError:
                 return b""
+            except ssl.SSLEOFError:
+                # A FIN without close_notify after the handshake (a "ragged EOF"):
+                # many servers end a close-delimited body that way, so it is an
+                # EOF, as with the ssl module's default suppress_ragged_eofs.
+                return b""
 
     def close(self) -> None:
         self._raw.close()

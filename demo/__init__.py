@@ -1,0 +1,1 @@
+"""`make demo`: the main job, shown on a simulated network on loopback."""

@@ -1,0 +1,1 @@
+"""The project's tests: unit tests mirror the packages; ``tests.support`` runs real servers."""
