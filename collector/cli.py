@@ -1,17 +1,137 @@
-"""``blockwatch-collector``: the collector's command line.
+"""``blockwatch-collector``: serve, migrate, and administer targets and probes.
 
-The collector (signed ingestion, storage, analysis, alerts) is built on top of
-the probe's engine in later stages; for now this entry point only reports its
-version, so that packaging and the console script are in place and tested.
+Every option also reads ``BLOCKWATCH_<OPTION>`` (DESIGN.md "Public interfaces").
+Administration commands work on the database directly, through the same
+services as the API.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
 
 from collector import __version__
+from collector.clock import SystemClock
+from collector.db import make_engine, make_session_factory, migrate, session_scope
+from collector.errors import CollectorError
+from collector.services.probes import ProbeService
+from collector.services.targets import TargetService
+from collector.settings import CollectorSettings, Mode
 
-app = typer.Typer(name="blockwatch-collector", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    name="blockwatch-collector",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+targets_app = typer.Typer(no_args_is_help=True, help="The instance domains probes measure.")
+probes_app = typer.Typer(no_args_is_help=True, help="Probe enrollment tokens and probes.")
+app.add_typer(targets_app, name="targets")
+app.add_typer(probes_app, name="probes")
+err = Console(stderr=True)
+EXIT_INVALID = 2
+
+
+def _env(name: str) -> str:
+    return f"BLOCKWATCH_{name}"
+
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar=_env("DATABASE_URL"),
+        help="sqlite:///./blockwatch.db (default) or postgresql://user@host/db",
+    ),
+]
+
+
+def _settings(**overrides: Any) -> CollectorSettings:
+    try:
+        return CollectorSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        err.print(f"[bold red]error:[/] {first.get('msg')}", highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+
+
+def _admin_settings(database_url: str | None) -> CollectorSettings:
+    # Administration needs the database only: no admin token is involved.
+    return _settings(database_url=database_url, mode=Mode.LAB)
+
+
+def _sessions(settings: CollectorSettings) -> Any:
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    return make_session_factory(engine)
+
+
+def _fail(exc: CollectorError) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc.message} ({exc.code})", highlight=False)
+    return typer.Exit(EXIT_INVALID if exc.status < 500 else 1)
+
+
+@app.command()
+def serve(
+    database_url: DatabaseUrl = None,
+    host: Annotated[str, typer.Option(envvar=_env("HOST"))] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar=_env("PORT"), min=1, max=65535)] = 8080,
+    open_enrollment: Annotated[bool, typer.Option(envvar=_env("OPEN_ENROLLMENT"))] = False,
+    no_control: Annotated[bool, typer.Option(envvar=_env("NO_CONTROL"))] = False,
+    admin_token: Annotated[str | None, typer.Option(envvar=_env("ADMIN_TOKEN"))] = None,
+    ca_file: Annotated[Path | None, typer.Option(envvar=_env("CA_FILE"))] = None,
+    measure_interval: Annotated[
+        float | None, typer.Option(envvar=_env("MEASURE_INTERVAL"), help="Seconds.")
+    ] = None,
+    webhook_allow_private: Annotated[
+        bool, typer.Option(envvar=_env("WEBHOOK_ALLOW_PRIVATE"))
+    ] = False,
+    mode: Annotated[Mode | None, typer.Option(envvar=_env("MODE"))] = None,
+) -> None:
+    """Run the API, /metrics and the web pages (migrations run first)."""
+    import uvicorn  # noqa: PLC0415 (only serve needs it)
+
+    from collector.api.app import create_app  # noqa: PLC0415
+
+    settings = _settings(
+        database_url=database_url,
+        host=host,
+        port=port,
+        open_enrollment=open_enrollment,
+        no_control=no_control,
+        admin_token=admin_token,
+        ca_file=ca_file,
+        measure_interval=measure_interval,
+        webhook_allow_private=webhook_allow_private,
+        mode=mode,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # access_log off: uvicorn's access log prints every client's address.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_level="info",
+        server_header=False,
+    )
+
+
+@app.command("migrate")
+def migrate_command(database_url: DatabaseUrl = None) -> None:
+    """Apply the database migrations and exit."""
+    settings = _admin_settings(database_url)
+    migrate(make_engine(settings.database_url))
+    typer.echo("migrated")
 
 
 @app.command()
@@ -20,10 +140,157 @@ def version() -> None:
     typer.echo(f"blockwatch-collector {__version__}")
 
 
+@targets_app.command("add")
+def targets_add(
+    domains: list[str],
+    group: Annotated[str | None, typer.Option(help="The instance group.")] = None,
+    kind: Annotated[str, typer.Option(help="primary, mirror or alias.")] = "primary",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Add DOMAIN... (to a group: an instance with its mirrors and aliases)."""
+    sessions = _sessions(_admin_settings(database_url))
+    try:
+        with session_scope(sessions) as session:
+            rows = TargetService().add(session, domains, group=group, kind=kind, source="cli")
+            typer.echo(f"{len(rows)} target(s) added")
+    except CollectorError as exc:
+        raise _fail(exc) from None
+
+
+@targets_app.command("remove")
+def targets_remove(domain: str, database_url: DatabaseUrl = None) -> None:
+    """Remove DOMAIN."""
+    sessions = _sessions(_admin_settings(database_url))
+    try:
+        with session_scope(sessions) as session:
+            TargetService().remove(session, domain)
+    except CollectorError as exc:
+        raise _fail(exc) from None
+
+
+@targets_app.command("import")
+def targets_import(
+    source: Annotated[str, typer.Argument(help="A file or an http(s) URL.")],
+    language: Annotated[str | None, typer.Option(help="Keep only this language, e.g. zh.")] = None,
+    group: Annotated[str | None, typer.Option()] = None,
+    allow_private: Annotated[
+        bool, typer.Option(help="Allow a URL on a private or loopback address (labs, tests).")
+    ] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Import targets: CSV with a `domain` column, one domain a line, or instance-directory JSON
+    (joinmastodon servers API, Fediverse Observer export)."""
+    from collector.importers import load_targets  # noqa: PLC0415
+
+    try:
+        result = asyncio.run(load_targets(source, language=language, allow_private=allow_private))
+    except (OSError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    sessions = _sessions(_admin_settings(database_url))
+    with session_scope(sessions) as session:
+        rows = TargetService().add(
+            session, [t.domain for t in result.targets], group=group, source=source[:200]
+        )
+    typer.echo(f"{len(rows)} target(s) imported, {len(result.skipped)} skipped")
+    for raw, reason in result.skipped[:20]:
+        err.print(f"  skipped {raw!r}: {reason}", highlight=False)
+
+
+@targets_app.command("list")
+def targets_list(
+    as_json: Annotated[bool, typer.Option("--json")] = False, database_url: DatabaseUrl = None
+) -> None:
+    """List the targets."""
+    sessions = _sessions(_admin_settings(database_url))
+    with session_scope(sessions) as session:
+        rows = [
+            (t.domain, t.group.name if t.group else None, t.kind)
+            for t in TargetService().all(session)
+        ]
+    if as_json:
+        typer.echo(json.dumps([{"domain": d, "group": g, "kind": k} for d, g, k in rows]))
+        return
+    table = Table("domain", "group", "kind")
+    for d, g, k in rows:
+        table.add_row(d, g or "-", k)
+    Console().print(table)
+
+
+@probes_app.command("token")
+def probes_token(
+    uses: Annotated[int, typer.Option(min=1, help="How many probes may enroll with it.")] = 1,
+    expires: Annotated[float, typer.Option(help="Hours until it expires.")] = 24.0,
+    role: Annotated[str, typer.Option(help="probe or control.")] = "probe",
+    note: Annotated[str | None, typer.Option()] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Print a new enrollment token (shown once; only its hash is stored)."""
+    settings = _admin_settings(database_url)
+    sessions = _sessions(settings)
+    try:
+        with session_scope(sessions) as session:
+            token, _ = ProbeService(settings, SystemClock()).create_token(
+                session, uses=uses, expires_in=expires * 3600, role=role, note=note
+            )
+    except CollectorError as exc:
+        raise _fail(exc) from None
+    typer.echo(token)
+
+
+@probes_app.command("list")
+def probes_list(
+    as_json: Annotated[bool, typer.Option("--json")] = False, database_url: DatabaseUrl = None
+) -> None:
+    """List the probes."""
+    from collector.api.routes.probes import probe_out  # noqa: PLC0415
+
+    settings = _admin_settings(database_url)
+    sessions = _sessions(settings)
+    with session_scope(sessions) as session:
+        probes = [probe_out(p) for p in ProbeService(settings, SystemClock()).all(session)]
+    if as_json:
+        typer.echo(json.dumps([p.model_dump(mode="json") for p in probes]))
+        return
+    table = Table("probe", "status", "role", "network", "last check-in", "spool")
+    for p in probes:
+        network = f"{p.cc} AS{p.asn} ({p.network_source})" if p.cc else "-"
+        seen = p.last_checkin_at.isoformat(timespec="seconds") if p.last_checkin_at else "-"
+        table.add_row(p.probe_id, p.status, p.role, network, seen, str(p.spool_depth))
+    Console().print(table)
+
+
+def _probe_action(action: str, probe_id: str, database_url: str | None) -> None:
+    settings = _admin_settings(database_url)
+    sessions = _sessions(settings)
+    try:
+        with session_scope(sessions) as session:
+            service = ProbeService(settings, SystemClock())
+            probe = getattr(service, action)(session, probe_id)
+            typer.echo(f"{probe.id}: {probe.status}")
+    except CollectorError as exc:
+        raise _fail(exc) from None
+
+
+@probes_app.command("revoke")
+def probes_revoke(probe_id: str, database_url: DatabaseUrl = None) -> None:
+    """Revoke a probe: its keys sign nothing the collector accepts any more."""
+    _probe_action("revoke", probe_id, database_url)
+
+
+@probes_app.command("approve")
+def probes_approve(probe_id: str, database_url: DatabaseUrl = None) -> None:
+    """Approve a probe waiting in the enrollment queue."""
+    _probe_action("approve", probe_id, database_url)
+
+
 @app.callback()
 def _root() -> None:
     """Verify, store and analyse Blockwatch probe measurements."""
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

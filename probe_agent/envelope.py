@@ -105,10 +105,11 @@ class Envelope:
         assert isinstance(key_id, str) and isinstance(payload, str) and isinstance(signature, str)
         if len(key_id) != 64 or any(c not in "0123456789abcdef" for c in key_id):
             raise EnvelopeError("err_malformed_envelope", "key_id must be 64 lower-case hex digits")
+        raw_payload = b64decode(payload, "payload")
         raw_signature = b64decode(signature, "signature")
-        if len(raw_signature) != SIGNATURE_BYTES:
+        if len(raw_signature) != SIGNATURE_BYTES:  # a truncated signature cannot verify
             raise EnvelopeError("err_bad_signature", "a signature is 64 bytes")
-        return cls(key_id, b64decode(payload, "payload"), raw_signature)
+        return cls(key_id, raw_payload, raw_signature)
 
     def payload_json(self) -> Any:
         """The signed document, parsed (call only after ``verify``)."""

@@ -1,0 +1,153 @@
+"""The FastAPI application: lifespan, limits, error rendering, routers.
+
+``create_app(settings)`` builds the app; the lifespan makes the database engine
+and session factory once, runs the migrations, and disposes of the engine at
+shutdown. Errors are rendered once, here, as ``{"error": {"code", "message"}}``.
+A pure-ASGI limit refuses bodies over ``max_body_bytes`` as they stream in, for
+every route.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from collector import __version__, metrics
+from collector.api.ratelimit import RateLimiter
+from collector.api.routes import measurements, probes, targets
+from collector.clock import Clock, SystemClock
+from collector.db import make_engine, make_session_factory, migrate
+from collector.errors import CollectorError, RateLimited
+from collector.geo import Geolocator, make_geolocator
+from collector.settings import CollectorSettings
+
+log = logging.getLogger("blockwatch.collector")
+
+
+def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+class BodyLimit:
+    """Refuse request bodies over *limit* bytes, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                metrics.REJECTIONS.labels(reason="body_too_large").inc()
+                await error_response(413, "err_body_too_large", "request body too large")(
+                    scope, receive, send
+                )
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise CollectorError("request body too large", "err_body_too_large")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def create_app(
+    settings: CollectorSettings,
+    *,
+    geolocator: Geolocator | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        migrate(engine)
+        app.state.engine = engine
+        app.state.sessions = make_session_factory(engine)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="Blockwatch collector",
+        version=__version__,
+        lifespan=lifespan,
+        description="Signed censorship measurements in; block status, events and alerts out.",
+    )
+    app.state.settings = settings
+    app.state.clock = clock or SystemClock()
+    app.state.geolocator = geolocator or make_geolocator(
+        settings.geoip_country_db, settings.geoip_asn_db
+    )
+    app.state.rate_limiter = RateLimiter(settings.probe_rate_limit)
+    for router in (probes.router, measurements.router, targets.router):
+        app.include_router(router, prefix="/api/v1")
+    _install_error_handlers(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CollectorError)
+    async def collector_error(_request: Request, exc: CollectorError) -> JSONResponse:
+        if exc.status >= 500:
+            log.error("internal error: %s", exc.code)
+        else:
+            metrics.REJECTIONS.labels(reason=metrics.reason(exc.code)).inc()
+        headers = {}
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        status = 413 if exc.code == "err_body_too_large" else exc.status
+        return error_response(status, exc.code, exc.message, **headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors: list[Any] = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            metrics.REJECTIONS.labels(reason="malformed_json").inc()
+            return error_response(400, "err_malformed_json", "the body is not valid JSON")
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        metrics.REJECTIONS.labels(reason="validation").inc()
+        return error_response(422, "err_validation", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "err_not_found", 405: "err_method_not_allowed"}
+        code = codes.get(exc.status_code, f"err_http_{exc.status_code}")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error (%s)", type(exc).__name__)
+        return error_response(500, "err_internal", "internal error")

@@ -1,0 +1,95 @@
+"""Dependencies: settings, sessions, the admin check, the caller's network.
+
+The caller's address is read here, turned into a country and ASN at once, and
+never leaves this module: ``network_of`` closes over it for one request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from collector.clock import Clock
+from collector.errors import Unauthorized
+from collector.geo import Network, resolve_network
+from collector.settings import CollectorSettings
+
+NetworkOf = Callable[[tuple[str, int] | None, bool], Network]
+
+
+def get_settings(request: Request) -> CollectorSettings:
+    settings: CollectorSettings = request.app.state.settings
+    return settings
+
+
+def get_clock(request: Request) -> Clock:
+    clock: Clock = request.app.state.clock
+    return clock
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    session: Session = request.app.state.sessions()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def require_admin(
+    request: Request, settings: Annotated[CollectorSettings, Depends(get_settings)]
+) -> None:
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    expected = settings.admin_token.get_secret_value()
+    # Constant-time comparison; an empty configured token never matches.
+    if (
+        scheme.lower() != "bearer"
+        or not expected
+        or not hmac.compare_digest(presented.strip().encode(), expected.encode())
+    ):
+        raise Unauthorized("this needs `Authorization: Bearer <admin token>`")
+
+
+def _client_address(request: Request, settings: CollectorSettings) -> str | None:
+    peer = request.client.host if request.client else None
+    if peer is None or not settings.trusted_proxies:
+        return peer
+    try:
+        peer_ip = ipaddress.ip_address(peer)
+        trusted = [ipaddress.ip_network(c.strip()) for c in settings.trusted_proxies.split(",")]
+    except ValueError:
+        return peer
+    if any(peer_ip in net for net in trusted):
+        forwarded = request.headers.get("x-forwarded-for", "")
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        if hops:
+            return hops[-1]
+    return peer
+
+
+def get_network_of(
+    request: Request, settings: Annotated[CollectorSettings, Depends(get_settings)]
+) -> NetworkOf:
+    address = _client_address(request, settings)
+    geolocator = request.app.state.geolocator
+
+    def network_of(declared: tuple[str, int] | None, via_proxy: bool) -> Network:
+        return resolve_network(geolocator, address, declared, via_proxy)
+
+    return network_of
+
+
+Admin = Annotated[None, Depends(require_admin)]
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[CollectorSettings, Depends(get_settings)]
+ClockDep = Annotated[Clock, Depends(get_clock)]
+NetworkOfDep = Annotated[NetworkOf, Depends(get_network_of)]

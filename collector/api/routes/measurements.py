@@ -1,0 +1,101 @@
+"""Measurement submission: a batch of signed envelopes, one answer per item.
+
+The body is read here (not by FastAPI's parser) so that gzip bodies are
+decompressed under the same size limit, and the limits apply before any JSON is
+parsed; the OpenAPI document still describes it (``BatchIn``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from collector import metrics
+from collector.api.deps import ClockDep, NetworkOfDep, SettingsDep
+from collector.api.schemas import BatchIn, BatchOut
+from collector.errors import BadRequest, TooLarge, Unprocessable
+from collector.services.ingest import IngestService
+
+router = APIRouter(tags=["measurements"])
+# BatchIn's schema, its EnvelopeIn pointing at the component the other routes declare.
+_BATCH_SCHEMA = BatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
+_BATCH_SCHEMA.pop("$defs", None)
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    if encoding in ("", "identity"):
+        return body
+    if encoding != "gzip":
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r}", "err_bad_encoding")
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest("corrupt gzip body", "err_bad_encoding") from exc
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise TooLarge("the decompressed body is over the limit", "err_body_too_large")
+    if not inflater.eof:
+        raise BadRequest("truncated gzip body", "err_bad_encoding")
+    return data
+
+
+def _items(data: bytes, max_items: int) -> list[Any]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("the body is not valid JSON", "err_malformed_json") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("measurements"), list):
+        raise Unprocessable('the body must be {"measurements": [envelope, ...]}')
+    items: list[Any] = doc["measurements"]
+    if len(items) > max_items:
+        raise TooLarge(f"at most {max_items} measurements a batch", "err_batch_too_large")
+    return items
+
+
+@router.post(
+    "/measurements",
+    response_model=BatchOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _BATCH_SCHEMA}},
+        }
+    },
+)
+async def submit(
+    request: Request, settings: SettingsDep, clock: ClockDep, network_of: NetworkOfDep
+) -> BatchOut:
+    body = await request.body()
+    data = _decompress(
+        body, request.headers.get("content-encoding", "").strip().lower(), settings.max_body_bytes
+    )
+    items = _items(data, settings.max_batch_items)
+    first_key = next((i.get("key_id") for i in items if isinstance(i, dict)), None)
+    if isinstance(first_key, str):
+        request.app.state.rate_limiter.check(first_key)
+    service = IngestService(settings, clock)
+    started = time.perf_counter()
+
+    def ingest() -> list[Any]:
+        session = request.app.state.sessions()
+        try:
+            return service.ingest(session, items, network_of)
+        finally:
+            session.close()
+
+    results = await run_in_threadpool(ingest)
+    metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+    counts = {s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate")}
+    return BatchOut.model_validate(
+        {
+            "results": [r.to_json() for r in results],
+            "accepted": counts["accepted"],
+            "duplicates": counts["duplicate"],
+            "rejected": len(results) - counts["accepted"] - counts["duplicate"],
+        }
+    )

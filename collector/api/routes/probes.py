@@ -1,0 +1,127 @@
+"""Probe routes: enrollment, check-in, key rotation, and their administration."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+
+from collector import metrics
+from collector.api.deps import Admin, ClockDep, NetworkOfDep, SessionDep, SettingsDep
+from collector.api.schemas import (
+    CheckinOut,
+    EnrollOut,
+    EnvelopeIn,
+    NetworkOut,
+    ProbeList,
+    ProbeOut,
+    RotateOut,
+    TargetOut,
+    TokenIn,
+    TokenOut,
+)
+from collector.models import ProbeRow
+from collector.services.probes import ProbeService
+
+router = APIRouter(tags=["probes"])
+
+
+def probe_out(probe: ProbeRow) -> ProbeOut:
+    active = [k.key_id for k in probe.keys if k.status == "active"]
+    return ProbeOut(
+        probe_id=probe.id,
+        status=probe.status,
+        role=probe.role,
+        key_id=active[0] if active else None,
+        cc=probe.last_cc,
+        asn=probe.last_asn,
+        network_source=probe.last_network_source,
+        declared_cc=probe.declared_cc,
+        declared_asn=probe.declared_asn,
+        created_at=probe.created_at,
+        last_checkin_at=probe.last_checkin_at,
+        software_version=probe.software_version,
+        spool_depth=probe.spool_depth,
+        evicted_total=probe.evicted_total,
+    )
+
+
+@router.post("/probes/enroll", status_code=status.HTTP_201_CREATED, response_model=EnrollOut)
+def enroll(
+    body: EnvelopeIn,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> EnrollOut:
+    probe, key, created = ProbeService(settings, clock).enroll(session, body.model_dump())
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    metrics.ENROLLMENTS.labels(status=probe.status).inc()
+    return EnrollOut(probe_id=probe.id, key_id=key.key_id, status=probe.status, role=probe.role)
+
+
+@router.post("/probes/checkin", response_model=CheckinOut)
+def checkin(
+    body: EnvelopeIn,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    network_of: NetworkOfDep,
+) -> CheckinOut:
+    request.app.state.rate_limiter.check(body.key_id)
+    probe, network, targets = ProbeService(settings, clock).checkin(
+        session, body.model_dump(), network_of
+    )
+    metrics.CHECKINS.labels(role=probe.role).inc()
+    return CheckinOut(
+        probe_id=probe.id,
+        status=probe.status,
+        server_time=clock.now(),
+        interval_seconds=settings.measure_interval,
+        retest_spacing_seconds=settings.retest_spacing,
+        network=NetworkOut(cc=network.cc, asn=network.asn, source=str(network.source)),
+        targets=[
+            TargetOut(domain=t.domain, group=t.group.name if t.group else None, kind=t.kind)
+            for t in targets
+        ],
+    )
+
+
+@router.post("/probes/rotate", response_model=RotateOut)
+def rotate(
+    body: EnvelopeIn, session: SessionDep, settings: SettingsDep, clock: ClockDep
+) -> RotateOut:
+    probe, key = ProbeService(settings, clock).rotate(session, body.model_dump())
+    return RotateOut(probe_id=probe.id, key_id=key.key_id, status=probe.status)
+
+
+@router.post("/probes/tokens", status_code=status.HTTP_201_CREATED, response_model=TokenOut)
+def create_token(
+    body: TokenIn, _admin: Admin, session: SessionDep, settings: SettingsDep, clock: ClockDep
+) -> TokenOut:
+    token, row = ProbeService(settings, clock).create_token(
+        session, uses=body.uses, expires_in=body.expires_in, role=body.role, note=body.note
+    )
+    return TokenOut(token=token, uses=row.max_uses, expires_at=row.expires_at, role=row.role)
+
+
+@router.get("/probes", response_model=ProbeList)
+def list_probes(
+    _admin: Admin, session: SessionDep, settings: SettingsDep, clock: ClockDep
+) -> ProbeList:
+    probes = [probe_out(p) for p in ProbeService(settings, clock).all(session)]
+    return ProbeList(data=probes, count=len(probes))
+
+
+@router.post("/probes/{probe_id}/approve", response_model=ProbeOut)
+def approve(
+    probe_id: str, _admin: Admin, session: SessionDep, settings: SettingsDep, clock: ClockDep
+) -> ProbeOut:
+    return probe_out(ProbeService(settings, clock).approve(session, probe_id))
+
+
+@router.post("/probes/{probe_id}/revoke", response_model=ProbeOut)
+def revoke(
+    probe_id: str, _admin: Admin, session: SessionDep, settings: SettingsDep, clock: ClockDep
+) -> ProbeOut:
+    return probe_out(ProbeService(settings, clock).revoke(session, probe_id))

@@ -1,0 +1,129 @@
+"""API schemas: what the routes accept and answer (never shared with ORM models)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Domain = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+
+
+class EnvelopeIn(BaseModel):
+    """A signed envelope (probe_agent/envelope.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key_id: Annotated[str, StringConstraints(min_length=64, max_length=64)]
+    payload: Annotated[str, StringConstraints(max_length=4 * 1024 * 1024)]
+    signature: Annotated[str, StringConstraints(max_length=200)]
+
+
+class BatchIn(BaseModel):
+    measurements: list[EnvelopeIn]
+
+
+class ItemError(BaseModel):
+    code: str
+    message: str
+
+
+class ItemOut(BaseModel):
+    index: int
+    measurement_id: str | None
+    status: Literal["accepted", "duplicate", "rejected"]
+    error: ItemError | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[ItemOut]
+    accepted: int
+    duplicates: int
+    rejected: int
+
+
+class EnrollOut(BaseModel):
+    probe_id: str
+    key_id: str
+    status: str
+    role: str
+
+
+class NetworkOut(BaseModel):
+    cc: str
+    asn: int
+    source: str
+
+
+class TargetOut(BaseModel):
+    domain: str
+    group: str | None
+    kind: str
+
+
+class CheckinOut(BaseModel):
+    probe_id: str
+    status: str
+    server_time: datetime
+    interval_seconds: float
+    retest_spacing_seconds: float
+    network: NetworkOut
+    targets: list[TargetOut]
+
+
+class TargetsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    domains: Annotated[list[Domain], Field(min_length=1, max_length=10_000)]
+    group: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+    kind: Literal["primary", "mirror", "alias"] = "primary"
+
+
+class TargetList(BaseModel):
+    data: list[TargetOut]
+    count: int
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    uses: int = Field(1, ge=1, le=100_000)
+    expires_in: float = Field(86400.0, gt=0, le=366 * 86400.0)
+    role: Literal["probe", "control"] = "probe"
+    note: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class TokenOut(BaseModel):
+    token: str
+    uses: int
+    expires_at: datetime
+    role: str
+
+
+class ProbeOut(BaseModel):
+    probe_id: str
+    status: str
+    role: str
+    key_id: str | None
+    cc: str | None
+    asn: int | None
+    network_source: str | None
+    declared_cc: str | None
+    declared_asn: int | None
+    created_at: datetime
+    last_checkin_at: datetime | None
+    software_version: str | None
+    spool_depth: int
+    evicted_total: int
+
+
+class ProbeList(BaseModel):
+    data: list[ProbeOut]
+    count: int
+
+
+class RotateOut(BaseModel):
+    probe_id: str
+    key_id: str
+    status: str

@@ -1,0 +1,75 @@
+"""Every Prometheus metric of the collector, declared once, here (STYLE.md 11).
+
+Labels come only from fixed sets: statuses, rejection reasons (the error codes
+of docs/api.md), roles; never a domain, an address or a probe id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REJECTION_REASONS = frozenset(
+    {
+        "malformed_json",
+        "bad_encoding",
+        "malformed_envelope",
+        "unknown_key",
+        "bad_signature",
+        "revoked_key",
+        "probe_pending",
+        "malformed_payload",
+        "timestamp_out_of_window",
+        "invalid_domain",
+        "body_too_large",
+        "batch_too_large",
+        "validation",
+        "rate_limited",
+        "invalid_token",
+        "unauthorized",
+        "forbidden",
+        "other",
+    }
+)
+
+
+def reason(code: str) -> str:
+    """The metric label for an error code: the code without ``err_``, from the fixed set."""
+    name = code.removeprefix("err_")
+    return name if name in REJECTION_REASONS else "other"
+
+
+MEASUREMENTS = Counter(
+    "blockwatch_measurements_total",
+    "Submitted measurements by outcome.",
+    ["status"],
+    registry=REGISTRY,
+)
+REJECTIONS = Counter(
+    "blockwatch_rejections_total",
+    "Rejected requests and batch items, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+CHECKINS = Counter(
+    "blockwatch_checkins_total", "Accepted probe check-ins.", ["role"], registry=REGISTRY
+)
+ENROLLMENTS = Counter(
+    "blockwatch_enrollments_total",
+    "Probe enrollments by resulting status.",
+    ["status"],
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "blockwatch_ingest_batch_seconds",
+    "Time to verify and store one batch of measurements.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+PROBES = Gauge(
+    "blockwatch_probes",
+    "Enrolled probes by status (refreshed on scrape).",
+    ["status"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,147 @@
+"""SQLAlchemy 2 models: the collector's tables (schema changes go through Alembic).
+
+ORM classes end in ``Row`` so that they never share a name with an API schema.
+Times are stored as naive UTC and returned as aware UTC (``UTCDateTime``), the
+same on SQLite and PostgreSQL. A measurement keeps the exact bytes its probe
+signed (zlib-compressed) with the signature and key id: evidence anyone can
+verify again later. No table has a column for a probe's address.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ProbeRow(Base):
+    __tablename__ = "probes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # active|pending|revoked
+    role: Mapped[str] = mapped_column(String(16))  # probe|control
+    declared_cc: Mapped[str | None] = mapped_column(String(2))
+    declared_asn: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_checkin_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_cc: Mapped[str | None] = mapped_column(String(2))
+    last_asn: Mapped[int | None] = mapped_column(BigInteger)
+    last_network_source: Mapped[str | None] = mapped_column(String(16))
+    software_version: Mapped[str | None] = mapped_column(String(64))
+    spool_depth: Mapped[int] = mapped_column(Integer, default=0)
+    evicted_total: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    keys: Mapped[list[ProbeKeyRow]] = relationship(back_populates="probe")
+
+
+class ProbeKeyRow(Base):
+    __tablename__ = "probe_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    probe_id: Mapped[str] = mapped_column(ForeignKey("probes.id"), index=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    status: Mapped[str] = mapped_column(String(16))  # active|retired|revoked
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    probe: Mapped[ProbeRow] = relationship(back_populates="keys")
+
+
+class TokenRow(Base):
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    max_uses: Mapped[int] = mapped_column(Integer)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    note: Mapped[str | None] = mapped_column(String(200))
+
+
+class TargetGroupRow(Base):
+    __tablename__ = "target_groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+    targets: Mapped[list[TargetRow]] = relationship(back_populates="group")
+
+
+class TargetRow(Base):
+    __tablename__ = "targets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    domain: Mapped[str] = mapped_column(String(253), unique=True)
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("target_groups.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="primary")  # primary|mirror|alias
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    source: Mapped[str | None] = mapped_column(String(200))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    group: Mapped[TargetGroupRow | None] = relationship(back_populates="targets")
+
+
+class MeasurementRow(Base):
+    __tablename__ = "measurements"
+    __table_args__ = (Index("ix_measurements_domain_started", "domain", "started_at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    measurement_id: Mapped[str] = mapped_column(String(64), unique=True)
+    probe_id: Mapped[str] = mapped_column(ForeignKey("probes.id"), index=True)
+    key_id: Mapped[str] = mapped_column(String(64))
+    domain: Mapped[str] = mapped_column(String(253))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    cc: Mapped[str] = mapped_column(String(2))
+    asn: Mapped[int] = mapped_column(BigInteger)
+    network_source: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(16))
+    hints: Mapped[str] = mapped_column(Text)  # JSON list
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # zlib of the exact signed bytes
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))

@@ -1,0 +1,153 @@
+"""Ingestion: a batch of signed measurements in, one answer per item out.
+
+For each item: parse the envelope, find its key, verify the signature over the
+exact payload bytes, then parse and validate the document, check its time
+window and the key's standing. Accepted items are inserted together with
+``ON CONFLICT (measurement_id) DO NOTHING ... RETURNING``: whatever the database
+did not return was already there (a resubmission, a replay) and is answered
+``duplicate``, even when two replicas race on the same item. One commit per
+batch, before the answer: acknowledged means stored. Every rejection is counted
+by its code (``metrics.REJECTIONS``), a fixed set.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from collector import metrics
+from collector.clock import Clock
+from collector.documents import MeasurementDocument
+from collector.errors import CollectorError, Unauthorized
+from collector.geo import Network
+from collector.models import MeasurementRow, ProbeKeyRow
+from collector.services.probes import (
+    check_signature,
+    check_window,
+    envelope_from,
+    key_usable,
+    parse_document,
+)
+from collector.settings import CollectorSettings
+from probe_agent.envelope import Purpose
+
+NetworkOf = Callable[[tuple[str, int] | None, bool], Network]
+
+
+@dataclass
+class ItemResult:
+    index: int
+    status: str  # accepted | duplicate | rejected
+    measurement_id: str | None = None
+    code: str | None = None
+    message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "index": self.index,
+            "measurement_id": self.measurement_id,
+            "status": self.status,
+        }
+        if self.code is not None:
+            out["error"] = {"code": self.code, "message": self.message}
+        return out
+
+
+class IngestService:
+    def __init__(self, settings: CollectorSettings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+
+    def ingest(self, session: Session, items: list[Any], network_of: NetworkOf) -> list[ItemResult]:
+        results = [ItemResult(index=i, status="rejected") for i in range(len(items))]
+        envelopes = {}
+        for i, item in enumerate(items):
+            try:
+                envelopes[i] = envelope_from(item)
+            except CollectorError as exc:
+                self._reject(results[i], exc)
+        key_ids = {e.key_id for e in envelopes.values()}
+        keys = (
+            {
+                k.key_id: k
+                for k in session.scalars(select(ProbeKeyRow).where(ProbeKeyRow.key_id.in_(key_ids)))
+            }
+            if key_ids
+            else {}
+        )
+        rows: dict[int, dict[str, Any]] = {}
+        now = self.clock.now()
+        for i, envelope in envelopes.items():
+            try:
+                rows[i] = self._accept(envelope, keys.get(envelope.key_id), network_of, now)
+            except CollectorError as exc:
+                self._reject(results[i], exc)
+            else:
+                results[i].measurement_id = rows[i]["measurement_id"]
+        self._store(session, rows, results)
+        for result in results:
+            metrics.MEASUREMENTS.labels(status=result.status).inc()
+        return results
+
+    def _reject(self, result: ItemResult, exc: CollectorError) -> None:
+        result.status, result.code, result.message = "rejected", exc.code, exc.message
+        metrics.REJECTIONS.labels(reason=metrics.reason(exc.code)).inc()
+
+    def _accept(
+        self, envelope: Any, key: ProbeKeyRow | None, network_of: NetworkOf, now: Any
+    ) -> dict[str, Any]:
+        if key is None:
+            raise Unauthorized("no probe has this key", "err_unknown_key")
+        check_signature(envelope, Purpose.MEASUREMENT, key.public_key)
+        doc = parse_document(envelope, MeasurementDocument)
+        check_window(doc, self.settings, now)
+        key_usable(key.probe, key, doc.signed_at)
+        declared = (doc.declared.cc.upper(), doc.declared.asn) if doc.declared else None
+        network = network_of(declared, doc.via_proxy)
+        m = doc.measurement
+        return {
+            "measurement_id": m.measurement_id,
+            "probe_id": key.probe_id,
+            "key_id": key.key_id,
+            "domain": m.domain,
+            "started_at": m.started_at,
+            "received_at": now,
+            "cc": network.cc,
+            "asn": network.asn,
+            "network_source": str(network.source),
+            "role": key.probe.role,
+            "hints": json.dumps(m.hints),
+            "payload": zlib.compress(envelope.payload, 6),
+            "signature": envelope.signature,
+        }
+
+    def _store(
+        self, session: Session, rows: dict[int, dict[str, Any]], results: list[ItemResult]
+    ) -> None:
+        # Within one batch the first of two items with the same id wins.
+        first: dict[str, int] = {}
+        for i, row in rows.items():
+            first.setdefault(row["measurement_id"], i)
+        unique = [rows[i] for i in first.values()]
+        stored: set[str] = set()
+        if unique:
+            dialect = session.get_bind().dialect.name
+            builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            statement = (
+                builder(MeasurementRow)
+                .on_conflict_do_nothing(index_elements=["measurement_id"])
+                .returning(MeasurementRow.measurement_id)
+            )
+            stored = set(session.scalars(statement, unique))
+        session.commit()
+        for i, row in rows.items():
+            mid = row["measurement_id"]
+            accepted = mid in stored and first[mid] == i
+            results[i].status = "accepted" if accepted else "duplicate"

@@ -1,0 +1,295 @@
+"""Probe identity: enrollment, authentication of signed documents, check-in, rotation.
+
+Every probe request is an envelope. The signature is checked against the key the
+collector holds (or, for enrollment, the key the document carries) before
+anything is written; only then is the document parsed and acted on. Tokens are
+stored as SHA-256 hashes and consumed with a conditional UPDATE, so two probes
+racing for the last use of a token cannot both win.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from collector.clock import Clock
+from collector.documents import (
+    CheckinDocument,
+    EnrollDocument,
+    RotateDocument,
+    SignedDocument,
+    parse_public_key,
+)
+from collector.errors import (
+    ENVELOPE_ERRORS,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unprocessable,
+)
+from collector.geo import Network
+from collector.models import ProbeKeyRow, ProbeRow, TargetRow, TokenRow
+from collector.settings import CollectorSettings
+from probe_agent.envelope import Envelope, EnvelopeError, Purpose, fingerprint, verify
+
+TOKEN_PREFIX = "bwt_"  # noqa: S105 (a prefix, not a secret)
+ROLES = ("probe", "control")
+Doc = TypeVar("Doc", bound=BaseModel)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_probe_id() -> str:
+    return "p_" + secrets.token_hex(8)
+
+
+def envelope_from(data: Any) -> Envelope:
+    try:
+        return Envelope.from_json(data)
+    except EnvelopeError as exc:
+        raise ENVELOPE_ERRORS[exc.code](str(exc), exc.code) from exc
+
+
+def check_signature(envelope: Envelope, purpose: Purpose, public_key: bytes) -> None:
+    try:
+        verify(envelope, purpose, public_key)
+    except EnvelopeError as exc:
+        raise ENVELOPE_ERRORS[exc.code](str(exc), exc.code) from exc
+
+
+def parse_document(envelope: Envelope, model: type[Doc]) -> Doc:
+    try:
+        return model.model_validate_json(envelope.payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        code = "err_invalid_domain" if where.endswith("domain") else "err_malformed_payload"
+        raise Unprocessable(f"payload {where}: {first.get('msg')}", code) from exc
+
+
+def check_window(doc: SignedDocument, settings: CollectorSettings, now: datetime) -> None:
+    if doc.signed_at > now + timedelta(seconds=settings.max_future_skew):
+        raise Unprocessable("signed_at is in the future", "err_timestamp_out_of_window")
+    if doc.signed_at < now - timedelta(seconds=settings.max_age):
+        raise Unprocessable("signed_at is too old", "err_timestamp_out_of_window")
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    probe: ProbeRow
+    key: ProbeKeyRow
+    signed_at: datetime
+
+
+def key_usable(probe: ProbeRow, key: ProbeKeyRow, signed_at: datetime) -> None:
+    """Raise unless this key may sign a document dated *signed_at*."""
+    if probe.status == "revoked" or key.status == "revoked":
+        raise Forbidden("this probe's key is revoked", "err_revoked_key")
+    if key.status == "retired" and (key.retired_at is None or signed_at >= key.retired_at):
+        raise Forbidden("this key was retired by a rotation", "err_revoked_key")
+    if probe.status == "pending":
+        raise Forbidden("the probe waits for approval", "err_probe_pending")
+
+
+class ProbeService:
+    def __init__(self, settings: CollectorSettings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+
+    # -- tokens ---------------------------------------------------------------
+
+    def create_token(
+        self,
+        session: Session,
+        *,
+        uses: int = 1,
+        expires_in: float = 86400.0,
+        role: str = "probe",
+        note: str | None = None,
+    ) -> tuple[str, TokenRow]:
+        if role not in ROLES:
+            raise Unprocessable(f"role must be one of {ROLES}")
+        if uses < 1 or expires_in <= 0:
+            raise Unprocessable("uses must be >= 1 and expires_in > 0")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(24)
+        row = TokenRow(
+            token_hash=hash_token(token),
+            role=role,
+            max_uses=uses,
+            uses=0,
+            expires_at=self.clock.now() + timedelta(seconds=expires_in),
+            note=note,
+        )
+        session.add(row)
+        session.flush()
+        return token, row
+
+    def _consume_token(self, session: Session, token: str, role: str) -> None:
+        row = session.scalar(select(TokenRow).where(TokenRow.token_hash == hash_token(token)))
+        if row is None or row.expires_at <= self.clock.now():
+            raise Unauthorized("unknown or expired enrollment token", "err_invalid_token")
+        if row.role != role:
+            raise Forbidden(f"this token enrolls role {row.role!r}, not {role!r}")
+        taken = session.execute(
+            update(TokenRow)
+            .where(TokenRow.id == row.id, TokenRow.uses < TokenRow.max_uses)
+            .values(uses=TokenRow.uses + 1)
+        )
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
+            raise Unauthorized("this enrollment token is used up", "err_invalid_token")
+
+    # -- enrollment -----------------------------------------------------------
+
+    def enroll(self, session: Session, data: Any) -> tuple[ProbeRow, ProbeKeyRow, bool]:
+        envelope = envelope_from(data)
+        # The document names its own key: parse just enough to find it, verify, then trust.
+        try:
+            claimed = envelope.payload_json()
+            public_key = parse_public_key(str(claimed.get("public_key", "")))
+        except (EnvelopeError, ValueError, AttributeError) as exc:
+            raise Unprocessable(f"enrollment payload: {exc}", "err_malformed_payload") from exc
+        if fingerprint(public_key) != envelope.key_id:
+            raise Unauthorized("the key id is not this key's fingerprint", "err_bad_signature")
+        check_signature(envelope, Purpose.ENROLL, public_key)
+        doc = parse_document(envelope, EnrollDocument)
+        check_window(doc, self.settings, self.clock.now())
+        existing = session.get(ProbeKeyRow, envelope.key_id)
+        if existing is not None:
+            return existing.probe, existing, False
+        if doc.token:
+            self._consume_token(session, doc.token, doc.role)
+            status = "active"
+        elif doc.role == "control":
+            raise Forbidden("a control probe needs an enrollment token issued for that role")
+        else:
+            status = "active" if self.settings.open_enrollment else "pending"
+        now = self.clock.now()
+        probe = ProbeRow(
+            id=new_probe_id(),
+            status=status,
+            role=doc.role,
+            declared_cc=doc.declared.cc.upper() if doc.declared else None,
+            declared_asn=doc.declared.asn if doc.declared else None,
+            created_at=now,
+            approved_at=now if status == "active" else None,
+            software_version=doc.software.version[:64],
+            spool_depth=0,
+            evicted_total=0,
+        )
+        key = ProbeKeyRow(
+            key_id=envelope.key_id,
+            probe=probe,
+            public_key=public_key,
+            status="active",
+            created_at=now,
+        )
+        session.add_all([probe, key])
+        session.flush()
+        return probe, key, True
+
+    # -- authentication -------------------------------------------------------
+
+    def authenticate(
+        self, session: Session, envelope: Envelope, purpose: Purpose, model: type[Doc]
+    ) -> tuple[Authenticated, Doc]:
+        key = session.get(ProbeKeyRow, envelope.key_id)
+        if key is None:
+            raise Unauthorized("no probe has this key", "err_unknown_key")
+        check_signature(envelope, purpose, key.public_key)
+        doc = parse_document(envelope, model)
+        assert isinstance(doc, SignedDocument)
+        check_window(doc, self.settings, self.clock.now())
+        key_usable(key.probe, key, doc.signed_at)
+        return Authenticated(key.probe, key, doc.signed_at), doc
+
+    # -- check-in -------------------------------------------------------------
+
+    def checkin(
+        self, session: Session, data: Any, network_of: Any
+    ) -> tuple[ProbeRow, Network, list[TargetRow]]:
+        """*network_of(declared, via_proxy) -> Network* geolocates the caller, then forgets it."""
+        auth, doc = self.authenticate(
+            session, envelope_from(data), Purpose.CHECKIN, CheckinDocument
+        )
+        declared = (doc.declared.cc.upper(), doc.declared.asn) if doc.declared else None
+        network: Network = network_of(declared, doc.via_proxy)
+        probe = auth.probe
+        probe.last_checkin_at = self.clock.now()
+        probe.last_cc, probe.last_asn = network.cc, network.asn
+        probe.last_network_source = str(network.source)
+        probe.software_version = doc.software.version[:64]
+        probe.spool_depth = int(doc.spool.get("depth", 0))
+        probe.evicted_total = max(probe.evicted_total, int(doc.spool.get("evicted", 0)))
+        if declared is not None:
+            probe.declared_cc, probe.declared_asn = declared
+        targets = list(
+            session.scalars(
+                select(TargetRow).where(TargetRow.enabled.is_(True)).order_by(TargetRow.domain)
+            )
+        )
+        return probe, network, targets
+
+    # -- rotation -------------------------------------------------------------
+
+    def rotate(self, session: Session, data: Any) -> tuple[ProbeRow, ProbeKeyRow]:
+        envelope = envelope_from(data)
+        auth, doc = self.authenticate(session, envelope, Purpose.ROTATE, RotateDocument)
+        new_key = parse_public_key(doc.new_public_key)
+        try:
+            new_signature = base64.b64decode(doc.new_key_signature, validate=True)
+        except ValueError as exc:
+            raise BadRequest("new_key_signature is not base64", "err_malformed_envelope") from exc
+        # The new key must agree too: it signs the old key id.
+        proof = Envelope(fingerprint(new_key), envelope.key_id.encode(), new_signature)
+        check_signature(proof, Purpose.ROTATE, new_key)
+        if session.get(ProbeKeyRow, proof.key_id) is not None:
+            raise Unprocessable("that key is already enrolled", "err_malformed_payload")
+        now = self.clock.now()
+        auth.key.status, auth.key.retired_at = "retired", now
+        key = ProbeKeyRow(
+            key_id=proof.key_id,
+            probe_id=auth.probe.id,
+            public_key=new_key,
+            status="active",
+            created_at=now,
+        )
+        session.add(key)
+        session.flush()
+        return auth.probe, key
+
+    # -- administration -------------------------------------------------------
+
+    def get(self, session: Session, probe_id: str) -> ProbeRow:
+        probe = session.get(ProbeRow, probe_id)
+        if probe is None:
+            raise NotFound(f"no probe {probe_id!r}")
+        return probe
+
+    def approve(self, session: Session, probe_id: str) -> ProbeRow:
+        probe = self.get(session, probe_id)
+        if probe.status == "revoked":
+            raise Forbidden("a revoked probe cannot be approved", "err_revoked_key")
+        if probe.status == "pending":
+            probe.status, probe.approved_at = "active", self.clock.now()
+        return probe
+
+    def revoke(self, session: Session, probe_id: str) -> ProbeRow:
+        probe = self.get(session, probe_id)
+        probe.status, probe.revoked_at = "revoked", self.clock.now()
+        for key in probe.keys:
+            key.status = "revoked"
+        return probe
+
+    def all(self, session: Session) -> list[ProbeRow]:
+        return list(session.scalars(select(ProbeRow).order_by(ProbeRow.created_at)))
