@@ -57,7 +57,9 @@ class GeoDatabaseError(Exception):
     """A geolocation database is missing, unreadable, corrupt or closed: a deployment fault.
 
     Never raised because of an address: an address the database does not know is
-    simply not located. Messages never contain the address looked up.
+    simply not located. Messages never contain the address looked up, but may
+    name the database's path; so this is not a ``CollectorError``, whose message
+    goes to the client: the app's catch-all answers a bare 500 ``err_internal``.
     """
 
 
@@ -90,10 +92,6 @@ class Geolocator(Protocol):
         loopback, link-local, reserved, shared CGNAT space...) or unknown to the
         database.
         """
-        ...
-
-    def close(self) -> None:
-        """Release the database files: the collector's lifespan calls it on whatever it got."""
         ...
 
 
@@ -182,7 +180,7 @@ class _CountryTable:
         start = starts[i]
         # The family comes from the entry, not the query: an IPv6 address below
         # the first IPv6 network lands on the last IPv4 one and must miss it.
-        bits = 32 if start <= _V4_MAX else 128
+        bits = 32 if n <= _V4_MAX else 128
         if n - start >= 1 << (bits - self.prefixes[chunk][i]):
             return None  # in a gap between two networks
         return self.codes[self.ids[chunk][i]]
@@ -295,8 +293,7 @@ class BundledGeolocator:
         return None if cc is None else (cc, 0)
 
     def close(self) -> None:
-        """Nothing to release: the table is plain objects, and ``make_geolocator``
-        hands one shared instance to every caller."""
+        """Nothing to release: the table is plain objects, shared (see ``make_geolocator``)."""
 
 
 # --- operator-provided MaxMind-format files ---------------------------------------------
@@ -369,18 +366,15 @@ class MaxMindGeolocator:
         if country_db is None and asn_db is None:
             msg = "MaxMindGeolocator needs a country database, an ASN database or both"
             raise ValueError(msg)
+        self._fallback = country_fallback
         self._country = _MmdbFile(country_db) if country_db is not None else None
-        if asn_db is None:
-            self._asn = None
-        elif self._country is not None and asn_db == country_db:
-            self._asn = self._country
-        else:
+        self._asn = self._country if asn_db == country_db else None
+        if asn_db is not None and self._asn is None:
             try:
                 self._asn = _MmdbFile(asn_db)
             except GeoDatabaseError:
-                self.close()
+                self.close()  # the country file, if it was opened
                 raise
-        self._fallback = country_fallback
 
     def lookup(self, ip: str) -> tuple[str, int] | None:
         addr = _locatable(ip)
@@ -402,8 +396,11 @@ class MaxMindGeolocator:
         return cc, _record_asn(asn_record) or _record_asn(country_record)
 
     def close(self) -> None:
-        for db in {id(db): db for db in (self._country, self._asn) if db is not None}.values():
-            db.reader.close()
+        """Unmap the files. Not part of ``Geolocator``: the bundled table has nothing to close."""
+        if self._country is not None:
+            self._country.reader.close()
+        if self._asn is not None and self._asn is not self._country:
+            self._asn.reader.close()
 
     def __enter__(self) -> Self:
         return self

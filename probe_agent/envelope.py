@@ -98,11 +98,10 @@ class Envelope:
         if not isinstance(data, dict):
             raise EnvelopeError("err_malformed_envelope", "an envelope is a JSON object")
         key_id, payload, signature = data.get("key_id"), data.get("payload"), data.get("signature")
-        if not all(isinstance(v, str) for v in (key_id, payload, signature)):
+        if not (isinstance(key_id, str) and isinstance(payload, str) and isinstance(signature, str)):
             raise EnvelopeError(
                 "err_malformed_envelope", "key_id, payload and signature must be strings"
             )
-        assert isinstance(key_id, str) and isinstance(payload, str) and isinstance(signature, str)
         if len(key_id) != 64 or any(c not in "0123456789abcdef" for c in key_id):
             raise EnvelopeError("err_malformed_envelope", "key_id must be 64 lower-case hex digits")
         raw_payload = b64decode(payload, "payload")
