@@ -98,7 +98,11 @@ class Envelope:
         if not isinstance(data, dict):
             raise EnvelopeError("err_malformed_envelope", "an envelope is a JSON object")
         key_id, payload, signature = data.get("key_id"), data.get("payload"), data.get("signature")
-        if not (isinstance(key_id, str) and isinstance(payload, str) and isinstance(signature, str)):
+        if not isinstance(key_id, str) or not isinstance(payload, str):
+            raise EnvelopeError(
+                "err_malformed_envelope", "key_id, payload and signature must be strings"
+            )
+        if not isinstance(signature, str):
             raise EnvelopeError(
                 "err_malformed_envelope", "key_id, payload and signature must be strings"
             )
