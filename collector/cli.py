@@ -192,7 +192,10 @@ def targets_import(
         rows = TargetService().add(
             session, [t.domain for t in result.targets], group=group, source=source[:200]
         )
-    typer.echo(f"{len(rows)} target(s) imported, {len(result.skipped)} skipped")
+    typer.echo(
+        f"{len(rows)} target(s) imported, {len(result.skipped)} skipped, "
+        f"{result.filtered_out} in other languages"
+    )
     for raw, reason in result.skipped[:20]:
         err.print(f"  skipped {raw!r}: {reason}", highlight=False)
 
