@@ -31,6 +31,7 @@ from collector.documents import (
 from collector.errors import (
     ENVELOPE_ERRORS,
     BadRequest,
+    Conflict,
     Forbidden,
     NotFound,
     Unauthorized,
@@ -254,7 +255,7 @@ class ProbeService:
         proof = Envelope(fingerprint(new_key), envelope.key_id.encode(), new_signature)
         check_signature(proof, Purpose.ROTATE, new_key)
         if session.get(ProbeKeyRow, proof.key_id) is not None:
-            raise Unprocessable("that key is already enrolled", "err_malformed_payload")
+            raise Conflict("that key is already enrolled", "err_conflict")
         now = self.clock.now()
         auth.key.status, auth.key.retired_at = "retired", now
         key = ProbeKeyRow(

@@ -210,3 +210,47 @@ def test_admin_endpoints_need_the_token(client: TestClient) -> None:
             )
             assert answer.status_code == 401, (path, headers)
             assert error_code(answer) == "err_unauthorized"
+
+
+def test_rotation_to_an_enrolled_key_conflicts(client: TestClient) -> None:
+    first, second = TestProbe(), TestProbe()
+    enroll(client, first, token=token(client))
+    enroll(client, second, token=token(client))
+    answer = client.post("/api/v1/probes/rotate", json=first.rotate_to(second))
+    assert (answer.status_code, error_code(answer)) == (409, "err_conflict")
+
+
+def test_rate_limit_per_key(client: TestClient) -> None:
+    from collector.api.ratelimit import RateLimiter
+
+    probe = TestProbe()
+    enroll(client, probe, token=token(client))
+    client.app.state.rate_limiter = RateLimiter(per_minute=2)  # type: ignore[attr-defined]
+    answers = [client.post("/api/v1/probes/checkin", json=probe.checkin()) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert error_code(answers[2]) == "err_rate_limited"
+    assert int(answers[2].headers["Retry-After"]) >= 1
+    # Another probe has its own bucket.
+    other = TestProbe()
+    enroll(client, other, token=token(client))
+    assert client.post("/api/v1/probes/checkin", json=other.checkin()).status_code == 200
+
+
+def test_a_bug_is_a_500_with_a_code_and_the_service_keeps_serving(
+    settings: object, geolocator: FakeGeolocator
+) -> None:
+    from fastapi.testclient import TestClient as Client
+
+    from collector.api.app import create_app
+
+    app = create_app(settings, geolocator=geolocator)  # type: ignore[arg-type]
+
+    @app.get("/api/v1/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug of ours")
+
+    with Client(app, raise_server_exceptions=False) as client:
+        answer = client.get("/api/v1/boom")
+        assert (answer.status_code, error_code(answer)) == (500, "err_internal")
+        assert "a bug of ours" not in answer.text
+        assert client.get("/api/v1/targets").status_code == 200
