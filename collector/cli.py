@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,10 +71,15 @@ def _admin_settings(database_url: str | None) -> CollectorSettings:
     return _settings(database_url=database_url, mode=Mode.LAB)
 
 
-def _sessions(settings: CollectorSettings) -> Any:
+@contextmanager
+def _sessions(settings: CollectorSettings) -> Iterator[Any]:
+    """A migrated database's session factory, its engine disposed of on the way out."""
     engine = make_engine(settings.database_url)
-    migrate(engine)
-    return make_session_factory(engine)
+    try:
+        migrate(engine)
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
 
 
 def _fail(exc: CollectorError) -> typer.Exit:
@@ -129,9 +136,8 @@ def serve(
 @app.command("migrate")
 def migrate_command(database_url: DatabaseUrl = None) -> None:
     """Apply the database migrations and exit."""
-    settings = _admin_settings(database_url)
-    migrate(make_engine(settings.database_url))
-    typer.echo("migrated")
+    with _sessions(_admin_settings(database_url)):
+        typer.echo("migrated")
 
 
 @app.command()
@@ -148,9 +154,11 @@ def targets_add(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Add DOMAIN... (to a group: an instance with its mirrors and aliases)."""
-    sessions = _sessions(_admin_settings(database_url))
     try:
-        with session_scope(sessions) as session:
+        with (
+            _sessions(_admin_settings(database_url)) as sessions,
+            session_scope(sessions) as session,
+        ):
             rows = TargetService().add(session, domains, group=group, kind=kind, source="cli")
             typer.echo(f"{len(rows)} target(s) added")
     except CollectorError as exc:
@@ -160,9 +168,11 @@ def targets_add(
 @targets_app.command("remove")
 def targets_remove(domain: str, database_url: DatabaseUrl = None) -> None:
     """Remove DOMAIN."""
-    sessions = _sessions(_admin_settings(database_url))
     try:
-        with session_scope(sessions) as session:
+        with (
+            _sessions(_admin_settings(database_url)) as sessions,
+            session_scope(sessions) as session,
+        ):
             TargetService().remove(session, domain)
     except CollectorError as exc:
         raise _fail(exc) from None
@@ -187,8 +197,7 @@ def targets_import(
     except (OSError, ValueError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_INVALID) from None
-    sessions = _sessions(_admin_settings(database_url))
-    with session_scope(sessions) as session:
+    with _sessions(_admin_settings(database_url)) as sessions, session_scope(sessions) as session:
         rows = TargetService().add(
             session, [t.domain for t in result.targets], group=group, source=source[:200]
         )
@@ -205,8 +214,7 @@ def targets_list(
     as_json: Annotated[bool, typer.Option("--json")] = False, database_url: DatabaseUrl = None
 ) -> None:
     """List the targets."""
-    sessions = _sessions(_admin_settings(database_url))
-    with session_scope(sessions) as session:
+    with _sessions(_admin_settings(database_url)) as sessions, session_scope(sessions) as session:
         rows = [
             (t.domain, t.group.name if t.group else None, t.kind)
             for t in TargetService().all(session)
@@ -230,9 +238,8 @@ def probes_token(
 ) -> None:
     """Print a new enrollment token (shown once; only its hash is stored)."""
     settings = _admin_settings(database_url)
-    sessions = _sessions(settings)
     try:
-        with session_scope(sessions) as session:
+        with _sessions(settings) as sessions, session_scope(sessions) as session:
             token, _ = ProbeService(settings, SystemClock()).create_token(
                 session, uses=uses, expires_in=expires * 3600, role=role, note=note
             )
@@ -249,8 +256,7 @@ def probes_list(
     from collector.api.routes.probes import probe_out  # noqa: PLC0415
 
     settings = _admin_settings(database_url)
-    sessions = _sessions(settings)
-    with session_scope(sessions) as session:
+    with _sessions(settings) as sessions, session_scope(sessions) as session:
         probes = [probe_out(p) for p in ProbeService(settings, SystemClock()).all(session)]
     if as_json:
         typer.echo(json.dumps([p.model_dump(mode="json") for p in probes]))
@@ -265,9 +271,8 @@ def probes_list(
 
 def _probe_action(action: str, probe_id: str, database_url: str | None) -> None:
     settings = _admin_settings(database_url)
-    sessions = _sessions(settings)
     try:
-        with session_scope(sessions) as session:
+        with _sessions(settings) as sessions, session_scope(sessions) as session:
             service = ProbeService(settings, SystemClock())
             probe = getattr(service, action)(session, probe_id)
             typer.echo(f"{probe.id}: {probe.status}")

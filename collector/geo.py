@@ -121,7 +121,7 @@ def _country_code(value: object) -> str | None:
     """Two ASCII letters, upper-cased, that name a country; anything else None."""
     if not isinstance(value, str) or len(value) != 2 or not (value.isascii() and value.isalpha()):
         return None
-    code = value
+    code = value.upper()
     return None if code in _NOT_COUNTRIES else code
 
 
@@ -178,9 +178,7 @@ class _CountryTable:
         if i < 0:
             return None
         start = starts[i]
-        # The family comes from the entry, not the query: an IPv6 address below
-        # the first IPv6 network lands on the last IPv4 one and must miss it.
-        bits = 32 if start <= _V4_MAX else 128
+        bits = 32 if start <= _V4_MAX else 128  # the entry's family sets its size
         if n - start >= 1 << (bits - self.prefixes[chunk][i]):
             return None  # in a gap between two networks
         return self.codes[self.ids[chunk][i]]

@@ -89,7 +89,8 @@ def get_network_of(
 
 
 Admin = Annotated[None, Depends(require_admin)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the answer is sent (acknowledged means stored).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[CollectorSettings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 NetworkOfDep = Annotated[NetworkOf, Depends(get_network_of)]

@@ -28,7 +28,8 @@ def enrolled_probe(base: str, transport: httpx.HTTPTransport | None = None) -> T
     with httpx.Client(base_url=base, transport=transport) as http:
         token = http.post("/api/v1/probes/tokens", json={}, headers=ADMIN).json()["token"]
         probe = TestProbe()
-        assert http.post("/api/v1/probes/enroll", json=probe.enroll(token=token)).status_code == 201
+        answer = http.post("/api/v1/probes/enroll", json=probe.enroll(token=token))
+        assert answer.status_code == 201, answer.text
     return probe
 
 
