@@ -3,6 +3,9 @@
 Every option also reads ``BLOCKWATCH_<OPTION>`` from the environment. Invalid
 input exits with status 2 before any packet is sent; a domain the engine could
 not measure because of an internal error exits 1 after the others are done.
+``run --once`` (one round for a collector, ``runner``) exits 0 when every
+measurement was stored, 1 otherwise, 2 for invalid input or an unsafe key file;
+``id`` prints the key fingerprint.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import asyncio
 import csv
 import gc
 import io
+import ipaddress
 import logging
 import os
 import sys
+import urllib.parse
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +27,24 @@ import typer
 from rich.console import Console
 
 from probe_agent import __version__
-from probe_agent.dnsprobe import DNSSettings
+from probe_agent.cli_options import (
+    CAFileOption,
+    ConcurrencyOption,
+    DecoySNIOption,
+    InjectionSinkOption,
+    LabNetworkOption,
+    PortOption,
+    ResolverOption,
+    Scheme,
+    SchemeOption,
+    StateDirOption,
+    TimeoutOption,
+    bounded_concurrency,
+    engine_config,
+)
+from probe_agent.cli_options import env as _env
+from probe_agent.client import DEFAULT_TIMEOUT as DEFAULT_COLLECTOR_TIMEOUT
+from probe_agent.client import ssl_context
 from probe_agent.engine import (
     DEFAULT_DECOY_SNI,
     DomainError,
@@ -31,17 +53,22 @@ from probe_agent.engine import (
     Result,
     StopMeasuring,
 )
-from probe_agent.errors import InvalidInputError, InvalidOptionError
-from probe_agent.httpprobe import HTTPSettings
-from probe_agent.inputs import normalize_domain, parse_endpoint, parse_network, system_resolvers
+from probe_agent.errors import IdentityError, InvalidInputError, InvalidOptionError
+from probe_agent.identity import DEFAULT_STATE_DIR, key_id, load_or_create_key
+from probe_agent.inputs import (
+    MAX_ASN,
+    MIN_ASN,
+    normalize_domain,
+    parse_collector_url,
+    parse_declared,
+)
 from probe_agent.observations import Measurement
 from probe_agent.parallel import (
     auto_workers,
-    fd_bounded_concurrency,
     measure_in_processes,
-    raise_fd_limit,
 )
 from probe_agent.render import build_table, to_json_line
+from probe_agent.runner import RunOptions, run_once
 
 app = typer.Typer(
     name="blockwatch-probe",
@@ -57,15 +84,6 @@ EXIT_INVALID_INPUT = 2
 class OutputFormat(StrEnum):
     JSONL = "jsonl"
     TABLE = "table"
-
-
-class Scheme(StrEnum):
-    HTTPS = "https"
-    HTTP = "http"
-
-
-def _env(name: str) -> str:
-    return f"BLOCKWATCH_{name}"
 
 
 def _read_domain_file(path: Path) -> list[str]:
@@ -85,36 +103,13 @@ def _fail(message: str) -> typer.Exit:
 @app.command()
 def measure(
     domains: Annotated[list[str] | None, typer.Argument(help="Domains to measure.")] = None,
-    resolver: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Resolver IP[:PORT], repeatable. Default: the system resolver.",
-            envvar=_env("RESOLVER"),
-        ),
-    ] = None,
-    injection_sink: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="An IP[:PORT] that runs no resolver: any answer is injected.",
-            envvar=_env("INJECTION_SINK"),
-        ),
-    ] = None,
-    ca_file: Annotated[
-        Path | None,
-        typer.Option(
-            help="Extra trusted CA bundle (PEM).",
-            envvar=_env("CA_FILE"),
-            exists=True,
-            dir_okay=False,
-            readable=True,
-        ),
-    ] = None,
-    port: Annotated[int, typer.Option(min=1, max=65535, envvar=_env("PORT"))] = 443,
-    scheme: Annotated[Scheme, typer.Option(envvar=_env("SCHEME"))] = Scheme.HTTPS,
-    timeout: Annotated[
-        float, typer.Option(min=0.1, max=120, help="Seconds, per step.", envvar=_env("TIMEOUT"))
-    ] = 10.0,
-    concurrency: Annotated[int, typer.Option(min=1, max=1024, envvar=_env("CONCURRENCY"))] = 32,
+    resolver: ResolverOption = None,
+    injection_sink: InjectionSinkOption = None,
+    ca_file: CAFileOption = None,
+    port: PortOption = 443,
+    scheme: SchemeOption = Scheme.HTTPS,
+    timeout: TimeoutOption = 10.0,
+    concurrency: ConcurrencyOption = 32,
     workers: Annotated[
         int,
         typer.Option(
@@ -125,16 +120,8 @@ def measure(
             envvar=_env("WORKERS"),
         ),
     ] = 0,
-    decoy_sni: Annotated[
-        str, typer.Option(help="SNI of the control handshake.", envvar=_env("DECOY_SNI"))
-    ] = DEFAULT_DECOY_SNI,
-    lab_network: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="CIDR to treat as globally routable (labs and tests on loopback), repeatable.",
-            envvar=_env("LAB_NETWORK"),
-        ),
-    ] = None,
+    decoy_sni: DecoySNIOption = DEFAULT_DECOY_SNI,
+    lab_network: LabNetworkOption = None,
     input_file: Annotated[
         Path | None,
         typer.Option(
@@ -155,33 +142,19 @@ def measure(
         if not raw_domains:
             raise InvalidOptionError("no domain given")
         names = list(dict.fromkeys(normalize_domain(d) for d in raw_domains))
-        resolvers = (
-            tuple(parse_endpoint(r) for r in resolver) if resolver else tuple(system_resolvers())
+        config = engine_config(
+            resolver=resolver,
+            injection_sink=injection_sink,
+            ca_file=ca_file,
+            port=port,
+            scheme=scheme,
+            timeout=timeout,
+            decoy_sni=decoy_sni,
+            lab_network=lab_network,
         )
-        sinks = tuple(parse_endpoint(s) for s in injection_sink or ())
-        decoy = normalize_domain(decoy_sni)
-        lab_networks = tuple(parse_network(n) for n in lab_network or ())
     except (InvalidInputError, OSError, UnicodeDecodeError, csv.Error, KeyError) as exc:
         raise _fail(str(exc)) from None
-    config = EngineConfig(
-        resolvers=resolvers,
-        injection_sinks=sinks,
-        port=port,
-        scheme=scheme.value,
-        decoy_sni=decoy,
-        timeout=timeout,
-        ca_file=str(ca_file) if ca_file else None,
-        lab_networks=lab_networks,
-        dns=DNSSettings(timeout=timeout),
-        http=HTTPSettings(timeout=timeout),
-    )
-    fd_limit = raise_fd_limit()
-    bounded = fd_bounded_concurrency(concurrency, config, fd_limit)
-    if bounded < concurrency:
-        Console(stderr=True).print(
-            f"[yellow]warning:[/] --concurrency {concurrency} needs more open files than the "
-            f"limit ({fd_limit}) allows; using {bounded}"
-        )
+    bounded = bounded_concurrency(concurrency, config)
     failed = _run_measure(
         config, names, bounded, workers or auto_workers(len(names)), output_format
     )
@@ -235,6 +208,125 @@ def _run_measure(
         collected.sort(key=lambda m: order[m.domain])
         Console().print(build_table(collected))
     return len(errors)
+
+
+@app.command()
+def run(
+    collector: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Collector base URL (https://...), repeatable: tried in order.",
+            envvar=_env("COLLECTOR"),
+        ),
+    ] = None,
+    enroll_token: Annotated[
+        str | None,
+        typer.Option(
+            help="Enrollment token from the collector's admin (bwt_...). Prefer the "
+            "environment variable: other users can read command lines.",
+            envvar=_env("ENROLL_TOKEN"),
+        ),
+    ] = None,
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    cc: Annotated[
+        str | None,
+        typer.Option(
+            "--cc",
+            help="Declared country (ISO 3166-1 alpha-2), used when the collector cannot "
+            "geolocate this probe. With --asn.",
+            envvar=_env("CC"),
+        ),
+    ] = None,
+    asn: Annotated[
+        int | None,
+        typer.Option(
+            min=MIN_ASN, max=MAX_ASN, help="Declared AS number. With --cc.", envvar=_env("ASN")
+        ),
+    ] = None,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once", help="One round, then exit (0: all submitted).", envvar=_env("ONCE")
+        ),
+    ] = False,
+    collector_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            max=600,
+            help="Seconds, per collector request.",
+            envvar=_env("COLLECTOR_TIMEOUT"),
+        ),
+    ] = DEFAULT_COLLECTOR_TIMEOUT,
+    resolver: ResolverOption = None,
+    injection_sink: InjectionSinkOption = None,
+    ca_file: CAFileOption = None,
+    port: PortOption = 443,
+    scheme: SchemeOption = Scheme.HTTPS,
+    timeout: TimeoutOption = 10.0,
+    concurrency: ConcurrencyOption = 32,
+    decoy_sni: DecoySNIOption = DEFAULT_DECOY_SNI,
+    lab_network: LabNetworkOption = None,
+) -> None:
+    """Check in with the collector, measure the targets it hands out, sign and submit."""
+    if not once:
+        raise _fail("the continuous daemon is not available yet: pass --once for one round")
+    try:
+        collectors = tuple(parse_collector_url(url) for url in collector or ())
+        if not collectors:
+            raise InvalidOptionError("no collector given: pass --collector URL")
+        declared = parse_declared(cc, asn)
+        config = engine_config(
+            resolver=resolver,
+            injection_sink=injection_sink,
+            ca_file=ca_file,
+            port=port,
+            scheme=scheme,
+            timeout=timeout,
+            decoy_sni=decoy_sni,
+            lab_network=lab_network,
+        )
+        ssl_context(config.ca_file)  # a bad bundle is invalid input, not a failed round
+    except InvalidInputError as exc:
+        raise _fail(str(exc)) from None
+    for position, url in enumerate(collectors, 1):
+        if url.startswith("http://") and not _is_loopback_url(url):
+            Console(stderr=True).print(
+                f"[yellow]warning:[/] collector {position} is plain http: anyone on the path "
+                "can read the measurements and see that this machine runs a probe"
+            )
+    options = RunOptions(
+        collectors=collectors,
+        state_dir=state_dir,
+        engine=config,
+        concurrency=bounded_concurrency(concurrency, config),
+        enroll_token=enroll_token,
+        declared=declared,
+        collector_timeout=collector_timeout,
+    )
+    try:
+        status = asyncio.run(run_once(options))
+    except IdentityError as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(status)
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@app.command("id")
+def show_id(state_dir: StateDirOption = DEFAULT_STATE_DIR) -> None:
+    """Print the probe's public key fingerprint (its key id), creating the key if needed."""
+    try:
+        key = load_or_create_key(state_dir)
+    except IdentityError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(key_id(key))
 
 
 @app.command()

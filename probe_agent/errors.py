@@ -10,6 +10,9 @@ exceptions mean the measurement cannot be made or must not be submitted.
         +-- InvalidOptionError    any other out-of-range option
     +-- LocalResourceError        the probe's own machine ran short (EMFILE, ENOMEM):
                                   the measurement is not submitted
+    +-- IdentityError             the key or state file is unsafe or unreadable: exit 2
+    +-- CollectorUnreachable      no collector URL answered at all (refused, timeout, TLS)
+    +-- CollectorError            a collector answered with an error (docs/api.md "Errors")
 """
 
 
@@ -35,3 +38,28 @@ class InvalidOptionError(InvalidInputError):
 
 class LocalResourceError(ProbeError):
     """Too many open files, no memory: a fault of the probe's host, not the network's."""
+
+
+class IdentityError(ProbeError):
+    """The probe's key or state cannot be used safely (wrong mode, corrupt, unreadable)."""
+
+
+class CollectorUnreachable(ProbeError):
+    """No collector answered: every URL failed to connect, timed out or broke the connection."""
+
+
+class CollectorError(ProbeError):
+    """A collector answered ``{"error": {"code", "message"}}`` (or something not in docs/api.md).
+
+    ``code`` is the collector's stable code (``err_invalid_token``...), or
+    ``err_bad_response`` (client side) when the answer is not what docs/api.md says.
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"HTTP {status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after

@@ -1,4 +1,4 @@
-"""Input validation: domain names (IDNA) and resolver addresses, checked before any packet.
+"""Input validation: domain names (IDNA), resolver and collector addresses, the declared network.
 
 Invalid input raises an ``InvalidInputError`` with a message a volunteer can act
 on; the CLI turns it into exit status 2. Unicode names become their punycode form
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 import dns.resolver
@@ -128,3 +129,55 @@ def parse_network(raw: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise InvalidOptionError(
             f"invalid network {raw!r}: expected a CIDR like 127.0.0.0/8"
         ) from exc
+
+
+# AS 0 is reserved (RFC 7607) and AS 4294967295 too (RFC 7300).
+MIN_ASN, MAX_ASN = 1, 4_294_967_294
+_COUNTRY_RE = re.compile(r"^[A-Za-z]{2}$")
+
+
+@dataclass(frozen=True, slots=True)
+class DeclaredNetwork:
+    """The network a volunteer declares (``--cc``/``--asn``) for when geolocation is impossible."""
+
+    cc: str
+    asn: int
+
+    def to_json(self) -> dict[str, str | int]:
+        return {"cc": self.cc, "asn": self.asn}
+
+
+def parse_declared(cc: str | None, asn: int | None) -> DeclaredNetwork | None:
+    """``--cc CC --asn N`` go together: an ISO 3166-1 alpha-2 code and a 32-bit ASN."""
+    if cc is None and asn is None:
+        return None
+    if cc is None or asn is None:
+        raise InvalidOptionError("--cc and --asn go together: give both, or neither")
+    if not _COUNTRY_RE.match(cc.strip()):
+        raise InvalidOptionError(
+            f"invalid country {cc!r}: expected a two-letter ISO 3166-1 code like DE"
+        )
+    if not MIN_ASN <= asn <= MAX_ASN:
+        raise InvalidOptionError(f"invalid ASN {asn}: expected {MIN_ASN}-{MAX_ASN}")
+    return DeclaredNetwork(cc.strip().upper(), asn)
+
+
+def parse_collector_url(raw: str) -> str:
+    """A collector base URL (``https://host[:port][/prefix]``), without a trailing slash."""
+    text = raw.strip()
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise InvalidOptionError(f"invalid collector URL {raw!r}: {exc}") from exc
+    if parts.scheme not in ("https", "http"):
+        raise InvalidOptionError(f"invalid collector URL {raw!r}: expected https:// or http://")
+    if not parts.hostname:
+        raise InvalidOptionError(f"invalid collector URL {raw!r}: no host")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidOptionError(f"invalid collector URL {raw!r}: credentials do not belong in it")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise InvalidOptionError(f"invalid collector URL {raw!r}: a base URL has no query")
+    if port == 0:
+        raise InvalidOptionError(f"invalid collector URL {raw!r}: port must be 1-65535")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")).rstrip("/")

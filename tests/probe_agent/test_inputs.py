@@ -1,11 +1,19 @@
-"""Input validation: IDNA names, resolver endpoints, CIDRs."""
+"""Input validation: IDNA names, resolver endpoints, CIDRs, collector URLs, declared networks."""
 
 from __future__ import annotations
 
 import pytest
 
 from probe_agent.errors import InvalidDomainError, InvalidOptionError, InvalidResolverError
-from probe_agent.inputs import Endpoint, normalize_domain, parse_endpoint, parse_network
+from probe_agent.inputs import (
+    DeclaredNetwork,
+    Endpoint,
+    normalize_domain,
+    parse_collector_url,
+    parse_declared,
+    parse_endpoint,
+    parse_network,
+)
 
 
 @pytest.mark.parametrize(
@@ -75,3 +83,48 @@ def test_parse_network() -> None:
     assert str(parse_network("127.0.0.0/8")) == "127.0.0.0/8"
     with pytest.raises(InvalidOptionError):
         parse_network("not-a-net")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://collector.example",
+        "collector.example",
+        "https://",
+        "https://user:pw@collector.example",
+        "https://collector.example/?x=1",
+        "https://collector.example:99999",
+        "https://collector.example:0",
+    ],
+)
+def test_invalid_collector_urls(url: str) -> None:
+    with pytest.raises(InvalidOptionError, match="invalid collector URL"):
+        parse_collector_url(url)
+
+
+def test_collector_url_normalization() -> None:
+    assert parse_collector_url(" https://c.example/bw/ ") == "https://c.example/bw"
+    assert parse_collector_url("http://[::1]:8000") == "http://[::1]:8000"
+
+
+@pytest.mark.parametrize(
+    ("cc", "asn", "message"),
+    [
+        ("DE", None, "go together"),
+        (None, 3320, "go together"),
+        ("DEU", 3320, "invalid country"),
+        ("D1", 3320, "invalid country"),
+        ("DE", 0, "invalid ASN"),
+        ("DE", 2**32 - 1, "invalid ASN"),
+    ],
+)
+def test_invalid_declared_network(cc: str | None, asn: int | None, message: str) -> None:
+    with pytest.raises(InvalidOptionError, match=message):
+        parse_declared(cc, asn)
+
+
+def test_declared_network() -> None:
+    assert parse_declared(None, None) is None
+    declared = parse_declared(" de ", 3320)
+    assert declared == DeclaredNetwork("DE", 3320)
+    assert declared.to_json() == {"cc": "DE", "asn": 3320}

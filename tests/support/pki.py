@@ -6,7 +6,9 @@ against the system store plus ``--ca-file``; here ``ca_file`` holds only the
 interceptor's certificate (``ssl_unknown_authority``), a leaf for another name
 plays a misrouted or intercepted connection (``ssl_invalid_hostname``), an expired
 leaf plays a neglected instance (``ssl_invalid_certificate``), and a leaf padded
-with a ~200 KB extension exceeds OpenSSL's 100 KiB certificate-list limit.
+with a ~200 KB extension exceeds OpenSSL's 100 KiB certificate-list limit. A
+leaf for the address 127.0.0.1 (``loopback_context``) serves the fake collector
+over HTTPS, trusted through the same ``ca_file``.
 
 Every key is ECDSA P-256 (fast to generate); certificates are cached per
 (names, issuer, expired, huge) so that many servers share one file pair.
@@ -15,6 +17,7 @@ Every key is ECDSA P-256 (fast to generate); certificates are cached per
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,4 +193,37 @@ class TestPKI:
             context.load_cert_chain(cert_path, key_path)
             context.set_alpn_protocols(["http/1.1"])
             self._contexts[key] = context
+        return context
+
+    def loopback_context(self) -> ssl.SSLContext:
+        """A server context for ``https://127.0.0.1`` (an IP SAN), from the trusted CA."""
+        ca = self.authorities["trusted"]
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca.name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _DAY)
+            .not_valid_after(now + _DAY)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca.key, hashes.SHA256())
+        )
+        cert_path, key_path = self.directory / "loopback.pem", self.directory / "loopback.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_path, key_path)
         return context

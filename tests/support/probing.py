@@ -2,11 +2,12 @@
 
 Where this sits in the data flow: the integration tests drive the engine in
 process (``loopback_engine``) and the real ``blockwatch-probe`` command as a
-subprocess (``run_probe``). Both refuse anything outside 127.0.0.0/8 before a
-packet is sent: the in-process engine gets a dialer that raises on a
-non-loopback address (so a forged answer such as 8.7.198.45 that the engine
-wrongly dialled fails the test instead of reaching the internet), and the CLI
-runner checks every resolver and injection sink it passes.
+subprocess (``run_probe``; also ``run --once`` against a fake collector). Both
+refuse anything outside 127.0.0.0/8 before a packet is sent: the in-process
+engine gets a dialer that raises on a non-loopback address (so a forged answer
+such as 8.7.198.45 that the engine wrongly dialled fails the test instead of
+reaching the internet), and the CLI runner checks every resolver, injection sink
+and collector it passes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import itertools
 import json
 import os
 import sys
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,18 +109,30 @@ def _check_endpoints(args: list[str]) -> None:
         if option in ENDPOINT_OPTIONS:
             host = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
             _require_loopback(host.strip("[]"), option)
+        if option == "--collector":
+            _require_loopback(urllib.parse.urlsplit(value).hostname or "", option)
 
 
-async def run_probe(args: list[str], *, timeout: float = 30.0) -> ProbeRun:
-    """Run ``blockwatch-probe measure ARGS`` and parse its JSON lines (when it printed any)."""
+async def run_probe(
+    args: list[str],
+    *,
+    timeout: float = 30.0,
+    command: str = "measure",
+    extra_env: dict[str, str] | None = None,
+) -> ProbeRun:
+    """Run ``blockwatch-probe COMMAND ARGS`` and parse its JSON lines (when it printed any).
+
+    Resolvers, injection sinks and collectors must all be on loopback.
+    """
     _check_endpoints(args)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKWATCH_")}
     env["COLUMNS"] = "200"  # a wide table, so that names are not folded in --format table
+    env |= extra_env or {}
     loop = asyncio.get_running_loop()
     started = loop.time()
     proc = await asyncio.create_subprocess_exec(
         str(PROBE),
-        "measure",
+        command,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -137,6 +151,6 @@ async def run_probe(args: list[str], *, timeout: float = 30.0) -> ProbeRun:
         stderr=err.decode(),
         elapsed=loop.time() - started,
     )
-    if "--format" not in args or "jsonl" in args:
+    if command == "measure" and ("--format" not in args or "jsonl" in args):
         run.lines = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
     return run

@@ -1,0 +1,243 @@
+"""One round of the volunteer probe: check in, measure, sign, submit (``run --once``).
+
+Where this sits in the data flow: it joins the stages the other modules
+provide. ``identity`` gives the key (generated on first use) and whether it is
+enrolled; ``client`` enrolls it if not, checks in and gets the targets; the
+``engine`` measures them with the same options as ``measure``; each
+measurement is signed the moment it is done (purpose ``measurement``) and the
+batch is submitted. The durable spool and the continuous daemon come next;
+until then a measurement that could not be submitted is lost with the round,
+and the exit status says so.
+
+Exit status: 0 when every target was measured and every measurement stored
+(``accepted`` or ``duplicate``), 1 otherwise. What is printed (stderr) is
+counts and failure kinds only: never a domain, an address or the collector's URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from probe_agent.client import DEFAULT_TIMEOUT, MAX_BATCH, CheckIn, CollectorClient, ItemResult
+from probe_agent.clock import utc_now_rfc3339
+from probe_agent.engine import DomainError, Engine, EngineConfig, Result
+from probe_agent.envelope import Envelope, Purpose, sign
+from probe_agent.errors import CollectorError, CollectorUnreachable
+from probe_agent.identity import Identity
+from probe_agent.inputs import DeclaredNetwork
+
+EXIT_OK, EXIT_INCOMPLETE = 0, 1
+ROLE = "probe"
+CLOCK_SKEW_WARNING = 60.0  # seconds; the collector refuses documents 300 s in the future
+
+log = logging.getLogger("blockwatch.probe.runner")
+
+# What a volunteer can do about a collector's refusal (docs/api.md "Errors").
+_ADVICE = {
+    "err_probe_pending": "this probe waits for the collector's admin to approve it",
+    "err_revoked_key": "the collector revoked this probe's key",
+    "err_invalid_token": "the enrollment token is unknown, expired or used up",
+    "err_timestamp_out_of_window": "the collector refused the signing time: check this "
+    "machine's clock",
+    "err_rate_limited": "the collector asks this probe to slow down",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    collectors: tuple[str, ...]
+    state_dir: Path
+    engine: EngineConfig
+    concurrency: int = 32
+    enroll_token: str | None = None
+    declared: DeclaredNetwork | None = None
+    collector_timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass(slots=True)
+class RoundSummary:
+    targets: int = 0
+    measured: int = 0
+    not_measured: int = 0  # an error of ours stopped the domain: nothing to submit
+    accepted: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    unsent: int = 0  # measured and signed, but the submission failed as a whole
+
+    def count(self, results: list[ItemResult]) -> None:
+        for result in results:
+            if result.status == "accepted":
+                self.accepted += 1
+            elif result.status == "duplicate":
+                self.duplicate += 1
+            else:
+                self.rejected += 1
+
+    @property
+    def complete(self) -> bool:
+        stored = self.accepted + self.duplicate
+        return self.not_measured == 0 and stored == self.measured == self.targets
+
+    def line(self) -> str:
+        return (
+            f"round: {self.targets} targets, {self.measured} measured, "
+            f"{self.accepted} accepted, {self.duplicate} duplicate, {self.rejected} rejected"
+            + (f", {self.not_measured} not measured" if self.not_measured else "")
+            + (f", {self.unsent} not submitted" if self.unsent else "")
+        )
+
+
+def _stderr(line: str) -> None:
+    print(f"blockwatch-probe: {line}", file=sys.stderr, flush=True)
+
+
+def describe(error: CollectorError | CollectorUnreachable) -> str:
+    """A collector failure for the volunteer: advice and code, no address."""
+    if isinstance(error, CollectorUnreachable):
+        return str(error)
+    default = "the collector failed" if error.status >= 500 else "the collector refused the request"
+    advice = _ADVICE.get(error.code, default)
+    retry = f", retry after {error.retry_after:g} s" if error.retry_after is not None else ""
+    return f"{advice} (HTTP {error.status} {error.code}{retry})"
+
+
+def _skew_seconds(server_time: str) -> float | None:
+    try:
+        server = datetime.fromisoformat(server_time.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if server.tzinfo is None:
+        return None
+    return (datetime.now(UTC) - server).total_seconds()
+
+
+async def _enroll(client: CollectorClient, identity: Identity, options: RunOptions) -> None:
+    answer = await client.enroll(options.enroll_token, ROLE, options.declared)
+    identity.record(
+        probe_id=answer["probe_id"],
+        status=answer["status"],
+        role=answer.get("role") if isinstance(answer.get("role"), str) else ROLE,
+        collector=client.answered_by,
+    )
+    log.debug("enrolled (status %s)", answer["status"])
+
+
+async def _check_in(client: CollectorClient, identity: Identity, options: RunOptions) -> CheckIn:
+    """Enroll when this key never was; check in; re-enroll once if the collector forgot the key."""
+    if not identity.enrolled:
+        await _enroll(client, identity, options)
+    try:
+        checkin = await client.checkin(options.declared)
+    except CollectorError as exc:
+        # A collector restored from an old backup, or another one of the list,
+        # may not know the key: enrolling again is idempotent (docs/api.md).
+        if exc.code != "err_unknown_key":
+            raise
+        await _enroll(client, identity, options)
+        checkin = await client.checkin(options.declared)
+    if checkin.status != identity.state.status or checkin.probe_id != identity.state.probe_id:
+        identity.record(probe_id=checkin.probe_id, status=checkin.status)
+    return checkin
+
+
+def measurement_document(
+    measurement: dict[str, Any], declared: DeclaredNetwork | None, via_proxy: bool
+) -> dict[str, Any]:
+    """The signed payload of a measurement (docs/api.md ``POST /measurements``)."""
+    return {
+        "measurement": measurement,
+        "signed_at": utc_now_rfc3339(),
+        "declared": declared.to_json() if declared else None,
+        "via_proxy": via_proxy,
+    }
+
+
+async def _measure_and_sign(
+    engine: Engine,
+    options: RunOptions,
+    identity: Identity,
+    targets: list[str],
+    summary: RoundSummary,
+) -> list[Envelope]:
+    signed: list[Envelope] = []
+
+    def on_result(result: Result) -> None:
+        if isinstance(result, DomainError):
+            summary.not_measured += 1
+            log.debug("internal error: %s", type(result.error).__name__)
+            return
+        summary.measured += 1
+        # Signed as soon as it is done, so that signed_at is the measurement's time.
+        document = measurement_document(result.to_dict(), options.declared, via_proxy=False)
+        signed.append(sign(identity.key, Purpose.MEASUREMENT, document))
+
+    await engine.measure_all(targets, options.concurrency, on_result)
+    return signed
+
+
+async def _submit(
+    client: CollectorClient, envelopes: list[Envelope], summary: RoundSummary
+) -> str | None:
+    """Submit batch by batch, counting each; the error that stopped it, if one did."""
+    for start in range(0, len(envelopes), MAX_BATCH):
+        batch = envelopes[start : start + MAX_BATCH]
+        try:
+            summary.count(await client.submit(batch))
+        except (CollectorError, CollectorUnreachable) as exc:
+            summary.unsent = len(envelopes) - start
+            return describe(exc)
+    return None
+
+
+async def run_once(
+    options: RunOptions,
+    *,
+    report: Callable[[str], None] = _stderr,
+    make_engine: Callable[[EngineConfig], Engine] = Engine,
+) -> int:
+    """One round; 0 when every target was measured and stored, 1 otherwise.
+
+    *report* prints a line for the volunteer; *make_engine* lets tests measure
+    with a dialer that refuses anything off loopback.
+
+    Raises ``IdentityError`` (a key file others can read, an unwritable state
+    directory) before anything is sent.
+    """
+    identity = Identity.open(options.state_dir)
+    summary = RoundSummary()
+    async with CollectorClient(
+        options.collectors,
+        identity.key,
+        timeout=options.collector_timeout,
+        # One --ca-file for both: a lab's CA signs the instances and the collector alike.
+        ca_file=options.engine.ca_file,
+    ) as client:
+        try:
+            checkin = await _check_in(client, identity, options)
+        except (CollectorError, CollectorUnreachable) as exc:
+            report(f"error: {describe(exc)}")
+            return EXIT_INCOMPLETE
+        if checkin.status != "active":
+            # docs/api.md answers a pending probe's check-in with 403 err_probe_pending;
+            # a collector answering 200 with another status gets the same treatment.
+            report(f"error: {_ADVICE.get('err_probe_pending')} (status {checkin.status})")
+            return EXIT_INCOMPLETE
+        skew = _skew_seconds(checkin.server_time)
+        if skew is not None and abs(skew) > CLOCK_SKEW_WARNING:
+            report(f"warning: this machine's clock is {skew:+.0f} s off the collector's")
+        if checkin.invalid_targets:
+            report(f"warning: skipped {checkin.invalid_targets} invalid target(s)")
+        summary.targets = len(checkin.targets)
+        engine = make_engine(options.engine)
+        envelopes = await _measure_and_sign(engine, options, identity, checkin.targets, summary)
+        error = await _submit(client, envelopes, summary)
+        if error is not None:
+            report(f"error: submitting: {error}")
+    report(summary.line())
+    return EXIT_OK if summary.complete else EXIT_INCOMPLETE
