@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -39,6 +40,22 @@ def parse_public_key(text: str) -> bytes:
     return raw
 
 
+def aware_utc(value: datetime) -> datetime:
+    """RFC 3339 times must carry their zone; stored and compared in UTC."""
+    if value.tzinfo is None:
+        raise ValueError("a time must carry a time zone (RFC 3339, UTC)")
+    return value.astimezone(UTC)
+
+
+def public_key_text(value: str) -> str:
+    parse_public_key(value)
+    return value
+
+
+UTCTime = Annotated[datetime, AfterValidator(aware_utc)]
+PublicKeyText = Annotated[str, AfterValidator(public_key_text)]
+
+
 class Declared(BaseModel):
     """A network the volunteer declares (used only when geolocation is impossible)."""
 
@@ -58,28 +75,15 @@ class Software(BaseModel):
 class SignedDocument(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    signed_at: datetime
-
-    @field_validator("signed_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("signed_at must carry a time zone (RFC 3339, UTC)")
-        return value.astimezone(UTC)
+    signed_at: UTCTime
 
 
 class EnrollDocument(SignedDocument):
-    public_key: str
+    public_key: PublicKeyText
     token: Annotated[str, StringConstraints(max_length=100)] | None = None
     role: Annotated[str, StringConstraints(pattern=r"^(probe|control)$")] = "probe"
     declared: Declared | None = None
     software: Software = Software()
-
-    @field_validator("public_key")
-    @classmethod
-    def _key(cls, value: str) -> str:
-        parse_public_key(value)
-        return value
 
 
 class CheckinDocument(SignedDocument):
@@ -90,14 +94,8 @@ class CheckinDocument(SignedDocument):
 
 
 class RotateDocument(SignedDocument):
-    new_public_key: str
+    new_public_key: PublicKeyText
     new_key_signature: str
-
-    @field_validator("new_public_key")
-    @classmethod
-    def _key(cls, value: str) -> str:
-        parse_public_key(value)
-        return value
 
 
 class MeasurementBody(BaseModel):
@@ -107,7 +105,7 @@ class MeasurementBody(BaseModel):
 
     measurement_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{8,64}$")]
     domain: Annotated[str, StringConstraints(max_length=253)]
-    started_at: datetime
+    started_at: UTCTime
     hints: list[HintName] = Field(default_factory=list, max_length=32)
     dns: list[dict[str, Any]] = Field(default_factory=list, max_length=256)
     tcp: list[dict[str, Any]] = Field(default_factory=list, max_length=256)
@@ -121,13 +119,6 @@ class MeasurementBody(BaseModel):
             return normalize_domain(value)
         except InvalidDomainError as exc:
             raise ValueError(str(exc)) from exc
-
-    @field_validator("started_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("started_at must carry a time zone")
-        return value.astimezone(UTC)
 
 
 class MeasurementDocument(SignedDocument):
