@@ -103,6 +103,15 @@ def serve(
         bool, typer.Option(envvar=_env("WEBHOOK_ALLOW_PRIVATE"))
     ] = False,
     mode: Annotated[Mode | None, typer.Option(envvar=_env("MODE"))] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            envvar=_env("WORKERS"),
+            min=1,
+            max=64,
+            help="Processes serving the API (one per core on a busy collector).",
+        ),
+    ] = 1,
 ) -> None:
     """Run the API, /metrics and the web pages (migrations run first)."""
     import uvicorn  # noqa: PLC0415 (only serve needs it)

@@ -6,7 +6,9 @@ of docs/api.md), roles; never a domain, an address or a probe id.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -67,9 +69,12 @@ BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
-PROBES = Gauge(
-    "blockwatch_probes",
-    "Enrolled probes by status (refreshed on scrape).",
-    ["status"],
-    registry=REGISTRY,
-)
+
+
+def exposition() -> bytes:
+    """The text exposition: this process's metrics, or every worker's under `serve --workers`."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        return generate_latest(combined)
+    return generate_latest(REGISTRY)

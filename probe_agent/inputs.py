@@ -8,6 +8,7 @@ is exactly what goes on the wire.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import urllib.parse
@@ -22,6 +23,7 @@ _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _MAX_NAME = 253
 
 
+@functools.lru_cache(maxsize=4096)  # a collector sees the same few hundred targets
 def normalize_domain(raw: str) -> str:
     """Return the ASCII (punycode) form of *raw*, lower-cased, or raise InvalidDomainError."""
     name = raw.strip().rstrip(".")

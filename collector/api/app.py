@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,6 +33,8 @@ from collector.geo import Geolocator, make_geolocator
 from collector.settings import CollectorSettings
 
 log = logging.getLogger("blockwatch.collector")
+# Batches verified and stored at once per process (CPU- and GIL-bound work).
+INGEST_THREADS = 3
 
 
 def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
@@ -87,6 +90,7 @@ def create_app(
             warm_up()  # ~0.1 s once, rather than on the first check-in
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
+        app.state.ingest_limiter = anyio.CapacityLimiter(INGEST_THREADS)
         try:
             yield
         finally:
@@ -110,7 +114,7 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -154,3 +158,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error (%s)", type(exc).__name__)
         return error_response(500, "err_internal", "internal error")
+
+
+def create_app_from_env() -> FastAPI:
+    """The app from ``BLOCKWATCH_*`` alone: what each ``serve --workers N`` process runs."""
+    return create_app(CollectorSettings())

@@ -81,9 +81,14 @@ def get_network_of(
 ) -> NetworkOf:
     address = _client_address(request, settings)
     geolocator = request.app.state.geolocator
+    # One request, one address: a batch of 100 items asks the same question 100 times.
+    answers: dict[tuple[tuple[str, int] | None, bool], Network] = {}
 
     def network_of(declared: tuple[str, int] | None, via_proxy: bool) -> Network:
-        return resolve_network(geolocator, address, declared, via_proxy)
+        key = (declared, via_proxy)
+        if key not in answers:
+            answers[key] = resolve_network(geolocator, address, declared, via_proxy)
+        return answers[key]
 
     return network_of
 

@@ -16,10 +16,11 @@ import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from collector import metrics
@@ -58,6 +59,54 @@ class ItemResult:
         if self.code is not None:
             out["error"] = {"code": self.code, "message": self.message}
         return out
+
+
+TABLE = cast(Table, MeasurementRow.__table__)
+COLUMNS = (
+    "measurement_id",
+    "probe_id",
+    "key_id",
+    "domain",
+    "started_at",
+    "received_at",
+    "cc",
+    "asn",
+    "network_source",
+    "role",
+    "hints",
+    "payload",
+    "signature",
+)
+# One fixed statement of 13 parameters: psycopg prepares it once and pipelines the
+# rows (SQLAlchemy's multi-row VALUES has 1,300 parameters, re-parsed every batch).
+_PG_INSERT = (
+    "INSERT INTO measurements (measurement_id, probe_id, key_id, domain, started_at, "
+    "received_at, cc, asn, network_source, role, hints, payload, signature) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (measurement_id) DO NOTHING RETURNING measurement_id"
+)
+
+
+def _naive_utc(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).replace(tzinfo=None)  # as UTCDateTime stores them
+    return value
+
+
+def _insert_postgresql(session: Session, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert through psycopg's executemany with RETURNING; the ids actually inserted."""
+    driver = session.connection().connection.driver_connection
+    stored: set[str] = set()
+    with driver.cursor() as cursor:  # type: ignore[union-attr]
+        params = [tuple(_naive_utc(row[c]) for c in COLUMNS) for row in rows]
+        cursor.executemany(_PG_INSERT, params, returning=True)
+        while True:
+            found = cursor.fetchone()
+            if found is not None:
+                stored.add(found[0])
+            if not cursor.nextset():
+                break
+    return stored
 
 
 class IngestService:
@@ -124,7 +173,8 @@ class IngestService:
             "network_source": str(network.source),
             "role": key.probe.role,
             "hints": json.dumps(m.hints),
-            "payload": zlib.compress(envelope.payload, 6),
+            # Level 1: most of the gain (JSON compresses ~4x) at a fifth of level 6's CPU.
+            "payload": zlib.compress(envelope.payload, 1),
             "signature": envelope.signature,
         }
 
@@ -138,14 +188,15 @@ class IngestService:
         unique = [rows[i] for i in first.values()]
         stored: set[str] = set()
         if unique:
-            dialect = session.get_bind().dialect.name
-            builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            statement = (
-                builder(MeasurementRow)
-                .on_conflict_do_nothing(index_elements=["measurement_id"])
-                .returning(MeasurementRow.measurement_id)
-            )
-            stored = set(session.scalars(statement, unique))
+            if session.get_bind().dialect.name == "postgresql":
+                stored = _insert_postgresql(session, unique)
+            else:
+                statement = (
+                    sqlite.insert(TABLE)
+                    .on_conflict_do_nothing(index_elements=["measurement_id"])
+                    .returning(TABLE.c.measurement_id)
+                )
+                stored = set(session.connection().execute(statement, unique).scalars())
         session.commit()
         for i, row in rows.items():
             mid = row["measurement_id"]

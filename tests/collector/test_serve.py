@@ -128,3 +128,27 @@ def test_migrate_command(tmp_path: Path) -> None:
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
     engine.dispose()
     assert version == "0001"
+
+
+def test_several_worker_processes_share_the_database_and_metrics(
+    database_url: str, tmp_path: Path
+) -> None:
+    served = ServedCollector(database_url, tmp_path / "workers.log", extra=["--workers", "2"])
+    served.start()
+    try:
+        probe = enrolled_probe(served.url)
+        accepted = 0
+        for _ in range(6):  # new connections: the kernel spreads them over the workers
+            with httpx.Client(base_url=served.url) as http:
+                answer = http.post(
+                    "/api/v1/measurements", json={"measurements": [probe.measure(), "junk"]}
+                )
+                accepted += answer.json()["accepted"]
+        assert accepted == 6
+        metrics = httpx.get(served.url + "/metrics").text
+        # Whichever worker answers the scrape reports every worker's counts.
+        assert 'blockwatch_measurements_total{status="accepted"} 6.0' in metrics
+        assert 'blockwatch_rejections_total{reason="malformed_envelope"} 6.0' in metrics
+    finally:
+        served.stop()
+    assert count_measurements(database_url) == 6
