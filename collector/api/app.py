@@ -34,7 +34,7 @@ from collector.settings import CollectorSettings
 
 log = logging.getLogger("blockwatch.collector")
 # Batches verified and stored at once per process (CPU- and GIL-bound work).
-INGEST_THREADS = 3
+INGEST_THREADS = 4
 
 
 def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
