@@ -8,9 +8,12 @@ services as the API.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,15 +134,41 @@ def serve(
         mode=mode,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Many short-lived objects per request, few cycles: collect the young generation rarely.
+    gc.set_threshold(50_000, 50, 100)
     # access_log off: uvicorn's access log prints every client's address.
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=False,
-        log_level="info",
-        server_header=False,
-    )
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "access_log": False,
+        "log_level": "info",
+        "server_header": False,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    # Several processes: each builds its settings from the environment, so the
+    # options given here are exported; migrations run once, here, first.
+    with _sessions(settings), tempfile.TemporaryDirectory(prefix="blockwatch-metrics-") as tmp:
+        os.environ.update(_as_environment(settings))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tmp
+        uvicorn.run(
+            "collector.api.app:create_app_from_env", factory=True, workers=workers, **common
+        )
+
+
+def _as_environment(settings: CollectorSettings) -> dict[str, str]:
+    """``BLOCKWATCH_*`` variables that rebuild *settings* in a worker process."""
+    out: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if name == "admin_token":
+            text = settings.admin_token.get_secret_value()
+        elif value is None:
+            continue
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+        out[f"BLOCKWATCH_{name.upper()}"] = text
+    return out
 
 
 @app.command("migrate")

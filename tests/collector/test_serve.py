@@ -152,3 +152,4 @@ def test_several_worker_processes_share_the_database_and_metrics(
     finally:
         served.stop()
     assert count_measurements(database_url) == 6
+    assert served.log.read_text().count("Started server process") == 2  # really two
