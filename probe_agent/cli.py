@@ -43,8 +43,6 @@ from probe_agent.cli_options import (
     engine_config,
 )
 from probe_agent.cli_options import env as _env
-from probe_agent.client import DEFAULT_TIMEOUT as DEFAULT_COLLECTOR_TIMEOUT
-from probe_agent.client import ssl_context
 from probe_agent.engine import (
     DEFAULT_DECOY_SNI,
     DomainError,
@@ -68,7 +66,6 @@ from probe_agent.parallel import (
     measure_in_processes,
 )
 from probe_agent.render import build_table, to_json_line
-from probe_agent.runner import RunOptions, run_once
 
 app = typer.Typer(
     name="blockwatch-probe",
@@ -257,7 +254,7 @@ def run(
             help="Seconds, per collector request.",
             envvar=_env("COLLECTOR_TIMEOUT"),
         ),
-    ] = DEFAULT_COLLECTOR_TIMEOUT,
+    ] = 30.0,
     resolver: ResolverOption = None,
     injection_sink: InjectionSinkOption = None,
     ca_file: CAFileOption = None,
@@ -269,6 +266,11 @@ def run(
     lab_network: LabNetworkOption = None,
 ) -> None:
     """Check in with the collector, measure the targets it hands out, sign and submit."""
+    # The collector client pulls in aiohttp: only `run` needs it, and `measure`
+    # (which may fork workers) starts faster and smaller without it.
+    from probe_agent.client import ssl_context  # noqa: PLC0415
+    from probe_agent.runner import RunOptions, run_once  # noqa: PLC0415
+
     if not once:
         raise _fail("the continuous daemon is not available yet: pass --once for one round")
     try:

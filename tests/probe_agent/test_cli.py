@@ -84,3 +84,12 @@ def test_json_line_is_one_line() -> None:
     line = to_json_line(_measurement())
     assert "\n" not in line
     assert '"domain":"alive.bar"' in line
+
+
+def test_collector_timeout_default_matches_the_client() -> None:
+    import inspect
+
+    from probe_agent import cli, client
+
+    default = inspect.signature(cli.run).parameters["collector_timeout"].default
+    assert default == client.DEFAULT_TIMEOUT
