@@ -22,9 +22,7 @@ The policy changes at run time through a unix socket (``control``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import json
 import random
 import subprocess
 import sys
@@ -39,6 +37,7 @@ import dns.rcode
 import dns.rrset
 
 from tests.lab import packets
+from tests.lab.control import serve_until_stopped
 from tests.lab.nfqueue import NF_ACCEPT, NF_DROP, NFQueue, QueuedPacket, serve
 from tests.support.clienthello import parse_sni
 
@@ -135,6 +134,17 @@ class Censor:
     def _is_inside(self, ip: str) -> bool:
         addr = ip_address(ip)
         return any(addr in net for net in self._inside)
+
+    async def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "set":
+            self.set_policy(Policy.from_dict(request["policy"]))
+            return {"ok": True}
+        if op == "get":
+            return {"ok": True, "policy": asdict(self.policy)}
+        if op == "stats":
+            return {"ok": True, "stats": self.stats, "residual": len(self.residual)}
+        return {"ok": False, "error": f"unknown op {op!r}"}
 
     # -- the verdict -----------------------------------------------------------
 
@@ -291,30 +301,6 @@ class Censor:
         )
 
 
-async def _control(
-    censor: Censor, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    try:
-        line = await reader.readline()
-        request = json.loads(line)
-        op = request.get("op")
-        if op == "set":
-            censor.set_policy(Policy.from_dict(request["policy"]))
-            reply: dict[str, Any] = {"ok": True}
-        elif op == "get":
-            reply = {"ok": True, "policy": asdict(censor.policy)}
-        elif op == "stats":
-            reply = {"ok": True, "stats": censor.stats, "residual": len(censor.residual)}
-        else:
-            reply = {"ok": False, "error": f"unknown op {op!r}"}
-    except (ValueError, KeyError, TypeError, subprocess.CalledProcessError) as exc:
-        reply = {"ok": False, "error": str(exc)}
-    writer.write(json.dumps(reply).encode() + b"\n")
-    with contextlib.suppress(ConnectionError):
-        await writer.drain()
-    writer.close()
-
-
 async def main(argv: list[str]) -> None:
     """``censor.py CONTROL_SOCKET QUEUE_NUM MITM_PORT MITM_CERT_DIR``: run until SIGTERM."""
     from tests.lab.mitm import start_mitm
@@ -325,20 +311,13 @@ async def main(argv: list[str]) -> None:
     censor = Censor(queue, sender, mitm_port)
     serve(queue, censor.handle)
     mitm = await start_mitm(mitm_port, Path(cert_dir))
-    server = await asyncio.start_unix_server(lambda r, w: _control(censor, r, w), path=control_path)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print("ready", flush=True)
     try:
-        await stop.wait()
+        await serve_until_stopped(
+            control_path, censor.control, (KeyError, TypeError, subprocess.CalledProcessError)
+        )
     finally:
-        server.close()
         mitm.close()
-        loop.remove_reader(queue.fileno())
+        asyncio.get_running_loop().remove_reader(queue.fileno())
         queue.close()
         sender.close()
 

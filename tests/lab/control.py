@@ -1,9 +1,13 @@
-"""The client side of the lab daemons' control sockets: one JSON request, one reply."""
+"""The lab daemons' control sockets: one JSON request, one JSON reply, both sides."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import signal
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -43,3 +47,37 @@ class Control:
 
     def stats(self) -> dict[str, Any]:
         return self.request(op="stats")
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def serve_until_stopped(
+    path: str, handle: Handler, errors: tuple[type[BaseException], ...]
+) -> None:
+    """Answer requests on the unix socket *path* until SIGTERM or SIGINT.
+
+    Prints ``ready`` once listening (the lab waits for that line). A request that
+    raises one of *errors* gets ``{"ok": false, "error": ...}``; the daemon goes on.
+    """
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            reply = await handle(json.loads(await reader.readline()))
+        except (ValueError, *errors) as exc:
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        writer.write(json.dumps(reply).encode() + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(on_connection, path=path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("ready", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        server.close()

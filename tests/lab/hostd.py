@@ -19,9 +19,7 @@ Control: one JSON request per connection on a unix socket.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
+from tests.lab.control import serve_until_stopped
 from tests.lab.labpki import load_pki
 from tests.support.dns_server import DNSRecord, DNSServer
 from tests.support.tls_servers import InstanceServer, ServerBehaviour
@@ -192,26 +191,11 @@ async def main(argv: list[str]) -> None:
     host = Host(config)
     await host.start()
 
-    async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            reply = await host.handle(json.loads(await reader.readline()))
-        except (ValueError, KeyError, StopIteration, OSError) as exc:
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        writer.write(json.dumps(reply).encode() + b"\n")
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_unix_server(control, path=config["control"])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print("ready", flush=True)
     try:
-        await stop.wait()
+        await serve_until_stopped(
+            config["control"], host.handle, (KeyError, StopIteration, OSError)
+        )
     finally:
-        server.close()
         await host.stop()
 
 
