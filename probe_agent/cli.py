@@ -332,6 +332,124 @@ def show_id(state_dir: StateDirOption = DEFAULT_STATE_DIR) -> None:
 
 
 @app.command()
+def status(
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object on stdout.", envvar=_env("JSON"))
+    ] = False,
+) -> None:
+    """Show the probe's health: last check-in, last error, spool, key. Exit 1 when unhealthy."""
+    import json  # noqa: PLC0415
+
+    from probe_agent.spool import SpoolError  # noqa: PLC0415
+    from probe_agent.status import read_status  # noqa: PLC0415
+
+    try:
+        current = read_status(state_dir)
+    except (IdentityError, SpoolError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(current.to_json(), sort_keys=True))
+    else:
+        for line in current.lines():
+            typer.echo(line)
+    raise typer.Exit(0 if current.healthy else 1)
+
+
+@app.command("rotate-key")
+def rotate_key(
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    collector: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Collector base URL, repeatable (tried in order).", envvar=_env("COLLECTOR")
+        ),
+    ] = None,
+    ca_file: CAFileOption = None,
+    collector_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            max=600,
+            help="Seconds, per collector request.",
+            envvar=_env("COLLECTOR_TIMEOUT"),
+        ),
+    ] = 30.0,
+) -> None:
+    """Replace the probe's key with a new one, once the collector accepted it (stop the daemon
+    first)."""
+    from probe_agent.client import ssl_context  # noqa: PLC0415
+    from probe_agent.errors import CollectorError, CollectorUnreachable  # noqa: PLC0415
+    from probe_agent.keyrotation import rotate_key as rotate  # noqa: PLC0415
+    from probe_agent.runner import describe  # noqa: PLC0415
+
+    try:
+        collectors = tuple(parse_collector_url(url) for url in collector or ())
+        if not collectors:
+            raise InvalidOptionError("no collector given: pass --collector URL")
+        ssl_context(str(ca_file) if ca_file else None)
+    except InvalidInputError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        rotated = asyncio.run(
+            rotate(
+                state_dir,
+                collectors,
+                ca_file=str(ca_file) if ca_file else None,
+                timeout=collector_timeout,
+            )
+        )
+    except IdentityError as exc:
+        raise _fail(str(exc)) from None
+    except CollectorUnreachable as exc:
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {describe(exc)}; the new key is kept: run rotate-key again",
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
+    except CollectorError as exc:
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {describe(exc)}; the key is unchanged", highlight=False
+        )
+        raise typer.Exit(1) from None
+    Console(stderr=True).print(
+        f"rotated the probe's key (was {rotated.old_key_id[:16]}...)", highlight=False
+    )
+    typer.echo(rotated.new_key_id)
+
+
+@app.command()
+def wipe(
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete the probe's key, spool and state (asks first unless --yes)."""
+    from probe_agent.wipe import looks_like_state_dir, wipe_state  # noqa: PLC0415
+
+    directory = state_dir.expanduser()
+    if not looks_like_state_dir(directory):
+        raise _fail(
+            f"refusing to wipe {directory}: not a probe state directory (no key.pem or state.json)"
+        )
+    if not yes and not typer.confirm(
+        f"Delete the probe's key, waiting measurements and state in {directory}? "
+        "This cannot be undone"
+    ):
+        Console(stderr=True).print("nothing deleted", highlight=False)
+        raise typer.Exit(1)
+    try:
+        removed, left = wipe_state(directory)
+    except OSError as exc:
+        raise _fail(f"cannot wipe {directory}: {exc.strerror}") from None
+    Console(stderr=True).print(f"deleted {len(removed)} file(s)", highlight=False)
+    if left:
+        Console(stderr=True).print(
+            f"kept {len(left)} file(s) the probe did not write; the directory stays",
+            highlight=False,
+        )
+
+
+@app.command()
 def version() -> None:
     """Print the probe's version."""
     typer.echo(f"blockwatch-probe {__version__}")

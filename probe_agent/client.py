@@ -1,4 +1,4 @@
-"""The probe's side of the collector API (docs/api.md): enroll, check in, submit.
+"""The probe's side of the collector API (docs/api.md): enroll, check in, submit, rotate.
 
 Where this sits in the data flow: the only module that talks to a collector.
 The runner hands it signed measurement envelopes; it signs the enrollment and
@@ -291,6 +291,26 @@ class CollectorClient:
         }
         status, data = await self._post_envelope("/probes/checkin", Purpose.CHECKIN, document)
         return _parse_checkin(status, data)
+
+    async def rotate(self, new_key: Ed25519PrivateKey) -> dict[str, Any]:
+        """``POST /probes/rotate``: retire this client's key for *new_key*.
+
+        Signed with the current key; *new_key* agrees by signing the current key
+        id (docs/api.md). Answer: ``{"probe_id", "key_id": <new>, "status"}``.
+        """
+        new_key_id = fingerprint(public_bytes(new_key))
+        proof = new_key.sign(Purpose.ROTATE.prefix + self.key_id.encode("ascii"))
+        document = {
+            "signed_at": self._now(),
+            "new_public_key": b64encode(public_bytes(new_key)),
+            "new_key_signature": b64encode(proof),
+        }
+        status, data = await self._post_envelope("/probes/rotate", Purpose.ROTATE, document)
+        for name in ("probe_id", "status"):
+            _field(data, name, str, status)
+        if data.get("key_id") != new_key_id:
+            raise CollectorError(status, ERR_BAD_RESPONSE, "the answer names another key")
+        return data
 
     async def submit(self, envelopes: Sequence[Envelope]) -> list[ItemResult]:
         """``POST /measurements`` in batches of at most ``MAX_BATCH``; one result per envelope.

@@ -245,8 +245,17 @@ def load_state(state_dir: Path) -> ProbeState:
 
 
 def save_state(state_dir: Path, state: ProbeState) -> None:
+    """Write the identity fields, keeping what others keep there (last check-in, last error)."""
     path = ensure_state_dir(state_dir) / STATE_FILE
-    data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+    merged: dict[str, object] = {}
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(existing, dict):
+            merged.update(existing)
+    except (OSError, ValueError):
+        pass
+    merged.update(state.to_json())
+    data = json.dumps(merged, indent=2, sort_keys=True).encode() + b"\n"
     try:
         atomic_write(path, data)
     except OSError as exc:

@@ -15,6 +15,10 @@ It does what docs/api.md says the collector does, and no more:
 - request headers must be in a small allow-list (no cookies, no forwarding
   headers): anything else lands in ``problems``, which tests assert empty.
 
+``POST /probes/rotate`` verifies both signatures (the old key's over the
+document, the new key's over the rotate prefix + the old key id); the old key
+is then retired: refused for anything but measurements signed before.
+
 Answers and error codes are those of docs/api.md. ``script`` queues canned
 answers (a 503, a 429, an HTML page) for a path; ``stall`` makes it hang;
 ``tls=pki.loopback_context()`` serves it over HTTPS.
@@ -56,6 +60,7 @@ ALLOWED_HEADERS = {
 ENROLL_KEYS = {"public_key", "role", "declared", "software", "signed_at"}
 CHECKIN_KEYS = {"signed_at", "software", "declared", "via_proxy", "spool"}
 MEASUREMENT_KEYS = {"measurement", "signed_at", "declared", "via_proxy"}
+ROTATE_KEYS = {"signed_at", "new_public_key", "new_key_signature"}
 
 
 class ApiError(Exception):
@@ -163,6 +168,8 @@ class FakeCollector:
         self.stall = False
         self.reject_with: str | None = None  # reject every measurement with this code
         self.envelopes: dict[str, dict[str, Any]] = {}  # measurement id -> envelope as received
+        self.rotations: list[dict[str, Any]] = []  # verified rotation documents
+        self.retired: dict[str, datetime] = {}  # old key id -> when it was rotated away
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -186,6 +193,7 @@ class FakeCollector:
         app = web.Application(client_max_size=self.max_body + 64 * 1024 * 1024)
         app.router.add_post("/api/v1/probes/enroll", self._wrap("/probes/enroll", self._enroll))
         app.router.add_post("/api/v1/probes/checkin", self._wrap("/probes/checkin", self._checkin))
+        app.router.add_post("/api/v1/probes/rotate", self._wrap("/probes/rotate", self._rotate))
         app.router.add_post("/api/v1/measurements", self._wrap("/measurements", self._measurements))
         # auto_decompress off: the gzip body is decoded (and checked) by this code.
         self._runner = web.AppRunner(app, auto_decompress=False, access_log=None)
@@ -284,6 +292,13 @@ class FakeCollector:
         if not isinstance(document, dict):
             raise ApiError(422, "err_malformed_payload", "not a JSON object")
         _check_signed_at(document.get("signed_at"))
+        retired_at = self.retired.get(envelope.key_id)
+        if retired_at is not None and (
+            # A retired key's measurements signed before the rotation stay valid (docs/api.md).
+            purpose is not Purpose.MEASUREMENT
+            or datetime.fromisoformat(document["signed_at"].replace("Z", "+00:00")) >= retired_at
+        ):
+            raise ApiError(403, "err_revoked_key")
         return probe, document
 
     # -- the API ------------------------------------------------------------------
@@ -371,6 +386,38 @@ class FakeCollector:
                 "network": network,
                 "targets": [{"domain": d, "group": None, "kind": "primary"} for d in self.targets],
             },
+        )
+
+    async def _rotate(self, data: Any) -> web.Response:
+        """docs/api.md: signed by the old key; the new key signs the prefix + the old key id."""
+        probe, document = self._verified(data, Purpose.ROTATE)
+        if set(document) != ROTATE_KEYS:
+            raise ApiError(422, "err_malformed_payload", f"rotate keys {sorted(document)}")
+        new_public, new_signature = document["new_public_key"], document["new_key_signature"]
+        if not isinstance(new_public, str) or not isinstance(new_signature, str):
+            raise ApiError(422, "err_malformed_payload", "new_public_key, new_key_signature")
+        old_key_id = Envelope.from_json(data).key_id
+        try:
+            public_key = b64decode(new_public, "new_public_key")
+            if len(public_key) != 32:
+                raise ApiError(422, "err_malformed_payload", "new_public_key is 32 bytes")
+            proof = Envelope(
+                fingerprint(public_key),
+                old_key_id.encode("ascii"),
+                b64decode(new_signature, "new_key_signature"),
+            )
+            verify(proof, Purpose.ROTATE, public_key)
+        except EnvelopeError as exc:
+            raise ApiError(401 if exc.code == "err_bad_signature" else 400, exc.code) from exc
+        if proof.key_id in self.probes:
+            raise ApiError(409, "err_conflict", "that key is already enrolled")
+        self.rotations.append(document)
+        self.retired[old_key_id] = datetime.now(UTC)
+        self.probes[proof.key_id] = FakeProbe(
+            probe.probe_id, public_key, probe.status, probe.role, probe.declared
+        )
+        return _json(
+            200, {"probe_id": probe.probe_id, "key_id": proof.key_id, "status": probe.status}
         )
 
     async def _measurements(self, data: Any) -> web.Response:
