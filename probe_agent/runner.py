@@ -27,10 +27,12 @@ from typing import Any
 from probe_agent.client import DEFAULT_TIMEOUT, MAX_BATCH, CheckIn, CollectorClient, ItemResult
 from probe_agent.clock import utc_now_rfc3339
 from probe_agent.engine import DomainError, Engine, EngineConfig, Result
-from probe_agent.envelope import Envelope, Purpose, sign
+from probe_agent.envelope import Purpose, sign
 from probe_agent.errors import CollectorError, CollectorUnreachable
 from probe_agent.identity import Identity
 from probe_agent.inputs import DeclaredNetwork
+from probe_agent.spool import Spool
+from probe_agent.status import record_checkin, record_error
 
 EXIT_OK, EXIT_INCOMPLETE = 0, 1
 ROLE = "probe"
@@ -81,8 +83,13 @@ class RoundSummary:
 
     @property
     def complete(self) -> bool:
-        stored = self.accepted + self.duplicate
-        return self.not_measured == 0 and stored == self.measured == self.targets
+        """Every target measured and the spool emptied into the collector, nothing refused."""
+        return (
+            self.not_measured == 0
+            and self.measured == self.targets
+            and self.unsent == 0
+            and self.rejected == 0
+        )
 
     def line(self) -> str:
         return (
@@ -95,6 +102,13 @@ class RoundSummary:
 
 def _stderr(line: str) -> None:
     print(f"blockwatch-probe: {line}", file=sys.stderr, flush=True)
+
+
+def _code(error: CollectorError | CollectorUnreachable) -> str:
+    """A short code for status (never a message: messages may name an address)."""
+    if isinstance(error, CollectorError):
+        return error.code.removeprefix("err_") or "collector_error"
+    return "collector_unreachable"
 
 
 def describe(error: CollectorError | CollectorUnreachable) -> str:
@@ -128,19 +142,22 @@ async def _enroll(client: CollectorClient, identity: Identity, options: RunOptio
     log.debug("enrolled (status %s)", answer["status"])
 
 
-async def _check_in(client: CollectorClient, identity: Identity, options: RunOptions) -> CheckIn:
+async def _check_in(
+    client: CollectorClient, identity: Identity, options: RunOptions, spool: Spool
+) -> CheckIn:
     """Enroll when this key never was; check in; re-enroll once if the collector forgot the key."""
     if not identity.enrolled:
         await _enroll(client, identity, options)
+    depth, evicted = spool.depth(), spool.evicted_total()
     try:
-        checkin = await client.checkin(options.declared)
+        checkin = await client.checkin(options.declared, spool_depth=depth, evicted=evicted)
     except CollectorError as exc:
         # A collector restored from an old backup, or another one of the list,
         # may not know the key: enrolling again is idempotent (docs/api.md).
         if exc.code != "err_unknown_key":
             raise
         await _enroll(client, identity, options)
-        checkin = await client.checkin(options.declared)
+        checkin = await client.checkin(options.declared, spool_depth=depth, evicted=evicted)
     if checkin.status != identity.state.status or checkin.probe_id != identity.state.probe_id:
         identity.record(probe_id=checkin.probe_id, status=checkin.status)
     return checkin
@@ -164,34 +181,44 @@ async def _measure_and_sign(
     identity: Identity,
     targets: list[str],
     summary: RoundSummary,
-) -> list[Envelope]:
-    signed: list[Envelope] = []
-
+    spool: Spool,
+) -> None:
     def on_result(result: Result) -> None:
         if isinstance(result, DomainError):
             summary.not_measured += 1
             log.debug("internal error: %s", type(result.error).__name__)
             return
         summary.measured += 1
-        # Signed as soon as it is done, so that signed_at is the measurement's time.
+        # Signed as soon as it is done, so that signed_at is the measurement's time,
+        # and on disk before any submission is tried: a crash loses nothing.
         document = measurement_document(result.to_dict(), options.declared, via_proxy=False)
-        signed.append(sign(identity.key, Purpose.MEASUREMENT, document))
+        spool.put(sign(identity.key, Purpose.MEASUREMENT, document), result.started_at)
 
     await engine.measure_all(targets, options.concurrency, on_result)
-    return signed
 
 
 async def _submit(
-    client: CollectorClient, envelopes: list[Envelope], summary: RoundSummary
-) -> str | None:
-    """Submit batch by batch, counting each; the error that stopped it, if one did."""
-    for start in range(0, len(envelopes), MAX_BATCH):
-        batch = envelopes[start : start + MAX_BATCH]
+    client: CollectorClient, spool: Spool, summary: RoundSummary
+) -> CollectorError | CollectorUnreachable | None:
+    """Empty the spool batch by batch (this round's and any earlier round's leftovers).
+
+    Stored (accepted or duplicate) items are acknowledged, refused ones dropped
+    and counted by code; whatever a failed submission held stays for next time.
+    """
+    while items := spool.batch(MAX_BATCH):
         try:
-            summary.count(await client.submit(batch))
+            results = await client.submit([item.envelope for item in items])
         except (CollectorError, CollectorUnreachable) as exc:
-            summary.unsent = len(envelopes) - start
-            return describe(exc)
+            summary.unsent = spool.depth()
+            return exc
+        summary.count(results)
+        spool.ack(items[r.index].id for r in results if r.status in ("accepted", "duplicate"))
+        for r in results:
+            if r.status == "rejected":
+                spool.reject([items[r.index].id], r.error_code or "err_other")
+        if not results:
+            summary.unsent = spool.depth()
+            return None
     return None
 
 
@@ -211,6 +238,18 @@ async def run_once(
     """
     identity = Identity.open(options.state_dir)
     summary = RoundSummary()
+    with Spool(options.state_dir) as spool:
+        return await _round(options, identity, summary, spool, report, make_engine)
+
+
+async def _round(
+    options: RunOptions,
+    identity: Identity,
+    summary: RoundSummary,
+    spool: Spool,
+    report: Callable[[str], None],
+    make_engine: Callable[[EngineConfig], Engine],
+) -> int:
     async with CollectorClient(
         options.collectors,
         identity.key,
@@ -219,10 +258,12 @@ async def run_once(
         ca_file=options.engine.ca_file,
     ) as client:
         try:
-            checkin = await _check_in(client, identity, options)
+            checkin = await _check_in(client, identity, options, spool)
         except (CollectorError, CollectorUnreachable) as exc:
+            record_error(options.state_dir, _code(exc))
             report(f"error: {describe(exc)}")
             return EXIT_INCOMPLETE
+        record_checkin(options.state_dir, datetime.now(UTC), checkin.interval_seconds)
         if checkin.status != "active":
             # docs/api.md answers a pending probe's check-in with 403 err_probe_pending;
             # a collector answering 200 with another status gets the same treatment.
@@ -235,9 +276,10 @@ async def run_once(
             report(f"warning: skipped {checkin.invalid_targets} invalid target(s)")
         summary.targets = len(checkin.targets)
         engine = make_engine(options.engine)
-        envelopes = await _measure_and_sign(engine, options, identity, checkin.targets, summary)
-        error = await _submit(client, envelopes, summary)
+        await _measure_and_sign(engine, options, identity, checkin.targets, summary, spool)
+        error = await _submit(client, spool, summary)
         if error is not None:
-            report(f"error: submitting: {error}")
+            record_error(options.state_dir, _code(error))
+            report(f"error: submitting: {describe(error)} ({summary.unsent} kept in the spool)")
     report(summary.line())
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE

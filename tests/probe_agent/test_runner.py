@@ -312,3 +312,29 @@ def test_id_refuses_a_world_readable_key(tmp_path: Path) -> None:
     result = cli.invoke(app, ["id", "--state-dir", str(tmp_path / "s")])
     assert result.exit_code == EXIT_INVALID_INPUT
     assert "group or others can access it" in " ".join(result.output.split())  # rich wraps
+
+
+async def test_a_failed_submission_stays_in_the_spool_and_goes_next_round(tmp_path: Path) -> None:
+    from probe_agent.spool import Spool
+    from probe_agent.status import read_status
+
+    state = tmp_path / "s"
+    async with (
+        SimulatedNetwork(tmp_path, INSTANCES[:1]) as net,
+        FakeCollector(targets=DOMAINS[:1]) as collector,
+    ):
+        collector.script("/measurements", 503)
+        first = await run_probe(_run_args(net, state, collector.url), command="run")
+        assert first.returncode == EXIT_INCOMPLETE
+        assert "1 kept in the spool" in first.stderr
+        with Spool(state) as spool:
+            assert spool.depth() == 1
+        assert read_status(state).last_error is not None  # type: ignore[attr-defined]
+        second = await run_probe(_run_args(net, state, collector.url), command="run")
+        assert second.returncode == 0, second.stderr
+    # The kept measurement and this round's: each stored once, the spool empty.
+    assert len(collector.stored) == 2
+    with Spool(state) as spool:
+        assert spool.depth() == 0
+    assert collector.checkins[-1]["spool"]["depth"] == 1  # reported at the second check-in
+    assert collector.problems == []
