@@ -255,6 +255,21 @@ def run(
             envvar=_env("COLLECTOR_TIMEOUT"),
         ),
     ] = 30.0,
+    interval: Annotated[
+        str | None,
+        typer.Option(
+            help="Time between rounds (30s, 5m), overriding the collector's.",
+            envvar=_env("INTERVAL"),
+        ),
+    ] = None,
+    retest_spacing: Annotated[
+        str | None,
+        typer.Option(
+            help="Least time between two measurements of one address and port "
+            "(default: the collector's, 180s).",
+            envvar=_env("RETEST_SPACING"),
+        ),
+    ] = None,
     resolver: ResolverOption = None,
     injection_sink: InjectionSinkOption = None,
     ca_file: CAFileOption = None,
@@ -269,11 +284,14 @@ def run(
     # The collector client pulls in aiohttp: only `run` needs it, and `measure`
     # (which may fork workers) starts faster and smaller without it.
     from probe_agent.client import ssl_context  # noqa: PLC0415
+    from probe_agent.daemon import DaemonOptions, run_daemon  # noqa: PLC0415
     from probe_agent.runner import RunOptions, run_once  # noqa: PLC0415
 
-    if not once:
-        raise _fail("the continuous daemon is not available yet: pass --once for one round")
     try:
+        daemon = DaemonOptions(
+            interval=parse_duration(interval) if interval else None,
+            retest_spacing=parse_duration(retest_spacing) if retest_spacing else None,
+        )
         collectors = tuple(parse_collector_url(url) for url in collector or ())
         if not collectors:
             raise InvalidOptionError("no collector given: pass --collector URL")
@@ -307,10 +325,25 @@ def run(
         collector_timeout=collector_timeout,
     )
     try:
-        status = asyncio.run(run_once(options))
+        status = asyncio.run(run_once(options) if once else run_daemon(options, daemon))
     except IdentityError as exc:
         raise _fail(str(exc)) from None
     raise typer.Exit(status)
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``5m``, ``2h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = text.strip().lower()
+    factor = units.get(value[-1:])
+    number = value[:-1] if factor is not None else value
+    try:
+        seconds = float(number) * (factor or 1)
+    except ValueError:
+        raise InvalidOptionError(f"invalid duration {text!r}: use e.g. 30s, 5m, 1h") from None
+    if not 0 < seconds <= 86400:
+        raise InvalidOptionError(f"invalid duration {text!r}: between 0 and 24 h")
+    return seconds
 
 
 def _is_loopback_url(url: str) -> bool:
@@ -375,6 +408,21 @@ def rotate_key(
             envvar=_env("COLLECTOR_TIMEOUT"),
         ),
     ] = 30.0,
+    interval: Annotated[
+        str | None,
+        typer.Option(
+            help="Time between rounds (30s, 5m), overriding the collector's.",
+            envvar=_env("INTERVAL"),
+        ),
+    ] = None,
+    retest_spacing: Annotated[
+        str | None,
+        typer.Option(
+            help="Least time between two measurements of one address and port "
+            "(default: the collector's, 180s).",
+            envvar=_env("RETEST_SPACING"),
+        ),
+    ] = None,
 ) -> None:
     """Replace the probe's key with a new one, once the collector accepted it (stop the daemon
     first)."""

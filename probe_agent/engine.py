@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from probe_agent import __version__
@@ -111,8 +111,12 @@ class Engine:
         dialer: Dialer | None = None,
         tls_contexts: TLSContexts | None = None,
         clock_factory: Callable[[], Clock] = MonotonicClock,
+        address_gate: Callable[[str, int], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
+        # Called before an address is first dialled in a measurement: the daemon's
+        # retest spacing (the GFW's residual blocking of a triggered triple).
+        self.address_gate = address_gate
         self.dns = dns_prober or NetworkDNSProber(config.dns)
         self.dialer = dialer or SocketDialer()
         self.tls = tls_contexts or TLSContexts.create(config.ca_file)
@@ -196,6 +200,8 @@ class Engine:
     async def _address_flow(self, domain: str, ip: str, clock: Clock) -> _AddressResult:
         cfg = self.config
         out = _AddressResult()
+        if self.address_gate is not None:
+            await self.address_gate(ip, cfg.port)
         tcp_obs, stream = await self._connect(ip, clock)
         out.tcp.append(tcp_obs)
         if stream is None:

@@ -32,7 +32,7 @@ from probe_agent.errors import CollectorError, CollectorUnreachable
 from probe_agent.identity import Identity
 from probe_agent.inputs import DeclaredNetwork
 from probe_agent.spool import Spool
-from probe_agent.status import record_checkin, record_error
+from probe_agent.status import cached_schedule, record_checkin, record_error, record_schedule
 
 EXIT_OK, EXIT_INCOMPLETE = 0, 1
 ROLE = "probe"
@@ -262,8 +262,16 @@ async def _round(
         except (CollectorError, CollectorUnreachable) as exc:
             record_error(options.state_dir, _code(exc))
             report(f"error: {describe(exc)}")
+            _, cached = cached_schedule(options.state_dir)
+            if isinstance(exc, CollectorUnreachable) and cached:
+                # The collector (or its domain) is out of reach: measure the last
+                # targets anyway and keep the evidence in the spool for later.
+                engine = make_engine(options.engine)
+                await _measure_and_sign(engine, options, identity, cached, summary, spool)
+                report(f"{summary.measured} measurement(s) of the last targets kept in the spool")
             return EXIT_INCOMPLETE
         record_checkin(options.state_dir, datetime.now(UTC), checkin.interval_seconds)
+        record_schedule(options.state_dir, checkin.retest_spacing_seconds, checkin.targets)
         if checkin.status != "active":
             # docs/api.md answers a pending probe's check-in with 403 err_probe_pending;
             # a collector answering 200 with another status gets the same treatment.
@@ -283,3 +291,24 @@ async def _round(
             report(f"error: submitting: {describe(error)} ({summary.unsent} kept in the spool)")
     report(summary.line())
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
+
+
+async def flush_spool(options: RunOptions, *, report: Callable[[str], None] = _stderr) -> int:
+    """Submit what the spool holds, without measuring (a stopping daemon's last act)."""
+    identity = Identity.open(options.state_dir)
+    summary = RoundSummary()
+    with Spool(options.state_dir) as spool:
+        if spool.depth() == 0:
+            return EXIT_OK
+        async with CollectorClient(
+            options.collectors,
+            identity.key,
+            timeout=options.collector_timeout,
+            ca_file=options.engine.ca_file,
+        ) as client:
+            error = await _submit(client, spool, summary)
+    if error is not None:
+        report(f"error: submitting: {describe(error)} ({summary.unsent} kept in the spool)")
+        return EXIT_INCOMPLETE
+    report(f"flushed: {summary.accepted} accepted, {summary.duplicate} duplicate")
+    return EXIT_OK

@@ -188,3 +188,22 @@ def read_status(state_dir: Path, now: datetime | None = None) -> ProbeStatus:
         evicted_total=evicted,
         rejected=rejected,
     )
+
+
+RETEST_SPACING, TARGETS = "retest_spacing_seconds", "targets"
+
+
+def record_schedule(state_dir: Path, retest_spacing: float, targets: list[str]) -> None:
+    """Keep the last check-in's retest spacing and targets: the daemon measures them
+    again when the collector cannot be reached (its domain may be blocked too)."""
+    update_state(state_dir, {RETEST_SPACING: float(retest_spacing), TARGETS: list(targets)})
+
+
+def cached_schedule(state_dir: Path) -> tuple[float | None, list[str]]:
+    """The retest spacing and targets of the last check-in, if any."""
+    raw = _read_raw(state_dir.expanduser()) if state_dir.expanduser().is_dir() else {}
+    spacing = raw.get(RETEST_SPACING)
+    targets = raw.get(TARGETS)
+    valid_spacing = float(spacing) if isinstance(spacing, int | float) and spacing >= 0 else None
+    valid_targets = [t for t in targets if isinstance(t, str)] if isinstance(targets, list) else []
+    return valid_spacing, valid_targets

@@ -280,12 +280,12 @@ def test_invalid_run_options_exit_2(tmp_path: Path, extra: list[str], message: s
     assert not (tmp_path / "s").exists()  # nothing was created, nothing sent
 
 
-def test_run_without_once_says_the_daemon_is_not_there_yet(tmp_path: Path) -> None:
+@pytest.mark.parametrize("value", ["soon", "0s", "-5m", "2d"])
+def test_invalid_durations_exit_2(tmp_path: Path, value: str) -> None:
     args = ["run", "--collector", "http://127.0.0.1:1", "--state-dir", str(tmp_path / "s")]
-    result = cli.invoke(app, [*args, "--resolver", "127.0.0.1:1"])
+    result = cli.invoke(app, [*args, "--resolver", "127.0.0.1:1", "--interval", value])
     assert result.exit_code == EXIT_INVALID_INPUT
-    assert "continuous daemon is not available yet" in result.output
-    assert "--once" in result.output
+    assert "invalid duration" in result.output
 
 
 def test_id_prints_a_stable_fingerprint(tmp_path: Path) -> None:

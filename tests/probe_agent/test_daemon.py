@@ -1,0 +1,114 @@
+"""The daemon: rounds at the interval, backoff, retest spacing, SIGTERM, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from probe_agent.cli import parse_duration
+from probe_agent.daemon import FIRST_BACKOFF, AddressSpacer, next_wait
+from probe_agent.spool import Spool
+from tests.support.fake_collector import FakeCollector
+from tests.support.simnet import SimInstance, SimulatedNetwork
+
+PROBE = str(Path(sys.executable).parent / "blockwatch-probe")
+
+
+def test_parse_duration() -> None:
+    assert [parse_duration(t) for t in ("90", "30s", "5m", "2h", "0.5s")] == [
+        90,
+        30,
+        300,
+        7200,
+        0.5,
+    ]
+
+
+def test_next_wait_jitter_and_backoff() -> None:
+    rng = random.Random(1)
+    waits = [next_wait(True, 0, 300, rng) for _ in range(200)]
+    assert min(waits) >= 270
+    assert max(waits) <= 330
+    assert len({round(w) for w in waits}) > 20  # jitter: probes do not knock at once
+    backoffs = [next_wait(False, n, 300, random.Random(2)) for n in (1, 2, 3, 4, 10)]
+    assert FIRST_BACKOFF * 0.5 <= backoffs[0] <= FIRST_BACKOFF
+    assert backoffs[1] > backoffs[0]
+    assert backoffs[-1] <= 300  # never longer than the interval
+
+
+async def test_address_spacer_spaces_one_triple_not_others() -> None:
+    now = [1000.0]
+    spacer = AddressSpacer(180.0, clock=lambda: now[0])
+    await spacer.wait("198.18.1.1", 443)
+    await spacer.wait("198.18.1.2", 443)  # another address: no wait
+    await spacer.wait("198.18.1.1", 80)  # another port: no wait
+    assert spacer._last[("198.18.1.1", 443)] == 1000.0
+    task = asyncio.create_task(spacer.wait("198.18.1.1", 443))
+    await asyncio.sleep(0)
+    # The second measurement of the triple is held until 180 s after the first.
+    assert spacer._last[("198.18.1.1", 443)] == 1180.0
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_daemon_rounds_then_sigterm_flushes_and_exits_0(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    async with (
+        SimulatedNetwork(tmp_path / "net", [SimInstance("a.example")]) as net,
+        FakeCollector(targets=["a.example"]) as collector,
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            PROBE,
+            "run",
+            "--collector",
+            collector.url,
+            "--state-dir",
+            str(state),
+            "--interval",
+            "1s",
+            "--retest-spacing",
+            "0.5s",
+            *net.probe_args(),
+            stderr=asyncio.subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if not k.startswith("BLOCKWATCH_")},
+        )
+        for _ in range(200):
+            if len(collector.stored) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert len(collector.checkins) >= 2  # it keeps going on its own
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout=30)
+        assert proc.returncode == 0, stderr.decode()
+        assert len(collector.stored) == len({m for m in collector.stored})
+        assert collector.problems == []
+    with Spool(state) as spool:
+        assert spool.depth() == 0
+
+
+async def test_collector_unreachable_measures_the_last_targets_into_the_spool(
+    tmp_path: Path,
+) -> None:
+    from tests.probe_agent.test_runner import _run_args
+    from tests.support.probing import run_probe
+
+    state = tmp_path / "state"
+    async with SimulatedNetwork(tmp_path / "net", [SimInstance("a.example")]) as net:
+        async with FakeCollector(targets=["a.example"]) as collector:
+            url = collector.url
+            first = await run_probe(_run_args(net, state, url), command="run")
+            assert first.returncode == 0, first.stderr
+        # The collector is gone (blocked, down): the round still measures.
+        second = await run_probe(_run_args(net, state, url), command="run")
+        assert second.returncode != 0
+        assert "kept in the spool" in second.stderr
+    with Spool(state) as spool:
+        assert spool.depth() == 1
