@@ -255,6 +255,14 @@ def run(
             envvar=_env("COLLECTOR_TIMEOUT"),
         ),
     ] = 30.0,
+    proxy: Annotated[
+        str | None,
+        typer.Option(
+            help="Reach the collector only through this proxy: socks5://host:port (Tor: "
+            "socks5://127.0.0.1:9050) or http://host:port. The proxy resolves its name.",
+            envvar=_env("PROXY"),
+        ),
+    ] = None,
     interval: Annotated[
         str | None,
         typer.Option(
@@ -296,6 +304,7 @@ def run(
         if not collectors:
             raise InvalidOptionError("no collector given: pass --collector URL")
         declared = parse_declared(cc, asn)
+        proxy_url = parse_proxy_url(proxy) if proxy else None
         config = engine_config(
             resolver=resolver,
             injection_sink=injection_sink,
@@ -323,12 +332,33 @@ def run(
         enroll_token=enroll_token,
         declared=declared,
         collector_timeout=collector_timeout,
+        proxy=proxy_url,
     )
     try:
         status = asyncio.run(run_once(options) if once else run_daemon(options, daemon))
     except IdentityError as exc:
         raise _fail(str(exc)) from None
     raise typer.Exit(status)
+
+
+PROXY_SCHEMES = ("socks5", "socks5h", "socks4", "http")
+
+
+def parse_proxy_url(text: str) -> str:
+    """A proxy URL: scheme, host and port, nothing else (user:password allowed)."""
+    parts = urllib.parse.urlsplit(text.strip())
+    if parts.scheme not in PROXY_SCHEMES or not parts.hostname or parts.path not in ("", "/"):
+        raise InvalidOptionError(
+            f"invalid proxy {text!r}: use socks5://host:port or http://host:port"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        raise InvalidOptionError(f"invalid proxy {text!r}: give the port")
+    # socks5h (curl's spelling of "the proxy resolves names") is what socks5 does here.
+    return text.strip().replace("socks5h://", "socks5://", 1)
 
 
 def parse_duration(text: str) -> float:

@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
+from aiohttp_socks import ProxyConnector
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from probe_agent import __version__
@@ -216,6 +217,7 @@ class CollectorClient:
         timeout: float = DEFAULT_TIMEOUT,
         ca_file: str | None = None,
         now: Callable[[], str] = utc_now_rfc3339,
+        proxy: str | None = None,
     ) -> None:
         if not urls:
             raise InvalidOptionError("no collector URL")
@@ -225,16 +227,26 @@ class CollectorClient:
         self._timeout = timeout
         self._ssl = ssl_context(ca_file)
         self._now = now
+        self._proxy = proxy
         self._session: aiohttp.ClientSession | None = None
         self._preferred = 0
         self.answered_by: str | None = None  # the base URL that gave the last answer
 
     async def __aenter__(self) -> Self:
+        # One connection per request: a round's few requests are minutes apart
+        # (measuring in between), and a kept-alive connection the collector
+        # closed meanwhile would fail the next POST for nothing.
+        connector: aiohttp.BaseConnector
+        if self._proxy:
+            # rdns: the proxy resolves the collector's name, so no DNS query for it
+            # leaves this machine (over Tor, the exit resolves it).
+            connector = ProxyConnector.from_url(
+                self._proxy, rdns=True, ssl=self._ssl, force_close=True
+            )
+        else:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, force_close=True)
         self._session = aiohttp.ClientSession(
-            # One connection per request: a round's few requests are minutes apart
-            # (measuring in between), and a kept-alive connection the collector
-            # closed meanwhile would fail the next POST for nothing.
-            connector=aiohttp.TCPConnector(ssl=self._ssl, force_close=True),
+            connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,

@@ -60,6 +60,8 @@ class RunOptions:
     enroll_token: str | None = None
     declared: DeclaredNetwork | None = None
     collector_timeout: float = DEFAULT_TIMEOUT
+    # socks5://, socks5h://, socks4://, http://: the collector is reached through it only.
+    proxy: str | None = None
 
 
 @dataclass(slots=True)
@@ -150,14 +152,24 @@ async def _check_in(
         await _enroll(client, identity, options)
     depth, evicted = spool.depth(), spool.evicted_total()
     try:
-        checkin = await client.checkin(options.declared, spool_depth=depth, evicted=evicted)
+        checkin = await client.checkin(
+            options.declared,
+            via_proxy=options.proxy is not None,
+            spool_depth=depth,
+            evicted=evicted,
+        )
     except CollectorError as exc:
         # A collector restored from an old backup, or another one of the list,
         # may not know the key: enrolling again is idempotent (docs/api.md).
         if exc.code != "err_unknown_key":
             raise
         await _enroll(client, identity, options)
-        checkin = await client.checkin(options.declared, spool_depth=depth, evicted=evicted)
+        checkin = await client.checkin(
+            options.declared,
+            via_proxy=options.proxy is not None,
+            spool_depth=depth,
+            evicted=evicted,
+        )
     if checkin.status != identity.state.status or checkin.probe_id != identity.state.probe_id:
         identity.record(probe_id=checkin.probe_id, status=checkin.status)
     return checkin
@@ -191,7 +203,9 @@ async def _measure_and_sign(
         summary.measured += 1
         # Signed as soon as it is done, so that signed_at is the measurement's time,
         # and on disk before any submission is tried: a crash loses nothing.
-        document = measurement_document(result.to_dict(), options.declared, via_proxy=False)
+        document = measurement_document(
+            result.to_dict(), options.declared, via_proxy=options.proxy is not None
+        )
         spool.put(sign(identity.key, Purpose.MEASUREMENT, document), result.started_at)
 
     await engine.measure_all(targets, options.concurrency, on_result)
@@ -250,12 +264,13 @@ async def _round(
     report: Callable[[str], None],
     make_engine: Callable[[EngineConfig], Engine],
 ) -> int:
-    async with CollectorClient(
+    async with CollectorClient(  # the proxy, when given, carries every request
         options.collectors,
         identity.key,
         timeout=options.collector_timeout,
         # One --ca-file for both: a lab's CA signs the instances and the collector alike.
         ca_file=options.engine.ca_file,
+        proxy=options.proxy,
     ) as client:
         try:
             checkin = await _check_in(client, identity, options, spool)
@@ -300,11 +315,12 @@ async def flush_spool(options: RunOptions, *, report: Callable[[str], None] = _s
     with Spool(options.state_dir) as spool:
         if spool.depth() == 0:
             return EXIT_OK
-        async with CollectorClient(
+        async with CollectorClient(  # the proxy, when given, carries every request
             options.collectors,
             identity.key,
             timeout=options.collector_timeout,
             ca_file=options.engine.ca_file,
+            proxy=options.proxy,
         ) as client:
             error = await _submit(client, spool, summary)
     if error is not None:

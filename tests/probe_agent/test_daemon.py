@@ -112,3 +112,50 @@ async def test_collector_unreachable_measures_the_last_targets_into_the_spool(
         assert "kept in the spool" in second.stderr
     with Spool(state) as spool:
         assert spool.depth() == 1
+
+
+async def test_the_collector_is_reached_through_the_proxy(tmp_path: Path) -> None:
+    from tests.probe_agent.test_runner import _run_args
+    from tests.support.probing import run_probe
+    from tests.support.socks_proxy import Socks5Proxy
+
+    state = tmp_path / "state"
+    async with (
+        SimulatedNetwork(tmp_path / "net", [SimInstance("a.example")]) as net,
+        FakeCollector(targets=["a.example"]) as collector,
+        Socks5Proxy() as proxy,
+    ):
+        host, port = collector.url.removeprefix("http://").rsplit(":", 1)
+        run = await run_probe(
+            [*_run_args(net, state, collector.url), "--proxy", proxy.url], command="run"
+        )
+        assert run.returncode == 0, run.stderr
+    # Every request (enroll, check-in, submission) went through the proxy...
+    assert proxy.destinations == [(host, int(port))] * 3
+    # ...and the probe said so, so that the collector uses the declared network.
+    assert collector.checkins[-1]["via_proxy"] is True
+    assert len(collector.stored) == 1
+
+
+@pytest.mark.parametrize("value", ["ftp://x:1", "socks5://host", "socks5://:9050", "tor"])
+def test_invalid_proxy_exits_2(tmp_path: Path, value: str) -> None:
+    from typer.testing import CliRunner
+
+    from probe_agent.cli import EXIT_INVALID_INPUT, app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--collector",
+            "http://127.0.0.1:1",
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--resolver",
+            "127.0.0.1:1",
+            "--proxy",
+            value,
+        ],
+    )
+    assert result.exit_code == EXIT_INVALID_INPUT
+    assert "invalid proxy" in result.output
