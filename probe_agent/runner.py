@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from probe_agent import privacy
 from probe_agent.client import DEFAULT_TIMEOUT, MAX_BATCH, CheckIn, CollectorClient, ItemResult
 from probe_agent.clock import utc_now_rfc3339
 from probe_agent.engine import DomainError, Engine, EngineConfig, Result
@@ -195,6 +196,8 @@ async def _measure_and_sign(
     summary: RoundSummary,
     spool: Spool,
 ) -> None:
+    own = privacy.own_addresses()
+
     def on_result(result: Result) -> None:
         if isinstance(result, DomainError):
             summary.not_measured += 1
@@ -203,8 +206,9 @@ async def _measure_and_sign(
         summary.measured += 1
         # Signed as soon as it is done, so that signed_at is the measurement's time,
         # and on disk before any submission is tried: a crash loses nothing.
+        observations = privacy.scrub(result.to_dict(), own)  # never the volunteer's address
         document = measurement_document(
-            result.to_dict(), options.declared, via_proxy=options.proxy is not None
+            observations, options.declared, via_proxy=options.proxy is not None
         )
         spool.put(sign(identity.key, Purpose.MEASUREMENT, document), result.started_at)
 
