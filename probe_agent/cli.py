@@ -78,6 +78,12 @@ log = logging.getLogger("blockwatch.probe")
 EXIT_INVALID_INPUT = 2
 
 
+class LogLevel(StrEnum):
+    WARNING = "warning"
+    INFO = "info"
+    DEBUG = "debug"
+
+
 class OutputFormat(StrEnum):
     JSONL = "jsonl"
     TABLE = "table"
@@ -263,6 +269,14 @@ def run(
             envvar=_env("PROXY"),
         ),
     ] = None,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            help="warning (default) and info log counts only; debug logs domains and "
+            "addresses: for labs, not for a volunteer's machine.",
+            envvar=_env("LOG_LEVEL"),
+        ),
+    ] = LogLevel.WARNING,
     interval: Annotated[
         str | None,
         typer.Option(
@@ -293,6 +307,13 @@ def run(
     # (which may fork workers) starts faster and smaller without it.
     from probe_agent.client import ssl_context  # noqa: PLC0415
     from probe_agent.daemon import DaemonOptions, run_daemon  # noqa: PLC0415
+
+    logging.getLogger("blockwatch").setLevel(log_level.value.upper())
+    if log_level is LogLevel.DEBUG:
+        Console(stderr=True).print(
+            "[yellow]warning:[/] --log-level debug writes the measured domains and addresses "
+            "to the log: anyone who reads it learns what this probe measured"
+        )
     from probe_agent.runner import RunOptions, run_once  # noqa: PLC0415
 
     try:
@@ -438,21 +459,6 @@ def rotate_key(
             envvar=_env("COLLECTOR_TIMEOUT"),
         ),
     ] = 30.0,
-    interval: Annotated[
-        str | None,
-        typer.Option(
-            help="Time between rounds (30s, 5m), overriding the collector's.",
-            envvar=_env("INTERVAL"),
-        ),
-    ] = None,
-    retest_spacing: Annotated[
-        str | None,
-        typer.Option(
-            help="Least time between two measurements of one address and port "
-            "(default: the collector's, 180s).",
-            envvar=_env("RETEST_SPACING"),
-        ),
-    ] = None,
 ) -> None:
     """Replace the probe's key with a new one, once the collector accepted it (stop the daemon
     first)."""

@@ -204,6 +204,7 @@ async def _measure_and_sign(
             log.debug("internal error: %s", type(result.error).__name__)
             return
         summary.measured += 1
+        log.debug("measured %s: hints %s", result.domain, ",".join(result.hints) or "none")
         # Signed as soon as it is done, so that signed_at is the measurement's time,
         # and on disk before any submission is tried: a crash loses nothing.
         observations = privacy.scrub(result.to_dict(), own)  # never the volunteer's address

@@ -159,3 +159,21 @@ def test_invalid_proxy_exits_2(tmp_path: Path, value: str) -> None:
     )
     assert result.exit_code == EXIT_INVALID_INPUT
     assert "invalid proxy" in result.output
+
+
+async def test_debug_logs_name_domains_after_a_warning(tmp_path: Path) -> None:
+    from tests.probe_agent.test_runner import _run_args
+    from tests.support.probing import run_probe
+
+    async with (
+        SimulatedNetwork(tmp_path / "net", [SimInstance("a.example")]) as net,
+        FakeCollector(targets=["a.example"]) as collector,
+    ):
+        quiet = await run_probe(_run_args(net, tmp_path / "s1", collector.url), command="run")
+        loud = await run_probe(
+            [*_run_args(net, tmp_path / "s2", collector.url), "--log-level", "debug"], command="run"
+        )
+    assert quiet.returncode == loud.returncode == 0
+    assert "a.example" not in quiet.stderr  # the default level names nothing
+    assert "--log-level debug writes the measured domains" in loud.stderr
+    assert "measured a.example" in loud.stderr
