@@ -1,0 +1,150 @@
+"""A volunteer's probe in cn-a, the collector on the internet side of the lab."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab import topology as topo
+from tests.lab.lab import Lab
+
+pytestmark = pytest.mark.lab
+BIN = Path(sys.executable).parent
+PORT = 8080
+TARGETS = ["alive.test", "o3o.test", "g0v.test"]
+
+
+class LabCollector:
+    def __init__(self, lab: Lab, directory: Path) -> None:
+        self.lab = lab
+        self.db = directory / "collector.db"
+        self.log = directory / "collector.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://{topo.COLLECTOR}:{PORT}"
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [str(BIN / "blockwatch-collector"), *args, "--database-url", f"sqlite:///{self.db}"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return result.stdout
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.lab.ns("col"),
+                    str(BIN / "blockwatch-collector"),
+                    "serve",
+                    "--host",
+                    topo.COLLECTOR,
+                    "--port",
+                    str(PORT),
+                    "--mode",
+                    "lab",
+                    "--database-url",
+                    f"sqlite:///{self.db}",
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        address = (topo.COLLECTOR, PORT)
+        probe = f"import socket; socket.create_connection({address!r}, timeout=1).close()"
+        for _ in range(100):
+            if self.lab.exec("col", [sys.executable, "-c", probe]).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(self.log.read_text()[-2000:])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def rows(self) -> list[tuple[str, str, int, str, str]]:
+        with sqlite3.connect(self.db) as conn:
+            return list(
+                conn.execute(
+                    "SELECT measurement_id, cc, asn, network_source, domain FROM measurements"
+                )
+            )
+
+
+@pytest.fixture
+def collector(fresh_lab: Lab, tmp_path: Path) -> Iterator[LabCollector]:
+    served = LabCollector(fresh_lab, tmp_path)
+    served.cli("targets", "add", *TARGETS)
+    token = served.cli("probes", "token", "--uses", "5").strip()
+    served.token = token  # type: ignore[attr-defined]
+    served.start()
+    yield served
+    served.stop()
+
+
+def run_once(lab: Lab, collector: LabCollector, state: Path) -> subprocess.CompletedProcess[str]:
+    return lab.exec(
+        "a1",
+        [
+            str(BIN / "blockwatch-probe"),
+            "run",
+            "--once",
+            "--collector",
+            collector.url,
+            "--enroll-token",
+            collector.token,
+            "--state-dir",
+            str(state),  # type: ignore[attr-defined]
+            "--cc",
+            "CN",
+            "--asn",
+            "4134",
+            "--ca-file",
+            str(lab.ca_file),
+            "--lab-network",
+            topo.INTERNET_CIDR,
+            "--timeout",
+            "3",
+        ],
+        timeout=120,
+    )
+
+
+def test_measurements_arrive_signed_and_attributed(
+    fresh_lab: Lab, collector: LabCollector, tmp_path: Path
+) -> None:
+    result = run_once(fresh_lab, collector, tmp_path / "probe")
+    assert result.returncode == 0, result.stderr
+    rows = collector.rows()
+    assert sorted(r[4] for r in rows) == sorted(TARGETS)
+    # A private address in cn-a cannot be geolocated: the declared network, so marked.
+    assert {(r[1], r[2], r[3]) for r in rows} == {("CN", 4134, "declared")}
+
+
+def test_collector_down_then_back_loses_nothing(
+    fresh_lab: Lab, collector: LabCollector, tmp_path: Path
+) -> None:
+    state = tmp_path / "probe"
+    assert run_once(fresh_lab, collector, state).returncode == 0
+    collector.stop()
+    down = run_once(fresh_lab, collector, state)  # measures the last targets into the spool
+    assert down.returncode != 0
+    assert "kept in the spool" in down.stderr
+    collector.start()
+    back = run_once(fresh_lab, collector, state)
+    assert back.returncode == 0, back.stderr
+    ids = [r[0] for r in collector.rows()]
+    assert len(ids) == 3 * len(TARGETS)  # three rounds, every measurement once
+    assert len(set(ids)) == len(ids)
