@@ -148,3 +148,66 @@ def test_collector_down_then_back_loses_nothing(
     ids = [r[0] for r in collector.rows()]
     assert len(ids) == 3 * len(TARGETS)  # three rounds, every measurement once
     assert len(set(ids)) == len(ids)
+
+
+def spooled_ids(state: Path) -> set[str]:
+    path = state / "spool.db"
+    if not path.exists():
+        return set()
+    with sqlite3.connect(path, timeout=5) as conn:
+        return {r[0] for r in conn.execute("SELECT measurement_id FROM items")}
+
+
+def test_kill_9_in_the_middle_of_a_batch_loses_and_duplicates_nothing(
+    fresh_lab: Lab, collector: LabCollector, tmp_path: Path
+) -> None:
+    from tests.lab.scenarios import national
+
+    state = tmp_path / "probe"
+    # 1.5 s each way on the path to the collector: the submission is in flight for seconds.
+    national(throttle={topo.COLLECTOR: {"delay_ms": 1500.0, "loss": 0.0}})(fresh_lab)
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        fresh_lab.ns("a1"),
+        str(BIN / "blockwatch-probe"),
+        "run",
+        "--once",
+        "--collector",
+        collector.url,
+        "--enroll-token",
+        collector.token,  # type: ignore[attr-defined]
+        "--state-dir",
+        str(state),
+        "--cc",
+        "CN",
+        "--asn",
+        "4134",
+        "--ca-file",
+        str(fresh_lab.ca_file),
+        "--lab-network",
+        topo.INTERNET_CIDR,
+        "--timeout",
+        "3",
+        "--collector-timeout",
+        "60",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(spooled_ids(state)) < len(TARGETS) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = spooled_ids(state)
+        assert len(held) == len(TARGETS)  # all measured and on disk, the batch under way
+        time.sleep(1.0)
+    finally:
+        proc.kill()  # SIGKILL to `ip netns exec`'s child: the probe itself
+        proc.wait()
+    national()(fresh_lab)  # the path is fast again
+    again = run_once(fresh_lab, collector, state)
+    assert again.returncode == 0, again.stderr
+    ids = [r[0] for r in collector.rows()]
+    assert held <= set(ids)  # nothing lost...
+    assert len(ids) == len(set(ids))  # ...nothing stored twice
+    assert spooled_ids(state) == set()
