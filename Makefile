@@ -53,6 +53,7 @@ demo: $(STAMP) debs
 bench: $(STAMP)
 	$(BIN)/python bench/bench_measure.py
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_probe.py
 
 # The censorship lab, for exploring by hand (root, or an unprivileged user namespace).
 lab: $(STAMP) debs
