@@ -10,9 +10,10 @@ PYTEST_ARGS ?=
 
 .PHONY: all venv debs test lint typecheck unit demo bench lab clean
 
-# Debian packages the lab needs (iproute2 for namespaces, iptables for the censors).
-DEBS := iproute2 iptables
-DEB_BINS := ip iptables iptables-restore
+# Debian packages the tests need: iproute2 and iptables for the lab's namespaces
+# and censors; podman, runc and debootstrap to build and run the probe's container.
+DEBS := iproute2 iptables podman runc debootstrap
+DEB_BINS := ip iptables iptables-restore podman runc debootstrap
 
 all: test
 
