@@ -58,9 +58,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(rootfs), MIRROR],
         timeout=900,
     )
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    _run(["podman", "import", "-", BASE], stdin=tar.stdout)
-    assert tar.wait() == 0
+    _trim(rootfs)
+    with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
+        _run(["podman", "import", "-", BASE], stdin=tar.stdout)
+    assert tar.returncode == 0
     wheels = REPO / "deploy" / "probe" / "wheels"
     shutil.rmtree(wheels, ignore_errors=True)
     pip = [sys.executable, "-m", "pip"]
@@ -91,6 +92,34 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     print(f"\nprobe image: {int(size) / 1e6:.0f} MB")
     yield IMAGE
     subprocess.run(["podman", "rmi", "-f", IMAGE, BASE], capture_output=True, check=False)
+    subprocess.run(["podman", "image", "prune", "-f"], capture_output=True, check=False)
+
+
+# What a probe's image does not need from a minbase tree (deploy/probe/README.md).
+TRIM = (
+    "var/cache/apt/*",
+    "var/lib/apt/lists/*",
+    "var/log/*",
+    "usr/share/doc/*",
+    "usr/share/man/*",
+    "usr/share/locale/*",
+    "usr/share/info/*",
+    "usr/lib/x86_64-linux-gnu/gconv",
+    "usr/share/zoneinfo",
+    "var/lib/dpkg/info/*",
+    "usr/lib/apt",
+    "usr/bin/perl*",
+    "usr/lib/x86_64-linux-gnu/perl-base",
+)
+
+
+def _trim(rootfs: Path) -> None:
+    for pattern in TRIM:
+        for path in rootfs.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def _bundle(image: str, directory: Path) -> Path:
