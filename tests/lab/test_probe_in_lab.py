@@ -211,3 +211,108 @@ def test_kill_9_in_the_middle_of_a_batch_loses_and_duplicates_nothing(
     assert held <= set(ids)  # nothing lost...
     assert len(ids) == len(set(ids))  # ...nothing stored twice
     assert spooled_ids(state) == set()
+
+
+def test_payloads_and_logs_never_carry_the_probes_address(
+    fresh_lab: Lab, collector: LabCollector, tmp_path: Path
+) -> None:
+    import zlib
+
+    result = run_once(fresh_lab, collector, tmp_path / "probe")
+    assert result.returncode == 0, result.stderr
+    me = fresh_lab.topo.host("a1").addresses[0]
+    with sqlite3.connect(collector.db) as conn:
+        payloads = [zlib.decompress(p) for (p,) in conn.execute("SELECT payload FROM measurements")]
+    assert len(payloads) == len(TARGETS)
+    haystacks = [
+        *payloads,
+        result.stderr.encode(),
+        result.stdout.encode(),
+        collector.log.read_bytes(),
+        collector.db.read_bytes(),
+    ]
+    assert all(me.encode() not in hay for hay in haystacks)
+
+
+def test_only_the_proxy_reaches_the_collector(
+    fresh_lab: Lab, collector: LabCollector, tmp_path: Path
+) -> None:
+    from tests.lab.scenarios import national
+
+    # The censor blackholes the collector for the censored side; a SOCKS5 proxy
+    # abroad (the control vantage's host) still reaches it.
+    national(blackhole=[topo.COLLECTOR])(fresh_lab)
+    code = (
+        "import asyncio, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from tests.support.socks_proxy import Socks5Proxy\n"
+        "async def main():\n"
+        f"    async with Socks5Proxy({topo.CONTROL_VANTAGE!r}) as proxy:\n"
+        "        print(proxy.port, flush=True)\n"
+        "        await asyncio.sleep(120)\n"
+        "        print(proxy.destinations)\n"
+        "asyncio.run(main())\n"
+    )
+    proxy = subprocess.Popen(
+        ["ip", "netns", "exec", fresh_lab.ns("ctl"), sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proxy.stdout is not None
+        port = int(proxy.stdout.readline())
+        state = tmp_path / "probe"
+        direct = fresh_lab.exec(
+            "a1",
+            [
+                str(BIN / "blockwatch-probe"),
+                "run",
+                "--once",
+                "--collector",
+                collector.url,
+                "--state-dir",
+                str(state),
+                "--collector-timeout",
+                "2",
+                "--resolver",
+                "127.0.0.1:1",
+            ],
+            timeout=120,
+        )
+        assert direct.returncode != 0  # no direct route to the collector
+        via = fresh_lab.exec(
+            "a1",
+            [
+                str(BIN / "blockwatch-probe"),
+                "run",
+                "--once",
+                "--collector",
+                collector.url,
+                "--enroll-token",
+                collector.token,  # type: ignore[attr-defined]
+                "--proxy",
+                f"socks5://{topo.CONTROL_VANTAGE}:{port}",
+                "--state-dir",
+                str(state),
+                "--cc",
+                "CN",
+                "--asn",
+                "4134",
+                "--ca-file",
+                str(fresh_lab.ca_file),
+                "--lab-network",
+                topo.INTERNET_CIDR,
+                "--timeout",
+                "3",
+            ],
+            timeout=120,
+        )
+        assert via.returncode == 0, via.stderr
+    finally:
+        proxy.terminate()
+        proxy.wait()
+        if proxy.stdout is not None:
+            proxy.stdout.close()
+    rows = collector.rows()
+    assert sorted(r[4] for r in rows) == sorted(TARGETS)
+    assert {r[3] for r in rows} == {"declared"}  # via a proxy: never geolocated
