@@ -213,15 +213,25 @@ def _run_measure(
     return len(errors)
 
 
+# Shared by `run` and `rotate-key`.
+CollectorOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Collector base URL (https://...), repeatable: tried in order.",
+        envvar=_env("COLLECTOR"),
+    ),
+]
+CollectorTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        min=0.1, max=600, help="Seconds, per collector request.", envvar=_env("COLLECTOR_TIMEOUT")
+    ),
+]
+
+
 @app.command()
 def run(
-    collector: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Collector base URL (https://...), repeatable: tried in order.",
-            envvar=_env("COLLECTOR"),
-        ),
-    ] = None,
+    collector: CollectorOption = None,
     enroll_token: Annotated[
         str | None,
         typer.Option(
@@ -252,15 +262,7 @@ def run(
             "--once", help="One round, then exit (0: all submitted).", envvar=_env("ONCE")
         ),
     ] = False,
-    collector_timeout: Annotated[
-        float,
-        typer.Option(
-            min=0.1,
-            max=600,
-            help="Seconds, per collector request.",
-            envvar=_env("COLLECTOR_TIMEOUT"),
-        ),
-    ] = 30.0,
+    collector_timeout: CollectorTimeoutOption = 30.0,
     proxy: Annotated[
         str | None,
         typer.Option(
@@ -443,22 +445,9 @@ def status(
 @app.command("rotate-key")
 def rotate_key(
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
-    collector: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Collector base URL, repeatable (tried in order).", envvar=_env("COLLECTOR")
-        ),
-    ] = None,
+    collector: CollectorOption = None,
     ca_file: CAFileOption = None,
-    collector_timeout: Annotated[
-        float,
-        typer.Option(
-            min=0.1,
-            max=600,
-            help="Seconds, per collector request.",
-            envvar=_env("COLLECTOR_TIMEOUT"),
-        ),
-    ] = 30.0,
+    collector_timeout: CollectorTimeoutOption = 30.0,
 ) -> None:
     """Replace the probe's key with a new one, once the collector accepted it (stop the daemon
     first)."""
