@@ -94,32 +94,20 @@ def collector(fresh_lab: Lab, tmp_path: Path) -> Iterator[LabCollector]:
     served.stop()
 
 
-def run_once(lab: Lab, collector: LabCollector, state: Path) -> subprocess.CompletedProcess[str]:
-    return lab.exec(
-        "a1",
-        [
-            str(BIN / "blockwatch-probe"),
-            "run",
-            "--once",
-            "--collector",
-            collector.url,
-            "--enroll-token",
-            collector.token,
-            "--state-dir",
-            str(state),  # type: ignore[attr-defined]
-            "--cc",
-            "CN",
-            "--asn",
-            "4134",
-            "--ca-file",
-            str(lab.ca_file),
-            "--lab-network",
-            topo.INTERNET_CIDR,
-            "--timeout",
-            "3",
-        ],
-        timeout=120,
-    )
+def probe_argv(lab: Lab, collector: LabCollector, state: Path, *extra: str) -> list[str]:
+    """`blockwatch-probe run --once` as a volunteer in cn-a runs it, plus *extra*."""
+    return [
+        str(BIN / "blockwatch-probe"), "run", "--once", "--collector", collector.url,
+        "--enroll-token", collector.token,  # type: ignore[attr-defined]
+        "--state-dir", str(state), "--cc", "CN", "--asn", "4134", "--ca-file",
+        str(lab.ca_file), "--lab-network", topo.INTERNET_CIDR, "--timeout", "3", *extra,
+    ]  # fmt: skip
+
+
+def run_once(
+    lab: Lab, collector: LabCollector, state: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return lab.exec("a1", probe_argv(lab, collector, state, *extra), timeout=120)
 
 
 def test_measurements_arrive_signed_and_attributed(
@@ -167,32 +155,9 @@ def test_kill_9_in_the_middle_of_a_batch_loses_and_duplicates_nothing(
     # 1.5 s each way on the path to the collector: the submission is in flight for seconds.
     national(throttle={topo.COLLECTOR: {"delay_ms": 1500.0, "loss": 0.0}})(fresh_lab)
     argv = [
-        "ip",
-        "netns",
-        "exec",
-        fresh_lab.ns("a1"),
-        str(BIN / "blockwatch-probe"),
-        "run",
-        "--once",
-        "--collector",
-        collector.url,
-        "--enroll-token",
-        collector.token,  # type: ignore[attr-defined]
-        "--state-dir",
-        str(state),
-        "--cc",
-        "CN",
-        "--asn",
-        "4134",
-        "--ca-file",
-        str(fresh_lab.ca_file),
-        "--lab-network",
-        topo.INTERNET_CIDR,
-        "--timeout",
-        "3",
-        "--collector-timeout",
-        "60",
-    ]
+        "ip", "netns", "exec", fresh_lab.ns("a1"),
+        *probe_argv(fresh_lab, collector, state, "--collector-timeout", "60"),
+    ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -280,33 +245,8 @@ def test_only_the_proxy_reaches_the_collector(
             timeout=120,
         )
         assert direct.returncode != 0  # no direct route to the collector
-        via = fresh_lab.exec(
-            "a1",
-            [
-                str(BIN / "blockwatch-probe"),
-                "run",
-                "--once",
-                "--collector",
-                collector.url,
-                "--enroll-token",
-                collector.token,  # type: ignore[attr-defined]
-                "--proxy",
-                f"socks5://{topo.CONTROL_VANTAGE}:{port}",
-                "--state-dir",
-                str(state),
-                "--cc",
-                "CN",
-                "--asn",
-                "4134",
-                "--ca-file",
-                str(fresh_lab.ca_file),
-                "--lab-network",
-                topo.INTERNET_CIDR,
-                "--timeout",
-                "3",
-            ],
-            timeout=120,
-        )
+        proxy_url = f"socks5://{topo.CONTROL_VANTAGE}:{port}"
+        via = run_once(fresh_lab, collector, state, "--proxy", proxy_url)
         assert via.returncode == 0, via.stderr
     finally:
         proxy.terminate()
