@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -67,6 +74,61 @@ BATCH_SECONDS = Histogram(
     "blockwatch_ingest_batch_seconds",
     "Time to verify and store one batch of measurements.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+
+CONTROL_MEASUREMENTS = Counter(
+    "blockwatch_control_measurements_total",
+    "Measurements taken and stored by the collector's control prober.",
+    registry=REGISTRY,
+)
+CONTROL_ROUND_SECONDS = Histogram(
+    "blockwatch_control_round_seconds",
+    "Time for one round of the control prober.",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    registry=REGISTRY,
+)
+LOOP_ERRORS = Counter(
+    "blockwatch_loop_errors_total",
+    "Failed rounds of the background loops (control, detector).",
+    ["loop"],
+    registry=REGISTRY,
+)
+VERDICTS = Counter(
+    "blockwatch_verdicts_total",
+    "Per-measurement verdicts, by flag (a blocked verdict counts once per method).",
+    ["flag"],
+    registry=REGISTRY,
+)
+EVENT_CHANGES = Counter(
+    "blockwatch_event_changes_total",
+    "Block event changes: opened, updated, closed.",
+    ["kind"],
+    registry=REGISTRY,
+)
+DETECTOR_PASS_SECONDS = Histogram(
+    "blockwatch_detector_pass_seconds",
+    "Time for one detection pass (analysis of new measurements, then the detector).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+OPEN_EVENTS = Gauge(
+    "blockwatch_open_events",
+    "Open block events, by country.",
+    ["cc"],
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+ANALYSIS_BACKLOG = Gauge(
+    "blockwatch_analysis_backlog",
+    "Measurements waiting for a verdict (most wait for a control taken after them).",
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+VOLUME_COLLAPSES = Gauge(
+    "blockwatch_volume_collapses",
+    "(domain, country) keys whose reporting probes fell to the collapse ratio of their peak.",
+    multiprocess_mode="mostrecent",
     registry=REGISTRY,
 )
 

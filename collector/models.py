@@ -145,3 +145,145 @@ class MeasurementRow(Base):
     hints: Mapped[str] = mapped_column(Text)  # JSON list
     payload: Mapped[bytes] = mapped_column(LargeBinary)  # zlib of the exact signed bytes
     signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+
+
+class AnalysisQueueRow(Base):
+    """Measurements waiting for a verdict (a control to match, or the next pass).
+
+    Filled at ingest, emptied by the detector's pass: the pass reads what is new,
+    never the history.
+    """
+
+    __tablename__ = "analysis_queue"
+
+    measurement_pk: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("measurements.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class VerdictRow(Base):
+    """One measurement's verdict (collector.analysis), with the control it was matched to."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (
+        Index("ix_verdicts_domain_cc_started", "domain", "cc", "started_at"),
+        Index("ix_verdicts_probe_started", "probe_id", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    measurement_pk: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("measurements.id", ondelete="CASCADE"),
+        unique=True,
+    )
+    measurement_id: Mapped[str] = mapped_column(String(64))
+    probe_id: Mapped[str] = mapped_column(String(32))
+    domain: Mapped[str] = mapped_column(String(253))
+    cc: Mapped[str] = mapped_column(String(2))
+    asn: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    flags: Mapped[str] = mapped_column(String(64))  # sorted, comma-separated
+    blocked: Mapped[bool] = mapped_column(Boolean)
+    reasons: Mapped[str] = mapped_column(Text)  # JSON list of rule ids
+    triggers: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[ip, port, at], ...]
+    controls: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of measurement ids
+    rule_version: Mapped[str] = mapped_column(String(32))
+    analyzed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class EventRow(Base):
+    """A block event: one per (domain, country) while it lasts."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_domain_cc_state", "domain", "cc", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    domain: Mapped[str] = mapped_column(String(253))
+    cc: Mapped[str] = mapped_column(String(2))
+    state: Mapped[str] = mapped_column(String(8), index=True)  # open|closed
+    scope: Mapped[str] = mapped_column(String(16))  # national|regional
+    asns: Mapped[str] = mapped_column(Text)  # JSON list
+    methods: Mapped[str] = mapped_column(Text)  # JSON list
+    probe_ids: Mapped[str] = mapped_column(Text)  # JSON list, never published
+    evidence: Mapped[str] = mapped_column(Text)  # JSON list of measurement ids
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    detected_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_blocked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reporting_probes: Mapped[int] = mapped_column(Integer, default=0)
+    volume_collapse_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    rule_version: Mapped[str] = mapped_column(String(32))
+    forged_pool_version: Mapped[str] = mapped_column(String(64))
+
+
+class EventChangeRow(Base):
+    """Each change of an event (opened, updated, closed) with its snapshot: what alerts send."""
+
+    __tablename__ = "event_changes"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # opened|updated|closed
+    revision: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    snapshot: Mapped[str] = mapped_column(Text)  # JSON: the event as /events shows it
+
+
+class DetectorStateRow(Base):
+    """The detector's state per (domain, country): what the pure state machine reads back."""
+
+    __tablename__ = "detector_states"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    cc: Mapped[str] = mapped_column(String(2), primary_key=True)
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id"))
+    active_probes: Mapped[int] = mapped_column(Integer, default=0)
+    peak_probes: Mapped[int] = mapped_column(Integer, default=0)
+    collapsed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_vote_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    evaluated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class NetworkStateRow(Base):
+    """The current state of a domain in one network (country, ASN): /status/{domain}."""
+
+    __tablename__ = "network_states"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    cc: Mapped[str] = mapped_column(String(2), primary_key=True)
+    asn: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    state: Mapped[str] = mapped_column(String(8))  # ok|blocked|down|unknown
+    methods: Mapped[str] = mapped_column(Text, default="[]")
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+    probes: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LeaseRow(Base):
+    """A named lease: which collector process runs a singleton loop (control, detector)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ServiceKeyRow(Base):
+    """The collector's own signing keys (the control vantage signs what it measures)."""
+
+    __tablename__ = "service_keys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    private_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -52,6 +52,29 @@ class CollectorSettings(BaseSettings):
     ca_file: Path | None = None
     no_control: bool = False
     webhook_allow_private: bool = False
+    # The control prober: the collector's own, uncensored vantage. Resolvers as
+    # "ip[:port]", comma-separated; empty means the system resolver in production
+    # and no control prober in the lab and demo modes (nothing may leave the machine).
+    control_resolvers: str = ""
+    control_concurrency: int = Field(64, ge=1, le=4096)
+    control_timeout: float = Field(10.0, gt=0, le=120)
+    control_cc: str = Field("ZZ", pattern=r"^[A-Z]{2}$")
+    # Networks treated as globally routable by the analysis and the control (labs).
+    lab_networks: str = ""
+    # The detector (docs/methodology.md, "Block events"). Durations in seconds;
+    # None means "derived from measure_interval".
+    # Run the detector (and the control prober) in `serve`; API-only tests turn it off.
+    detector: bool = True
+    detect_interval: float = Field(15.0, gt=0)
+    detect_window: float | None = Field(None, gt=0)
+    control_window: float | None = Field(None, gt=0)
+    control_wait: float | None = Field(None, gt=0)
+    open_min_probes: int = Field(2, ge=1)
+    stay_min_probes: int = Field(1, ge=1)
+    close_min_probes: int = Field(2, ge=1)
+    collapse_ratio: float = Field(0.5, gt=0, lt=1)
+    residual_seconds: float = Field(180.0, ge=0)
+    analysis_batch: int = Field(5000, ge=1)
 
     @field_validator("database_url")
     @classmethod
@@ -73,6 +96,27 @@ class CollectorSettings(BaseSettings):
                 "or run with BLOCKWATCH_MODE=lab for a lab or demo"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_detector(self) -> CollectorSettings:
+        if self.stay_min_probes > self.open_min_probes:
+            raise ValueError("stay_min_probes may not exceed open_min_probes (hysteresis)")
+        return self
+
+    @property
+    def window_seconds(self) -> float:
+        """The detector's sliding window: three measurement intervals by default."""
+        return self.detect_window or 3 * self.measure_interval
+
+    @property
+    def control_window_seconds(self) -> float:
+        """How far apart in time a control and a measurement may be to be matched."""
+        return self.control_window or self.measure_interval
+
+    @property
+    def control_wait_seconds(self) -> float:
+        """How long a measurement waits for a control taken after it."""
+        return self.control_wait or self.measure_interval + 60.0
 
     @property
     def is_sqlite(self) -> bool:

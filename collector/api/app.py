@@ -25,11 +25,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector import __version__, metrics
 from collector.api.ratelimit import RateLimiter
-from collector.api.routes import measurements, probes, targets
+from collector.api.routes import events, measurements, probes, targets
 from collector.clock import Clock, SystemClock
 from collector.db import make_engine, make_session_factory, migrate
 from collector.errors import CollectorError, RateLimited
 from collector.geo import Geolocator, make_geolocator
+from collector.loops import BackgroundLoops
 from collector.settings import CollectorSettings
 
 log = logging.getLogger("blockwatch.collector")
@@ -91,9 +92,18 @@ def create_app(
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
         app.state.ingest_limiter = anyio.CapacityLimiter(INGEST_THREADS)
+        loops = None
+        if settings.detector:
+            loops = BackgroundLoops(
+                settings, app.state.clock, app.state.sessions, app.state.geolocator
+            )
+            loops.start()
+        app.state.loops = loops
         try:
             yield
         finally:
+            if loops is not None:
+                await loops.close()
             engine.dispose()
 
     app = FastAPI(
@@ -108,7 +118,7 @@ def create_app(
         settings.geoip_country_db, settings.geoip_asn_db
     )
     app.state.rate_limiter = RateLimiter(settings.probe_rate_limit)
-    for router in (probes.router, measurements.router, targets.router):
+    for router in (probes.router, measurements.router, targets.router, events.router):
         app.include_router(router, prefix="/api/v1")
     _install_error_handlers(app)
 

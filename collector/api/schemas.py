@@ -127,3 +127,54 @@ class RotateOut(BaseModel):
     probe_id: str
     key_id: str
     status: str
+
+
+class EventOut(BaseModel):
+    id: int
+    domain: str
+    cc: str
+    asns: list[int]
+    methods: list[str]
+    scope: Literal["national", "regional"]
+    state: Literal["open", "closed"]
+    started_at: datetime
+    detected_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+    closed_at: datetime | None
+    probes: int
+    reporting_probes: int
+    volume_collapse_at: datetime | None
+    evidence: list[str]
+    revision: int
+    rule_version: str
+    forged_pool_version: str
+
+
+class EventList(BaseModel):
+    data: list[EventOut]
+    count: int
+
+
+class NetworkStatusOut(BaseModel):
+    cc: str
+    asn: int
+    state: Literal["ok", "blocked", "down", "unknown"]
+    methods: list[str]
+    since: datetime
+    probes: int
+    updated_at: datetime
+
+
+class MirrorOut(BaseModel):
+    domain: str
+    kind: str
+    networks: list[NetworkStatusOut]
+
+
+class StatusOut(BaseModel):
+    domain: str
+    group: str | None
+    networks: list[NetworkStatusOut]
+    events: list[EventOut]
+    mirrors: list[MirrorOut]

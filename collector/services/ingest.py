@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
@@ -28,7 +28,7 @@ from collector.clock import Clock
 from collector.documents import MeasurementDocument
 from collector.errors import CollectorError, Unauthorized
 from collector.geo import Network
-from collector.models import MeasurementRow, ProbeKeyRow
+from collector.models import AnalysisQueueRow, MeasurementRow, ProbeKeyRow
 from collector.services.probes import (
     check_signature,
     check_window,
@@ -83,7 +83,7 @@ _PG_INSERT = (
     "INSERT INTO measurements (measurement_id, probe_id, key_id, domain, started_at, "
     "received_at, cc, asn, network_source, role, hints, payload, signature) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-    "ON CONFLICT (measurement_id) DO NOTHING RETURNING measurement_id"
+    "ON CONFLICT (measurement_id) DO NOTHING RETURNING id, measurement_id"
 )
 
 
@@ -93,17 +93,17 @@ def _naive_utc(value: Any) -> Any:
     return value
 
 
-def _insert_postgresql(session: Session, rows: list[dict[str, Any]]) -> set[str]:
-    """Insert through psycopg's executemany with RETURNING; the ids actually inserted."""
+def _insert_postgresql(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert through psycopg's executemany with RETURNING: measurement id -> row id."""
     driver = session.connection().connection.driver_connection
-    stored: set[str] = set()
+    stored: dict[str, int] = {}
     with driver.cursor() as cursor:  # type: ignore[union-attr]
         params = [tuple(_naive_utc(row[c]) for c in COLUMNS) for row in rows]
         cursor.executemany(_PG_INSERT, params, returning=True)
         while True:
             found = cursor.fetchone()
             if found is not None:
-                stored.add(found[0])
+                stored[found[1]] = found[0]
             if not cursor.nextset():
                 break
     return stored
@@ -186,7 +186,7 @@ class IngestService:
         for i, row in rows.items():
             first.setdefault(row["measurement_id"], i)
         unique = [rows[i] for i in first.values()]
-        stored: set[str] = set()
+        stored: dict[str, int] = {}
         if unique:
             if session.get_bind().dialect.name == "postgresql":
                 stored = _insert_postgresql(session, unique)
@@ -194,9 +194,19 @@ class IngestService:
                 statement = (
                     sqlite.insert(TABLE)
                     .on_conflict_do_nothing(index_elements=["measurement_id"])
-                    .returning(TABLE.c.measurement_id)
+                    .returning(TABLE.c.id, TABLE.c.measurement_id)
                 )
-                stored = set(session.connection().execute(statement, unique).scalars())
+                result = session.connection().execute(statement, unique)
+                stored = {mid: pk for pk, mid in result}
+            # Probes' measurements wait for the detector's pass (controls are matched
+            # to them there); a control's are read by that matching, not analysed.
+            queued = [
+                {"measurement_pk": stored[row["measurement_id"]], "not_before": row["received_at"]}
+                for row in unique
+                if row["role"] != "control" and row["measurement_id"] in stored
+            ]
+            if queued:
+                session.execute(insert(AnalysisQueueRow), queued)
         session.commit()
         for i, row in rows.items():
             mid = row["measurement_id"]

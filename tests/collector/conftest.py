@@ -105,6 +105,7 @@ def settings(database_url: str) -> CollectorSettings:
         admin_token=ADMIN_TOKEN,
         open_enrollment=False,
         probe_rate_limit=0,
+        detector=False,  # tests of the detector run its passes themselves
     )
 
 

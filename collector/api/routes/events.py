@@ -1,0 +1,40 @@
+"""Block status and events: public, read-only (docs/api.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from collector.api.deps import SessionDep
+from collector.api.schemas import EventList, EventOut, StatusOut
+from collector.services.events import EventService
+
+router = APIRouter(tags=["events"])
+
+
+@router.get("/status/{domain}", response_model=StatusOut)
+def domain_status(domain: str, session: SessionDep) -> StatusOut:
+    """The domain's current state per (country, ASN), its open events and its mirrors'."""
+    return StatusOut.model_validate(EventService().status(session, domain))
+
+
+@router.get("/events", response_model=EventList)
+def list_events(
+    session: SessionDep,
+    domain: Annotated[str | None, Query(max_length=253)] = None,
+    cc: Annotated[str | None, Query(min_length=2, max_length=2)] = None,
+    state: Literal["open", "closed"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before_id: Annotated[int | None, Query(ge=1, lt=2**31)] = None,
+) -> EventList:
+    """Events, newest first; page back with ``before_id`` (the last id of a page)."""
+    data = EventService().events(
+        session, domain=domain, cc=cc, state=state, limit=limit, before_id=before_id
+    )
+    return EventList.model_validate({"data": data, "count": len(data)})
+
+
+@router.get("/events/{event_id}", response_model=EventOut)
+def get_event(event_id: int, session: SessionDep) -> EventOut:
+    return EventOut.model_validate(EventService().event(session, event_id))

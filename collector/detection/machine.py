@@ -1,0 +1,333 @@
+"""The detector's state machine: verdicts in, block events out. Pure: no I/O, no clock.
+
+One machine per (domain, country). Each pass hands it the verdicts of that key
+inside the sliding window and the state it returned last time; it returns the
+new state, the change to publish (opened, updated, closed or none) and the
+state of each network (ASN). The rules (docs/methodology.md, "Block events"):
+
+- A probe votes with its latest *decisive* verdict in the window (blocked or
+  ok); ``down`` and ``unknown`` abstain. Probes are counted, never measurements:
+  a probe that measures ten times still has one vote.
+- A network (ASN) is blocked when its blocked probes outnumber its ok ones.
+- An event opens when the blocked networks hold at least ``open_min_probes``
+  blocked probes (2 by default: one probe, lying or broken, never raises an
+  alarm). It stays open while the affected networks hold ``stay_min_probes``
+  (1) blocked probes, majority or not: entering and leaving need different
+  evidence (hysteresis).
+- It closes only when no blocked probe is left AND ``close_min_probes`` probes
+  of the affected networks say ok: a probe going silent is not an unblock.
+- The number of probes reporting is watched: when it falls to
+  ``collapse_ratio`` of its peak the collapse is reported (on the event, and in
+  the state), not ignored: a network cut off from the collector looks like that.
+- ``scope`` is ``national`` when every network measured in the window is among
+  the affected ones, ``regional`` otherwise. ASNs and methods accumulate over
+  the event's life; a new one is an ``updated`` change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from collector.analysis import BLOCK_FLAGS, Flag
+
+
+class Change(StrEnum):
+    OPENED = "opened"
+    UPDATED = "updated"
+    CLOSED = "closed"
+
+
+class NetworkState(StrEnum):
+    OK = "ok"
+    BLOCKED = "blocked"
+    DOWN = "down"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    window: timedelta = timedelta(minutes=15)
+    open_min_probes: int = 2
+    stay_min_probes: int = 1
+    close_min_probes: int = 2
+    collapse_ratio: float = 0.5
+    # How long a collapsed peak is remembered when no event is open.
+    collapse_forget: timedelta = timedelta(days=1)
+    max_evidence: int = 50
+
+    def __post_init__(self) -> None:
+        if self.open_min_probes < 1 or self.stay_min_probes < 1 or self.close_min_probes < 1:
+            raise ValueError("probe thresholds must be at least 1")
+        if self.stay_min_probes > self.open_min_probes:
+            raise ValueError("stay_min_probes may not exceed open_min_probes (hysteresis)")
+        if not 0 < self.collapse_ratio < 1:
+            raise ValueError("collapse_ratio must be between 0 and 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """One verdict, as the detector sees it."""
+
+    probe_id: str
+    asn: int
+    started_at: datetime
+    flags: frozenset[str]
+    measurement_id: str
+
+    @property
+    def blocked(self) -> bool:
+        return bool(self.flags & BLOCK_FLAGS)
+
+    @property
+    def decisive(self) -> bool:
+        return self.blocked or Flag.OK in self.flags
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event as the machine keeps it (the database row mirrors it)."""
+
+    started_at: datetime
+    detected_at: datetime
+    updated_at: datetime
+    last_blocked_at: datetime
+    scope: str
+    asns: tuple[int, ...]
+    methods: tuple[str, ...]
+    probe_ids: tuple[str, ...]
+    evidence: tuple[str, ...]
+    reporting_probes: int
+    volume_collapse_at: datetime | None = None
+    ended_at: datetime | None = None
+    closed_at: datetime | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.closed_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    event: Event | None = None
+    active_probes: int = 0
+    peak_probes: int = 0
+    collapsed_at: datetime | None = None
+    last_vote_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkView:
+    asn: int
+    state: NetworkState
+    methods: tuple[str, ...]
+    probes: int
+    since: datetime  # earliest of the current votes that make this state
+    updated_at: datetime  # the newest vote
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    state: KeyState
+    change: Change | None
+    networks: tuple[NetworkView, ...] = field(default=())
+
+
+def _latest_per_probe(votes: Iterable[Vote]) -> dict[str, Vote]:
+    """Each probe's vote: its newest decisive verdict, else its newest verdict."""
+    newest: dict[str, Vote] = {}
+    decisive: dict[str, Vote] = {}
+    for vote in votes:
+        current = newest.get(vote.probe_id)
+        if current is None or vote.started_at > current.started_at:
+            newest[vote.probe_id] = vote
+        if vote.decisive:
+            current = decisive.get(vote.probe_id)
+            if current is None or vote.started_at > current.started_at:
+                decisive[vote.probe_id] = vote
+    return {probe: decisive.get(probe, vote) for probe, vote in newest.items()}
+
+
+def _network_views(ballots: dict[str, Vote]) -> tuple[NetworkView, ...]:
+    by_asn: dict[int, list[Vote]] = {}
+    for vote in ballots.values():
+        by_asn.setdefault(vote.asn, []).append(vote)
+    views = []
+    for asn in sorted(by_asn):
+        group = by_asn[asn]
+        blocked = [v for v in group if v.blocked]
+        ok = [v for v in group if Flag.OK in v.flags]
+        down = [v for v in group if Flag.DOWN in v.flags]
+        if blocked and len(blocked) > len(ok):
+            state, deciding = NetworkState.BLOCKED, blocked
+        elif ok:
+            state, deciding = NetworkState.OK, ok
+        elif down and len(down) == len(group):
+            state, deciding = NetworkState.DOWN, down
+        else:
+            state, deciding = NetworkState.UNKNOWN, group
+        methods = sorted({f for v in blocked for f in v.flags & BLOCK_FLAGS})
+        views.append(
+            NetworkView(
+                asn=asn,
+                state=state,
+                methods=tuple(methods) if state is NetworkState.BLOCKED else (),
+                probes=len(group),
+                since=min(v.started_at for v in deciding),
+                updated_at=max(v.started_at for v in group),
+            )
+        )
+    return tuple(views)
+
+
+def _merge_evidence(old: Sequence[str], new: Iterable[str], limit: int) -> tuple[str, ...]:
+    """Keep the first and the latest ids when there are too many."""
+    merged = list(old)
+    seen = set(merged)
+    for mid in new:
+        if mid not in seen:
+            seen.add(mid)
+            merged.append(mid)
+    if len(merged) <= limit:
+        return tuple(merged)
+    head = limit // 2
+    return tuple(merged[:head] + merged[len(merged) - (limit - head) :])
+
+
+def evaluate(state: KeyState, votes: Sequence[Vote], params: Params, now: datetime) -> Outcome:
+    """One step of the machine for one key. *votes* may hold more than the window."""
+    since = now - params.window
+    window = [v for v in votes if since <= v.started_at <= now + params.window]
+    ballots = _latest_per_probe(window)
+    networks = _network_views(ballots)
+    blocked_asns = {n.asn for n in networks if n.state is NetworkState.BLOCKED}
+    measured_asns = {n.asn for n in networks if n.state in (NetworkState.BLOCKED, NetworkState.OK)}
+    blocked_ballots = [v for v in ballots.values() if v.blocked and v.asn in blocked_asns]
+    active = len(ballots)
+
+    # Volume: how many probes report, against the peak.
+    peak = max(state.peak_probes, active)
+    collapsed_at = state.collapsed_at
+    collapsing = peak >= params.open_min_probes and active <= peak * params.collapse_ratio
+    if collapsing and collapsed_at is None:
+        collapsed_at = now
+    elif not collapsing:
+        collapsed_at = None
+    last_vote_at = max((v.started_at for v in window), default=state.last_vote_at)
+
+    event = state.event
+    change: Change | None = None
+    if event is None or not event.open:
+        event = None
+        if len(blocked_ballots) >= params.open_min_probes:
+            # First blocked evidence: the earliest blocked verdict of the probes that agree.
+            agreeing = {v.probe_id for v in blocked_ballots}
+            first = min(v.started_at for v in window if v.blocked and v.probe_id in agreeing)
+            evidence = sorted(
+                (v for v in window if v.blocked and v.probe_id in agreeing),
+                key=lambda v: v.started_at,
+            )
+            event = Event(
+                started_at=first,
+                detected_at=now,
+                updated_at=now,
+                last_blocked_at=max(v.started_at for v in blocked_ballots),
+                scope="national" if blocked_asns >= measured_asns else "regional",
+                asns=tuple(sorted(blocked_asns)),
+                methods=tuple(sorted({f for v in blocked_ballots for f in v.flags & BLOCK_FLAGS})),
+                probe_ids=tuple(sorted(agreeing)),
+                evidence=_merge_evidence(
+                    (), (v.measurement_id for v in evidence), params.max_evidence
+                ),
+                reporting_probes=active,
+                volume_collapse_at=collapsed_at,
+            )
+            change = Change.OPENED
+    else:
+        event, change = _advance(event, window, ballots, networks, blocked_ballots, params, now)
+        if change is not Change.CLOSED:
+            event, collapse_change = _watch_volume(event, active, collapsed_at)
+            change = change or collapse_change
+
+    forget = collapsed_at is not None and now - collapsed_at >= params.collapse_forget
+    if forget and (event is None or not event.open):
+        peak, collapsed_at = active, None  # the network has shrunk for good
+    return Outcome(
+        state=KeyState(
+            event=event,
+            active_probes=active,
+            peak_probes=peak,
+            collapsed_at=collapsed_at,
+            last_vote_at=last_vote_at,
+        ),
+        change=change,
+        networks=networks,
+    )
+
+
+def _watch_volume(
+    event: Event, active: int, collapsed_at: datetime | None
+) -> tuple[Event, Change | None]:
+    change = None
+    if collapsed_at is not None and event.volume_collapse_at is None:
+        change = Change.UPDATED  # reported: the probes that saw the block went quiet
+    event = replace(event, reporting_probes=active, volume_collapse_at=collapsed_at)
+    return event, change
+
+
+def _advance(
+    event: Event,
+    window: list[Vote],
+    ballots: dict[str, Vote],
+    networks: tuple[NetworkView, ...],
+    blocked_ballots: list[Vote],
+    params: Params,
+    now: datetime,
+) -> tuple[Event, Change | None]:
+    """An open event: grow it, keep it, or close it."""
+    blocked_asns = {n.asn for n in networks if n.state is NetworkState.BLOCKED}
+    measured = {n.asn for n in networks if n.state in (NetworkState.BLOCKED, NetworkState.OK)}
+    asns = set(event.asns) | blocked_asns
+    methods = set(event.methods) | {f for v in blocked_ballots for f in v.flags & BLOCK_FLAGS}
+    probe_ids = set(event.probe_ids) | {v.probe_id for v in blocked_ballots}
+    # A late measurement may show the block began earlier than thought.
+    earliest = min(
+        (v.started_at for v in window if v.blocked and v.asn in asns and v.probe_id in probe_ids),
+        default=event.started_at,
+    )
+    # Staying open needs less than opening: any blocked probe of an affected network.
+    still_blocked = [v for v in ballots.values() if v.blocked and v.asn in asns]
+    last_blocked = max([event.last_blocked_at] + [v.started_at for v in still_blocked])
+    new_ids = [v.measurement_id for v in sorted(blocked_ballots, key=lambda v: v.started_at)]
+    grown = replace(
+        event,
+        asns=tuple(sorted(asns)),
+        methods=tuple(sorted(methods)),
+        probe_ids=tuple(sorted(probe_ids)),
+        started_at=min(event.started_at, earliest),
+        last_blocked_at=last_blocked,
+        evidence=_merge_evidence(event.evidence, new_ids, params.max_evidence),
+        scope="national" if measured and measured <= asns else event.scope,
+    )
+    if len(still_blocked) < params.stay_min_probes:
+        # Nobody sees the block any more. Close only on positive evidence from the
+        # networks that saw it: silence is not an unblock.
+        ok_after = [
+            v
+            for v in ballots.values()
+            if Flag.OK in v.flags and v.asn in asns and v.started_at > last_blocked
+        ]
+        if len({v.probe_id for v in ok_after}) >= params.close_min_probes:
+            closed = replace(
+                grown,
+                ended_at=min(v.started_at for v in ok_after),
+                closed_at=now,
+                updated_at=now,
+            )
+            return closed, Change.CLOSED
+    material = (grown.asns, grown.methods, grown.scope) != (event.asns, event.methods, event.scope)
+    if material:
+        return replace(grown, updated_at=now), Change.UPDATED
+    return grown, None

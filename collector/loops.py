@@ -1,0 +1,123 @@
+"""The background loops of ``serve``: the control prober and the detector.
+
+Every collector process starts ``BackgroundLoops``; the one that holds the
+``singletons`` lease runs both (so the detector can ask the control prober for
+a control at once), the others wait and take over if it dies. The detector's
+pass runs in a thread (SQLAlchemy is synchronous); the control prober runs on
+the event loop, as the probe's engine does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from collector import metrics
+from collector.clock import Clock
+from collector.control import ControlProber, control_enabled
+from collector.db import session_scope
+from collector.detection.passes import Detector
+from collector.geo import Geolocator
+from collector.services import leases
+from collector.settings import CollectorSettings
+
+log = logging.getLogger("blockwatch.collector.loops")
+LEASE = "singletons"
+
+
+class BackgroundLoops:
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        clock: Clock,
+        sessions: sessionmaker[Session],
+        geolocator: Geolocator | None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.sessions = sessions
+        self.geolocator = geolocator
+        self.holder = f"{socket.gethostname()[:20]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stop = asyncio.Event()
+        self.prober: ControlProber | None = None
+        self._prober_task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.passes = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="blockwatch-loops")
+
+    async def close(self) -> None:
+        self.stop.set()
+        for task in (self._prober_task, self._task):
+            if task is not None:
+                try:
+                    await asyncio.wait_for(task, timeout=self.settings.control_timeout + 5)
+                except (TimeoutError, asyncio.CancelledError):
+                    task.cancel()
+        if self._task is not None and self.holder:
+            try:
+                await asyncio.to_thread(self._release)
+            except Exception:  # shutting down: the lease expires by itself
+                log.warning("could not release the lease")
+
+    def _release(self) -> None:
+        with session_scope(self.sessions) as session:
+            leases.release(session, LEASE, self.holder)
+
+    def _acquire(self) -> bool:
+        ttl = max(10.0, 3 * self.settings.detect_interval)
+        with session_scope(self.sessions) as session:
+            return leases.acquire(session, LEASE, self.holder, ttl, self.clock.now())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def request_control(domains: set[str]) -> None:
+            prober = self.prober
+            if prober is not None:
+                loop.call_soon_threadsafe(prober.wanted.ask, domains)
+
+        detector = Detector(self.settings, self.clock, self.geolocator, request_control)
+        while not self.stop.is_set():
+            try:
+                held = await asyncio.to_thread(self._acquire)
+                if held:
+                    self._start_prober()
+                    await asyncio.to_thread(detector.run_pass, self.sessions)
+                    self.passes += 1
+                else:
+                    await self._stop_prober()
+            except Exception:  # a bad pass must not end the loop: log, count, go on
+                log.exception("detector pass failed")
+                metrics.LOOP_ERRORS.labels(loop="detector").inc()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=self.settings.detect_interval)
+        await self._stop_prober()
+
+    def _start_prober(self) -> None:
+        if self._prober_task is not None or not control_enabled(self.settings):
+            return
+        self.prober = ControlProber(self.settings, self.clock, self.sessions)
+        self._prober_task = asyncio.create_task(
+            self.prober.run(self.stop), name="blockwatch-control"
+        )
+        log.info(
+            "control prober started (interval %s)",
+            timedelta(seconds=self.settings.measure_interval),
+        )
+
+    async def _stop_prober(self) -> None:
+        task, self._prober_task = self._prober_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.prober = None

@@ -1,0 +1,220 @@
+"""The detector's state machine, step by step (pure: no database, no clock)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from collector.detection.machine import (
+    Change,
+    KeyState,
+    NetworkState,
+    Outcome,
+    Params,
+    Vote,
+    evaluate,
+)
+
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+PARAMS = Params(window=15 * MIN)
+CN_A, CN_B = 4134, 4837
+
+
+class Votes:
+    def __init__(self) -> None:
+        self.votes: list[Vote] = []
+        self.n = 0
+
+    def add(self, probe: str, asn: int, at: datetime, *flags: str) -> Vote:
+        self.n += 1
+        vote = Vote(probe, asn, at, frozenset(flags), f"m{self.n}")
+        self.votes.append(vote)
+        return vote
+
+    def round(self, at: datetime, flags: dict[str, tuple[int, tuple[str, ...]]]) -> None:
+        for probe, (asn, f) in flags.items():
+            self.add(probe, asn, at, *f)
+
+
+def run(state: KeyState, votes: Votes, now: datetime) -> Outcome:
+    return evaluate(state, votes.votes, PARAMS, now)
+
+
+BLOCKED = ("dns", "tls")
+OK = ("ok",)
+
+
+def everyone(flags: tuple[str, ...]) -> dict[str, tuple[int, tuple[str, ...]]]:
+    return {"a1": (CN_A, flags), "a2": (CN_A, flags), "b1": (CN_B, flags), "b2": (CN_B, flags)}
+
+
+def test_two_agreeing_probes_open_one_national_event() -> None:
+    v = Votes()
+    v.round(T0, everyone(OK))
+    out = run(KeyState(), v, T0 + MIN)
+    assert out.change is None and out.state.event is None
+    v.round(T0 + 5 * MIN, everyone(BLOCKED))
+    out = run(out.state, v, T0 + 6 * MIN)
+    assert out.change is Change.OPENED
+    event = out.state.event
+    assert event is not None
+    assert event.scope == "national"
+    assert event.asns == (CN_A, CN_B)
+    assert event.methods == ("dns", "tls")
+    assert event.started_at == T0 + 5 * MIN
+    assert event.detected_at == T0 + 6 * MIN
+    assert len(event.probe_ids) == 4
+    assert {n.state for n in out.networks} == {NetworkState.BLOCKED}
+
+
+def test_one_probe_never_opens_an_event() -> None:
+    v = Votes()
+    for i in range(10):
+        v.round(T0 + i * MIN, {"a1": (CN_A, BLOCKED), "a2": (CN_A, OK), "b1": (CN_B, OK)})
+    out = run(KeyState(), v, T0 + 10 * MIN)
+    assert out.change is None and out.state.event is None
+    # Even alone in its network it is one probe: below the two that must agree.
+    lone = Votes()
+    lone.round(T0, {"a1": (CN_A, BLOCKED)})
+    assert run(KeyState(), lone, T0 + MIN).state.event is None
+
+
+def test_measurements_are_not_probes() -> None:
+    v = Votes()
+    for i in range(20):
+        v.add("a1", CN_A, T0 + i * timedelta(seconds=10), *BLOCKED)
+    assert run(KeyState(), v, T0 + 4 * MIN).state.event is None
+
+
+def test_regional_block_names_only_its_network() -> None:
+    v = Votes()
+    v.round(T0, {"a1": (CN_A, OK), "a2": (CN_A, OK), "b1": (CN_B, BLOCKED), "b2": (CN_B, BLOCKED)})
+    out = run(KeyState(), v, T0 + MIN)
+    event = out.state.event
+    assert out.change is Change.OPENED and event is not None
+    assert event.scope == "regional" and event.asns == (CN_B,)
+
+
+def test_spreading_block_updates_the_same_event() -> None:
+    v = Votes()
+    v.round(
+        T0, {"a1": (CN_A, OK), "a2": (CN_A, OK), "b1": (CN_B, ("tls",)), "b2": (CN_B, ("tls",))}
+    )
+    out = run(KeyState(), v, T0 + MIN)
+    v.round(T0 + 5 * MIN, everyone(("dns",)))
+    out = run(out.state, v, T0 + 6 * MIN)
+    assert out.change is Change.UPDATED
+    event = out.state.event
+    assert event is not None
+    assert event.asns == (CN_A, CN_B) and event.scope == "national"
+    assert event.methods == ("dns", "tls")  # methods accumulate
+    assert event.started_at == T0  # still the first evidence
+    # Nothing new: no change to publish.
+    out = run(out.state, v, T0 + 7 * MIN)
+    assert out.change is None
+
+
+def test_close_needs_ok_probes_in_the_affected_networks() -> None:
+    v = Votes()
+    v.round(T0, everyone(BLOCKED))
+    out = run(KeyState(), v, T0 + MIN)
+    # One probe says ok: the other three still see the block.
+    v.add("a1", CN_A, T0 + 5 * MIN, *OK)
+    out = run(out.state, v, T0 + 6 * MIN)
+    assert out.state.event is not None and out.state.event.open
+    v.round(T0 + 10 * MIN, everyone(OK))
+    out = run(out.state, v, T0 + 11 * MIN)
+    assert out.change is Change.CLOSED
+    event = out.state.event
+    assert event is not None and not event.open
+    assert event.ended_at == T0 + 5 * MIN or event.ended_at == T0 + 10 * MIN
+    assert event.closed_at == T0 + 11 * MIN
+
+
+def test_hysteresis_one_blocked_probe_keeps_an_open_event() -> None:
+    v = Votes()
+    v.round(T0, everyone(BLOCKED))
+    out = run(KeyState(), v, T0 + MIN)
+    v.round(
+        T0 + 5 * MIN, {"a1": (CN_A, OK), "a2": (CN_A, BLOCKED), "b1": (CN_B, OK), "b2": (CN_B, OK)}
+    )
+    out = run(out.state, v, T0 + 6 * MIN)
+    # a2 alone could not open an event, but it keeps this one open.
+    assert out.state.event is not None and out.state.event.open
+
+
+def test_silence_is_not_an_unblock_and_a_collapse_is_reported() -> None:
+    v = Votes()
+    v.round(T0, everyone(BLOCKED))
+    out = run(KeyState(), v, T0 + MIN)
+    assert out.state.peak_probes == 4
+    # Every probe goes quiet: the votes age out of the window.
+    out = run(out.state, v, T0 + 30 * MIN)
+    event = out.state.event
+    assert event is not None and event.open
+    assert out.change is Change.UPDATED
+    assert event.volume_collapse_at == T0 + 30 * MIN and event.reporting_probes == 0
+    assert out.state.collapsed_at == T0 + 30 * MIN
+    # Reported once, not every pass.
+    out = run(out.state, v, T0 + 31 * MIN)
+    assert out.change is None and out.state.event is not None and out.state.event.open
+
+
+def test_collapse_without_event_is_in_the_state() -> None:
+    v = Votes()
+    v.round(T0, everyone(OK))
+    out = run(KeyState(), v, T0 + MIN)
+    v2 = Votes()
+    v2.round(T0 + 20 * MIN, {"a1": (CN_A, OK)})
+    out = run(out.state, v2, T0 + 21 * MIN)
+    assert out.state.collapsed_at == T0 + 21 * MIN and out.state.event is None
+    v2.round(T0 + 25 * MIN, everyone(OK))
+    out = run(out.state, v2, T0 + 26 * MIN)
+    assert out.state.collapsed_at is None
+
+
+def test_down_and_unknown_abstain() -> None:
+    v = Votes()
+    v.round(T0, everyone(("down",)))
+    out = run(KeyState(), v, T0 + MIN)
+    assert out.state.event is None
+    assert {n.state for n in out.networks} == {NetworkState.DOWN}
+    # A probe's last decisive vote counts over a later unknown (e.g. residue).
+    v.round(T0 + 2 * MIN, everyone(BLOCKED))
+    v.round(T0 + 3 * MIN, everyone(("unknown",)))
+    out = run(out.state, v, T0 + 4 * MIN)
+    assert out.change is Change.OPENED
+
+
+def test_late_measurement_moves_the_start_earlier() -> None:
+    v = Votes()
+    v.round(T0 + 5 * MIN, everyone(BLOCKED))
+    out = run(KeyState(), v, T0 + 6 * MIN)
+    assert out.state.event is not None and out.state.event.started_at == T0 + 5 * MIN
+    v.add("b1", CN_B, T0 + 2 * MIN, *BLOCKED)  # arrives late, measured earlier
+    out = run(out.state, v, T0 + 7 * MIN)
+    assert out.state.event is not None and out.state.event.started_at == T0 + 2 * MIN
+
+
+def test_params_refuse_inverted_hysteresis() -> None:
+    with pytest.raises(ValueError, match="hysteresis"):
+        Params(open_min_probes=1, stay_min_probes=2)
+
+
+def test_evidence_is_bounded_and_keeps_first_and_latest() -> None:
+    v = Votes()
+    for i in range(100):
+        v.round(T0 + i * timedelta(seconds=5), {"a1": (CN_A, BLOCKED), "a2": (CN_A, BLOCKED)})
+    state = KeyState()
+    for i in range(0, 100, 10):
+        state = evaluate(
+            state,
+            v.votes[: (i + 10) * 2],
+            Params(window=60 * MIN, max_evidence=10),
+            T0 + i * timedelta(seconds=5),
+        ).state
+    assert state.event is not None
+    assert len(state.event.evidence) == 10
+    assert state.event.evidence[0] == "m1"
