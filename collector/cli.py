@@ -31,6 +31,8 @@ from collector.errors import CollectorError
 from collector.services.probes import ProbeService
 from collector.services.targets import TargetService
 from collector.settings import CollectorSettings, Mode
+from probe_agent.cli import parse_duration
+from probe_agent.errors import InvalidOptionError
 
 app = typer.Typer(
     name="blockwatch-collector",
@@ -85,6 +87,19 @@ def _sessions(settings: CollectorSettings) -> Iterator[Any]:
         engine.dispose()
 
 
+def _duration(text: str | None, *, allow_zero: bool = False) -> float | None:
+    """``90``, ``30s``, ``5m``, ``2h`` -> seconds; None stays None."""
+    if text is None:
+        return None
+    if allow_zero and text.strip() in {"0", "0s"}:
+        return 0.0
+    try:
+        return parse_duration(text)
+    except InvalidOptionError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+
+
 def _fail(exc: CollectorError) -> typer.Exit:
     err.print(f"[bold red]error:[/] {exc.message} ({exc.code})", highlight=False)
     return typer.Exit(EXIT_INVALID if exc.status < 500 else 1)
@@ -100,8 +115,97 @@ def serve(
     admin_token: Annotated[str | None, typer.Option(envvar=_env("ADMIN_TOKEN"))] = None,
     ca_file: Annotated[Path | None, typer.Option(envvar=_env("CA_FILE"))] = None,
     measure_interval: Annotated[
-        float | None, typer.Option(envvar=_env("MEASURE_INTERVAL"), help="Seconds.")
+        str | None,
+        typer.Option(
+            envvar=_env("MEASURE_INTERVAL"),
+            help="Control prober's interval, handed to probes too (90, 30s, 5m). Default 5m.",
+        ),
     ] = None,
+    control_resolver: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Resolver IP[:PORT] of the control prober, repeatable. Default: the system's "
+            "(in production; the lab and demo modes need it named, or run no control).",
+        ),
+    ] = None,
+    lab_network: Annotated[
+        list[str] | None,
+        typer.Option(help="CIDR treated as globally routable (labs), repeatable."),
+    ] = None,
+    control_concurrency: Annotated[
+        int | None, typer.Option(envvar=_env("CONTROL_CONCURRENCY"), min=1, max=4096)
+    ] = None,
+    control_timeout: Annotated[
+        float | None, typer.Option(envvar=_env("CONTROL_TIMEOUT"), min=0.1, help="Seconds.")
+    ] = None,
+    detect_interval: Annotated[
+        str | None,
+        typer.Option(envvar=_env("DETECT_INTERVAL"), help="Time between detection passes (15s)."),
+    ] = None,
+    detect_window: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_env("DETECT_WINDOW"),
+            help="Sliding window of the detector (default: 3 measure intervals).",
+        ),
+    ] = None,
+    control_window: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_env("CONTROL_WINDOW"),
+            help="Greatest time between a measurement and its control (default: 1 interval).",
+        ),
+    ] = None,
+    control_wait: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_env("CONTROL_WAIT"),
+            help="How long a failed measurement waits for a control taken after it "
+            "(default: 1 interval + 60s), then is unknown.",
+        ),
+    ] = None,
+    open_min_probes: Annotated[
+        int | None,
+        typer.Option(envvar=_env("OPEN_MIN_PROBES"), min=1, help="Probes that open an event (2)."),
+    ] = None,
+    stay_min_probes: Annotated[
+        int | None,
+        typer.Option(
+            envvar=_env("STAY_MIN_PROBES"), min=1, help="Blocked probes that keep one open (1)."
+        ),
+    ] = None,
+    close_min_probes: Annotated[
+        int | None,
+        typer.Option(
+            envvar=_env("CLOSE_MIN_PROBES"),
+            min=1,
+            help="Probes of the affected networks that must say ok to close it (2).",
+        ),
+    ] = None,
+    collapse_ratio: Annotated[
+        float | None,
+        typer.Option(
+            envvar=_env("COLLAPSE_RATIO"),
+            min=0.01,
+            max=0.99,
+            help="Reporting probes, as a share of their peak, that is reported as a collapse.",
+        ),
+    ] = None,
+    residual: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_env("RESIDUAL"),
+            help="How long after an SNI trigger a probe's failures on that address are residue "
+            "(the GFW's 90-180s; default 180s).",
+        ),
+    ] = None,
+    no_detector: Annotated[
+        bool,
+        typer.Option(
+            envvar=_env("NO_DETECTOR"),
+            help="Serve the API only: no detector, no control prober (another replica runs them).",
+        ),
+    ] = False,
     webhook_allow_private: Annotated[
         bool, typer.Option(envvar=_env("WEBHOOK_ALLOW_PRIVATE"))
     ] = False,
@@ -129,9 +233,23 @@ def serve(
         no_control=no_control,
         admin_token=admin_token,
         ca_file=ca_file,
-        measure_interval=measure_interval,
+        measure_interval=_duration(measure_interval),
         webhook_allow_private=webhook_allow_private,
         mode=mode,
+        control_resolvers=",".join(control_resolver) if control_resolver else None,
+        lab_networks=",".join(lab_network) if lab_network else None,
+        control_concurrency=control_concurrency,
+        control_timeout=control_timeout,
+        detect_interval=_duration(detect_interval),
+        detect_window=_duration(detect_window),
+        control_window=_duration(control_window),
+        control_wait=_duration(control_wait),
+        open_min_probes=open_min_probes,
+        stay_min_probes=stay_min_probes,
+        close_min_probes=close_min_probes,
+        collapse_ratio=collapse_ratio,
+        residual_seconds=_duration(residual, allow_zero=True),
+        detector=False if no_detector else None,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # Many short-lived objects per request, few cycles: collect the young generation rarely.
@@ -263,6 +381,86 @@ def targets_list(
     table = Table("domain", "group", "kind")
     for d, g, k in rows:
         table.add_row(d, g or "-", k)
+    Console().print(table)
+
+
+def _short(value: str | None) -> str:
+    return value[:19].replace("T", " ") if value else "-"
+
+
+@app.command("events")
+def events_command(
+    domain: Annotated[str | None, typer.Option(help="Only this domain.")] = None,
+    cc: Annotated[str | None, typer.Option(help="Only this country (CN).")] = None,
+    state: Annotated[str | None, typer.Option(help="open or closed.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, as the API.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Block events, newest first (the API's GET /api/v1/events, for the terminal)."""
+    from collector.services.events import EventService  # noqa: PLC0415
+
+    try:
+        with (
+            _sessions(_admin_settings(database_url)) as sessions,
+            session_scope(sessions) as session,
+        ):
+            events = EventService().events(session, domain=domain, cc=cc, state=state, limit=limit)
+    except CollectorError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        for event in events:
+            typer.echo(json.dumps(event))
+        return
+    table = Table("id", "domain", "cc", "state", "scope", "methods", "ASNs", "started",
+                  "detected", "ended", "probes", title=f"{len(events)} event(s)")  # fmt: skip
+    for e in events:
+        table.add_row(
+            str(e["id"]),
+            e["domain"],
+            e["cc"],
+            "[red]open[/]" if e["state"] == "open" else "closed",
+            e["scope"],
+            ",".join(e["methods"]),
+            ",".join(f"AS{a}" for a in e["asns"]),
+            _short(e["started_at"]),
+            _short(e["detected_at"]),
+            _short(e["ended_at"]),
+            str(e["probes"]),
+        )
+    Console().print(table)
+
+
+@app.command("status")
+def status_command(
+    domain: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """A domain's state in each network, and its mirrors' (GET /api/v1/status/DOMAIN)."""
+    from collector.services.events import EventService  # noqa: PLC0415
+
+    try:
+        with (
+            _sessions(_admin_settings(database_url)) as sessions,
+            session_scope(sessions) as session,
+        ):
+            status = EventService().status(session, domain)
+    except CollectorError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(status))
+        return
+    colours = {"ok": "green", "blocked": "red", "down": "yellow", "unknown": "dim"}
+    table = Table("domain", "cc", "ASN", "state", "methods", "since", "probes")
+    for name, networks in [(status["domain"], status["networks"])] + [
+        (m["domain"], m["networks"]) for m in status["mirrors"]
+    ]:
+        for n in networks or [{"cc": "-", "asn": 0, "state": "unknown", "methods": [],
+                               "since": None, "probes": 0}]:  # fmt: skip
+            colour = colours.get(n["state"], "white")
+            table.add_row(name, n["cc"], f"AS{n['asn']}", f"[{colour}]{n['state']}[/]",
+                          ",".join(n["methods"]), _short(n["since"]), str(n["probes"]))  # fmt: skip
     Console().print(table)
 
 

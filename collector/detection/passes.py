@@ -474,13 +474,14 @@ class Detector:
             )
             or 0
         )
-        open_by_cc = dict(
-            session.execute(
+        open_by_cc: dict[str, int] = {
+            cc: count
+            for cc, count in session.execute(
                 select(EventRow.cc, func.count())
                 .where(EventRow.state == "open")
                 .group_by(EventRow.cc)
-            ).tuples()
-        )
+            )
+        }
         for sample in next(iter(metrics.OPEN_EVENTS.collect())).samples:
             cc = sample.labels.get("cc")
             if cc and cc not in open_by_cc:

@@ -1,0 +1,34 @@
+"""Analysis: the pure, versioned verdict on one measurement, given its control.
+
+``analyze(measurement, controls, ctx)`` turns a probe's measurement (the shape of
+``probe_agent.observations.Measurement.to_dict()``) and the control vantage's
+measurements of the same domain into a ``Verdict``: block flags (``dns``,
+``tcp_ip``, ``tls``, ``http``) or one of ``ok``, ``down``, ``unknown``, with the
+ids of the rules that fired and ``RULES_VERSION``. ``sni_triggers`` lists a
+measurement's SNI triggers, which the caller hands back in ``Context.triggers``
+when analysing the same probe's later measurements (residual blocking).
+Every rule is explained in docs/methodology.md.
+"""
+
+from collector.analysis.model import (
+    BLOCK_FLAGS,
+    RULES_VERSION,
+    Context,
+    Flag,
+    Reason,
+    Trigger,
+    Verdict,
+)
+from collector.analysis.verdict import analyze, sni_triggers
+
+__all__ = [
+    "BLOCK_FLAGS",
+    "RULES_VERSION",
+    "Context",
+    "Flag",
+    "Reason",
+    "Trigger",
+    "Verdict",
+    "analyze",
+    "sni_triggers",
+]

@@ -1,0 +1,208 @@
+"""The detection pass on a real database: API ingestion in, verdicts, events and status out."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from collector.db import make_engine, make_session_factory, session_scope
+from collector.detection.passes import Detector
+from collector.models import AnalysisQueueRow, VerdictRow
+from collector.settings import CollectorSettings
+from tests.collector.analysis import builders as b
+from tests.collector.conftest import ADMIN, FakeClock
+from tests.collector.helpers import TestProbe, rfc3339
+from tests.collector.test_probes_api import enroll, token
+
+DOMAIN = b.DOMAIN
+
+
+class World:
+    """Probes and a control vantage submitting through the API; passes run by hand."""
+
+    def __init__(self, client: TestClient, settings: CollectorSettings, clock: FakeClock) -> None:
+        self.client = client
+        self.clock = clock
+        self.probes = [TestProbe() for _ in range(3)]
+        for p in self.probes:
+            enroll(client, p, token=token(client))
+        self.control = TestProbe()
+        enroll(client, self.control, token=token(client, role="control"), role="control")
+        answer = client.post("/api/v1/targets", json={"domains": [DOMAIN, "mirror.bar"],
+                                                      "group": "alive"}, headers=ADMIN)  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        self.engine = make_engine(settings.database_url)
+        self.sessions = make_session_factory(self.engine)
+        self.detector = Detector(settings, clock)
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def submit(self, probe: TestProbe, m: dict[str, Any], at: datetime) -> None:
+        body = dict(m, measurement_id=str(uuid.uuid4()), started_at=rfc3339(at))
+        answer = self.client.post(
+            "/api/v1/measurements", json={"measurements": [probe.measure(body, at=at)]}
+        )
+        assert answer.json()["accepted"] == 1, answer.text
+
+    def round(self, m: dict[str, Any], at: datetime, probes: list[TestProbe] | None = None) -> None:
+        for p in self.probes if probes is None else probes:
+            self.submit(p, m, at)
+
+    def run(self) -> Any:
+        return self.detector.run_pass(self.sessions)
+
+    def events(self, **params: str) -> list[dict[str, Any]]:
+        answer = self.client.get("/api/v1/events", params=params)
+        assert answer.status_code == 200, answer.text
+        data: list[dict[str, Any]] = answer.json()["data"]
+        return data
+
+    def count(self, table: Any) -> int:
+        with session_scope(self.sessions) as s:
+            return s.scalar(select(func.count()).select_from(table)) or 0
+
+
+@pytest.fixture
+def world(client: TestClient, settings: CollectorSettings, clock: FakeClock) -> Any:
+    w = World(client, settings, clock)
+    yield w
+    w.engine.dispose()
+
+
+def sni_blocked() -> dict[str, Any]:
+    return b.measurement(
+        dns_steps=[b.dns(b.FORGED_IP, late=(b.REAL_IP,), agree=False)],
+        tcp_steps=[b.tcp()],
+        tls_steps=b.handshakes(failure="connection_reset"),
+    )
+
+
+def test_block_opens_one_event_updates_status_and_closes(world: World) -> None:
+    t = world.now() - timedelta(minutes=2)
+    world.round(b.reached(), t)
+    world.submit(world.control, b.control(), t + timedelta(seconds=5))
+    world.run()
+    assert world.count(AnalysisQueueRow) == 0 and world.count(VerdictRow) == 3
+    assert world.events() == []
+    status = world.client.get(f"/api/v1/status/{DOMAIN}").json()
+    assert [(n["cc"], n["asn"], n["state"], n["probes"]) for n in status["networks"]] == [
+        ("CN", 4134, "ok", 3)
+    ]
+    assert status["mirrors"][0]["domain"] == "mirror.bar"
+
+    # The block starts: the failed measurements wait for a control taken after them.
+    blocked_at = t + timedelta(seconds=30)
+    world.round(sni_blocked(), blocked_at)
+    stats = world.run()
+    assert stats.postponed == 3 and world.events() == []
+    world.submit(world.control, b.control(), blocked_at + timedelta(seconds=3))
+    world.clock.offset_seconds += 60  # the next pass: postponed rows are due again
+    stats = world.run()
+    assert stats.analysed == 3
+    [event] = world.events(state="open")
+    assert event["domain"] == DOMAIN and event["cc"] == "CN"
+    assert event["methods"] == ["dns", "tls"] and event["asns"] == [4134]
+    assert event["scope"] == "national" and event["probes"] == 3
+    started = datetime.fromisoformat(event["started_at"].replace("Z", "+00:00"))
+    assert abs(started - blocked_at) < timedelta(milliseconds=1)  # the first blocked evidence
+    assert len(event["evidence"]) == 3 and event["rule_version"] and event["forged_pool_version"]
+    status = world.client.get(f"/api/v1/status/{DOMAIN}").json()
+    [network] = status["networks"]
+    assert network["state"] == "blocked" and network["methods"] == ["dns", "tls"]
+    assert [e["id"] for e in status["events"]] == [event["id"]]
+
+    # Another pass with nothing new changes nothing.
+    world.run()
+    assert len(world.events()) == 1
+
+    # Lifted: every probe reaches it again.
+    lifted_at = blocked_at + timedelta(seconds=40)
+    world.round(b.reached(), lifted_at)
+    world.run()
+    [closed] = world.events()
+    assert closed["id"] == event["id"] and closed["state"] == "closed"
+    assert closed["ended_at"] is not None and closed["closed_at"] is not None
+
+
+def test_outage_is_down_not_blocked(world: World) -> None:
+    t = world.now() - timedelta(seconds=30)
+    down = b.measurement(
+        dns_steps=[b.dns(b.REAL_IP)], tcp_steps=[b.tcp(failure="connection_refused")]
+    )
+    world.round(down, t)
+    world.submit(world.control, b.failed_control("connection_refused"), t + timedelta(seconds=2))
+    world.run()
+    assert world.events() == []
+    [network] = world.client.get(f"/api/v1/status/{DOMAIN}").json()["networks"]
+    assert network["state"] == "down"
+
+
+def test_control_from_before_an_outage_does_not_make_a_block(world: World) -> None:
+    t = world.now() - timedelta(seconds=60)
+    world.submit(world.control, b.control(), t)  # fine, before the outage
+    down = b.measurement(
+        dns_steps=[b.dns(b.REAL_IP)], tcp_steps=[b.tcp(failure="generic_timeout_error")]
+    )
+    world.round(down, t + timedelta(seconds=20))
+    world.run()
+    # Waiting for a control taken after the measurements, not judged on the old one.
+    assert world.count(VerdictRow) == 0 and world.count(AnalysisQueueRow) == 3
+    world.submit(world.control, b.failed_control(), t + timedelta(seconds=25))
+    world.clock.offset_seconds += 60
+    world.run()
+    assert world.events() == [] and world.count(VerdictRow) == 3
+
+
+def test_without_a_control_measurements_end_unknown(
+    world: World, settings: CollectorSettings
+) -> None:
+    t = world.now() - timedelta(seconds=10)
+    world.round(sni_blocked(), t)
+    world.run()
+    assert world.count(VerdictRow) == 0
+    world.clock.offset_seconds += settings.control_wait_seconds + 30
+    world.run()
+    with session_scope(world.sessions) as s:
+        flags = set(s.scalars(select(VerdictRow.flags)))
+    assert flags == {"unknown"}
+    assert world.events() == []
+
+
+def test_lying_probe_opens_nothing(world: World) -> None:
+    t = world.now() - timedelta(seconds=30)
+    liar, *honest = world.probes
+    world.round(sni_blocked(), t, [liar])
+    world.round(b.reached(), t, honest)
+    world.submit(world.control, b.control(), t + timedelta(seconds=2))
+    world.run()
+    assert world.events() == []
+
+
+def test_events_api_filters_and_errors(world: World) -> None:
+    assert world.client.get("/api/v1/events", params={"state": "bogus"}).status_code == 422
+    answer = world.client.get("/api/v1/events", params={"cc": "C1"})
+    assert answer.status_code == 422
+    assert world.client.get("/api/v1/events/999").status_code == 404
+    answer = world.client.get("/api/v1/status/not-a-target.example")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "err_unknown_target"
+
+
+def test_the_pass_reads_only_new_measurements(world: World) -> None:
+    t = world.now() - timedelta(seconds=30)
+    world.round(b.reached(), t)
+    world.submit(world.control, b.control(), t + timedelta(seconds=1))
+    assert world.run().analysed == 3
+    assert world.run().analysed == 0  # nothing new: nothing read again
+    world.round(b.reached(), t + timedelta(seconds=5), world.probes[:1])
+    assert world.run().analysed == 1
+
+
+def test_datetimes_are_utc() -> None:
+    assert rfc3339(datetime(2026, 1, 1, tzinfo=UTC)).endswith("Z")
