@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Protocol
+from typing import Protocol, cast
 
 RECV_CHUNK = 65536
 
@@ -51,8 +51,9 @@ class _StreamProtocol(asyncio.Protocol):
         self.paused_writer: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's transports (the collector's control
+        # prober runs under uvicorn's loop) have the interface, not the base class.
+        self.transport = cast(asyncio.Transport, transport)
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -137,8 +138,7 @@ class SocketDialer:
             transport, protocol = await loop.create_connection(
                 _StreamProtocol, host=ip, port=port, family=family
             )
-        assert isinstance(transport, asyncio.Transport)
-        return TransportStream(transport, protocol)
+        return TransportStream(cast(asyncio.Transport, transport), protocol)
 
 
 async def recv_exactly(stream: Stream, size: int) -> bytes:

@@ -135,7 +135,13 @@ def control_view(controls: Sequence[Observed], asn: ASNLookup) -> ControlView:
 def residue(probe: Observed, ctx: Context) -> frozenset[Address]:
     """Addresses with a step inside a trigger's residual window: the GFW keeps blocking
     the (client, server, port) triple for a while after an SNI trigger, so a failure
-    there proves nothing. Residue covers every tcp, tls and http step of the address."""
+    there proves nothing. Residue covers every tcp, tls and http step of the address.
+
+    Residual blocking blocks the whole triple, so it cannot let a handshake through:
+    an address whose decoy handshake worked in this measurement is not residue, and
+    an SNI reset there is a new finding (this also keeps a probe that re-measures a
+    blocked name sooner than the residual time from hiding the block behind its
+    own earlier triggers)."""
     window = ctx.residual_seconds
     if not isinstance(window, int | float) or not math.isfinite(window) or window < 0:
         window = 0.0
@@ -144,10 +150,11 @@ def residue(probe: Observed, ctx: Context) -> frozenset[Address]:
         ip = canonical_ip(trigger.ip)
         if ip is not None:
             triggers.setdefault((ip, trigger.port), []).append(trigger)
+    open_triples = {key(s) for s in probe.tls if s.decoy and s.failure is None}
     found: set[Address] = set()
     for step in (*probe.tcp, *probe.tls, *probe.http):
         when = probe.at(step)
-        if when is None or key(step) not in triggers:
+        if when is None or key(step) not in triggers or key(step) in open_triples:
             continue
         for trigger in triggers[key(step)]:
             start = trigger.at if trigger.at.tzinfo else trigger.at.replace(tzinfo=UTC)

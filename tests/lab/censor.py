@@ -105,11 +105,13 @@ class Censor:
         self._inside = [ip_network(c) for c in policy.inside]
         if not policy.residual_seconds:
             self.residual.clear()
-        self._apply_mitm(policy.mitm)
+        self._apply_mitm(policy.mitm, policy.inside)
 
-    def _apply_mitm(self, addresses: list[str]) -> None:
+    def _apply_mitm(self, addresses: list[str], inside: list[str]) -> None:
         subprocess.run(["iptables", "-t", "nat", "-F", "BW_MITM"], check=True)
-        for ip in addresses:
+        # Only connections from the censored side: the internet's own traffic (the
+        # collector's control vantage) crosses this namespace's bridge too.
+        for ip, source in ((ip, source) for ip in addresses for source in inside):
             subprocess.run(
                 [
                     "iptables",
@@ -117,6 +119,8 @@ class Censor:
                     "nat",
                     "-A",
                     "BW_MITM",
+                    "-s",
+                    source,
                     "-d",
                     ip,
                     "-p",

@@ -13,74 +13,11 @@ import pytest
 
 from tests.lab import topology as topo
 from tests.lab.lab import Lab
+from tests.lab.served import LabCollector
 
 pytestmark = pytest.mark.lab
 BIN = Path(sys.executable).parent
-PORT = 8080
 TARGETS = ["alive.test", "o3o.test", "g0v.test"]
-
-
-class LabCollector:
-    def __init__(self, lab: Lab, directory: Path) -> None:
-        self.lab = lab
-        self.db = directory / "collector.db"
-        self.log = directory / "collector.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"http://{topo.COLLECTOR}:{PORT}"
-
-    def cli(self, *args: str) -> str:
-        result = subprocess.run(
-            [str(BIN / "blockwatch-collector"), *args, "--database-url", f"sqlite:///{self.db}"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        return result.stdout
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.lab.ns("col"),
-                    str(BIN / "blockwatch-collector"),
-                    "serve",
-                    "--host",
-                    topo.COLLECTOR,
-                    "--port",
-                    str(PORT),
-                    "--mode",
-                    "lab",
-                    "--database-url",
-                    f"sqlite:///{self.db}",
-                ],
-                stdout=log,
-                stderr=log,
-            )
-        address = (topo.COLLECTOR, PORT)
-        probe = f"import socket; socket.create_connection({address!r}, timeout=1).close()"
-        for _ in range(100):
-            if self.lab.exec("col", [sys.executable, "-c", probe]).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(self.log.read_text()[-2000:])
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def rows(self) -> list[tuple[str, str, int, str, str]]:
-        with sqlite3.connect(self.db) as conn:
-            return list(
-                conn.execute(
-                    "SELECT measurement_id, cc, asn, network_source, domain FROM measurements"
-                )
-            )
 
 
 @pytest.fixture
@@ -88,7 +25,7 @@ def collector(fresh_lab: Lab, tmp_path: Path) -> Iterator[LabCollector]:
     served = LabCollector(fresh_lab, tmp_path)
     served.cli("targets", "add", *TARGETS)
     token = served.cli("probes", "token", "--uses", "5").strip()
-    served.token = token  # type: ignore[attr-defined]
+    served.token = token
     served.start()
     yield served
     served.stop()
@@ -98,7 +35,7 @@ def probe_argv(lab: Lab, collector: LabCollector, state: Path, *extra: str) -> l
     """`blockwatch-probe run --once` as a volunteer in cn-a runs it, plus *extra*."""
     return [
         str(BIN / "blockwatch-probe"), "run", "--once", "--collector", collector.url,
-        "--enroll-token", collector.token,  # type: ignore[attr-defined]
+        "--enroll-token", collector.token,
         "--state-dir", str(state), "--cc", "CN", "--asn", "4134", "--ca-file",
         str(lab.ca_file), "--lab-network", topo.INTERNET_CIDR, "--timeout", "3", *extra,
     ]  # fmt: skip

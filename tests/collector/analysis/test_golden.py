@@ -32,6 +32,7 @@ from tests.collector.analysis.builders import (
     measurement,
     reached,
     tcp,
+    tls,
 )
 
 CTX = Context(asn_of=asn_of)
@@ -296,10 +297,25 @@ CASES = [
         ctx=residue_ctx(500),
     ),
     Case(
-        "sni_reset_inside_a_residual_window_is_not_new",
+        # Residual blocking would have cut the decoy too: a working decoy means the
+        # triple is open, and the reset of the instance's name is a new finding.
+        "sni_reset_with_working_decoy_inside_a_residual_window_is_new",
         measurement(
             tcp_steps=[tcp()],
             tls_steps=handshakes(failure="connection_reset"),
+        ),
+        {Flag.TLS},
+        (Reason.TLS_SNI_FILTER,),
+        ctx=residue_ctx(60),
+    ),
+    Case(
+        "decoy_and_sni_reset_inside_a_residual_window_is_residue",
+        measurement(
+            tcp_steps=[tcp()],
+            tls_steps=[
+                tls(decoy=True, failure="connection_reset", t0=0.6),
+                tls(decoy=False, failure="connection_reset", t0=0.8),
+            ],
         ),
         {Flag.UNKNOWN},
         (Reason.RESIDUE_ONLY,),

@@ -1,0 +1,94 @@
+"""The collector served inside the lab's ``col`` namespace, driven from the host."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.lab import topology as topo
+from tests.lab.lab import Lab
+
+BIN = Path(sys.executable).parent
+PORT = 8080
+
+
+class LabCollector:
+    def __init__(self, lab: Lab, directory: Path, *serve_args: str) -> None:
+        self.lab = lab
+        self.serve_args = serve_args
+        self.token = ""
+        self.db = directory / "collector.db"
+        self.log = directory / "collector.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://{topo.COLLECTOR}:{PORT}"
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [str(BIN / "blockwatch-collector"), *args, "--database-url", f"sqlite:///{self.db}"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return result.stdout
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.lab.ns("col"),
+                    str(BIN / "blockwatch-collector"),
+                    "serve",
+                    "--host",
+                    topo.COLLECTOR,
+                    "--port",
+                    str(PORT),
+                    "--mode",
+                    "lab",
+                    "--database-url",
+                    f"sqlite:///{self.db}",
+                    *self.serve_args,
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        address = (topo.COLLECTOR, PORT)
+        probe = f"import socket; socket.create_connection({address!r}, timeout=1).close()"
+        for _ in range(100):
+            if self.lab.exec("col", [sys.executable, "-c", probe]).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(self.log.read_text()[-2000:])
+
+    def api(self, path: str) -> Any:
+        """GET an API path from inside the collector's namespace (JSON)."""
+        code = (
+            "import json, sys, urllib.request; "
+            f"print(urllib.request.urlopen({self.url + path!r}, timeout=10).read().decode())"
+        )
+        result = self.lab.exec("col", [sys.executable, "-c", code], timeout=30)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr[-2000:])
+        return json.loads(result.stdout)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def rows(self) -> list[tuple[str, str, int, str, str]]:
+        with sqlite3.connect(self.db) as conn:
+            return list(
+                conn.execute(
+                    "SELECT measurement_id, cc, asn, network_source, domain FROM measurements"
+                )
+            )
