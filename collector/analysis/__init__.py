@@ -19,7 +19,7 @@ from collector.analysis.model import (
     Trigger,
     Verdict,
 )
-from collector.analysis.verdict import analyze, sni_triggers
+from collector.analysis.verdict import analyze, dns_silent, sni_triggers
 
 __all__ = [
     "BLOCK_FLAGS",
@@ -30,5 +30,6 @@ __all__ = [
     "Trigger",
     "Verdict",
     "analyze",
+    "dns_silent",
     "sni_triggers",
 ]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 from collector.analysis.model import Context, Reason, Trigger
-from collector.analysis.reading import HTTPStep, Observed, Step, TLSStep, canonical_ip
+from collector.analysis.reading import HTTPStep, Observed, Step, TLSStep, canonical_ip, shift
 from probe_agent.failures import Failure, Operation
 from probe_agent.hints import SNI_BLOCK_FAILURES, is_bogon, is_forged
 
@@ -138,10 +138,11 @@ def residue(probe: Observed, ctx: Context) -> frozenset[Address]:
     there proves nothing. Residue covers every tcp, tls and http step of the address.
 
     Residual blocking blocks the whole triple, so it cannot let a handshake through:
-    an address whose decoy handshake worked in this measurement is not residue, and
-    an SNI reset there is a new finding (this also keeps a probe that re-measures a
-    blocked name sooner than the residual time from hiding the block behind its
-    own earlier triggers)."""
+    a trigger is ignored when a decoy handshake on that triple worked *after* it,
+    and an SNI reset there is a new finding (this also keeps a probe that
+    re-measures a blocked name sooner than the residual time from hiding the block
+    behind its own earlier triggers). A decoy that worked before the trigger proves
+    nothing about the steps after it."""
     window = ctx.residual_seconds
     if not isinstance(window, int | float) or not math.isfinite(window) or window < 0:
         window = 0.0
@@ -150,14 +151,22 @@ def residue(probe: Observed, ctx: Context) -> frozenset[Address]:
         ip = canonical_ip(trigger.ip)
         if ip is not None:
             triggers.setdefault((ip, trigger.port), []).append(trigger)
-    open_triples = {key(s) for s in probe.tls if s.decoy and s.failure is None}
+    # When each triple was last seen open: a decoy handshake that worked, by its end.
+    open_at: dict[Address, datetime] = {}
+    for s in probe.tls:
+        done = shift(probe.started_at, s.t)
+        if s.decoy and s.failure is None and done is not None:
+            open_at[key(s)] = max(done, open_at.get(key(s), done))
     found: set[Address] = set()
     for step in (*probe.tcp, *probe.tls, *probe.http):
         when = probe.at(step)
-        if when is None or key(step) not in triggers or key(step) in open_triples:
+        if when is None or key(step) not in triggers:
             continue
         for trigger in triggers[key(step)]:
             start = trigger.at if trigger.at.tzinfo else trigger.at.replace(tzinfo=UTC)
+            reopened = open_at.get(key(step))
+            if reopened is not None and reopened >= start:
+                continue  # the triple was open after this trigger: no residue from it
             if start <= when <= start + timedelta(seconds=window):
                 found.add(key(step))
     return frozenset(found)

@@ -20,7 +20,7 @@ from typing import Any
 # Bump whenever any rule changes (a rule added, removed or changed in what it
 # reads or concludes), even when no golden verdict changes: verdicts stored with
 # an older version were decided by other rules. Format: year.month.serial.
-RULES_VERSION = "2026.11.1"
+RULES_VERSION = "2026.11.2"
 
 
 class Flag(StrEnum):
@@ -41,6 +41,7 @@ class Reason(StrEnum):
     """Rule ids, in rule order: a verdict lists its reasons in this order."""
 
     CONTROL_MISSING = "control.missing"
+    VANTAGE_DNS_UNREACHABLE = "vantage.dns_unreachable"
     DNS_FORGED_IP = "dns.forged_ip"
     DNS_BOGON = "dns.bogon"
     DNS_INJECTION = "dns.injection"
@@ -109,6 +110,9 @@ class Context:
     lab_networks: tuple[Network, ...] = ()
     residual_seconds: float = 180.0
     triggers: tuple[Trigger, ...] = ()
+    # Set by the caller when most of the same probe's measurements of the same round
+    # got no DNS answer at all: the probe's resolver or network failed, not the name.
+    vantage_dns_failing: bool = False
 
 
 @dataclass(frozen=True, slots=True)

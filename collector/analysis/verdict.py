@@ -9,7 +9,8 @@ fields read as absent): the same inputs always give the same verdict.
 
 The order of decision (DESIGN.md "Verdict rules", docs/methodology.md):
 
-1. no control: unknown;
+1. no control: unknown; the probe's whole round without DNS (``Context.
+   vantage_dns_failing``) and this measurement too: unknown;
 2. residue: steps on a triple the same probe triggered an SNI filter on, within
    ``Context.residual_seconds``, are set aside;
 3. blocking rules (only when the control reached the instance) and traps;
@@ -37,6 +38,7 @@ from collector.analysis.evidence import (
 )
 from collector.analysis.model import REASON_FLAGS, Context, Flag, Reason, Trigger, Verdict
 from collector.analysis.reading import read, shift
+from probe_agent.failures import Failure
 
 _DEFAULT_CONTEXT = Context()
 # Evidence that holds without a working control, yet is not enough to block on when
@@ -65,6 +67,8 @@ def analyze(
     control_records = [c for c in controls if isinstance(c, Mapping)]
     if not control_records:
         return _verdict(Flag.UNKNOWN, [Reason.CONTROL_MISSING])
+    if ctx.vantage_dns_failing and dns_silent(measurement):
+        return _verdict(Flag.UNKNOWN, [Reason.VANTAGE_DNS_UNREACHABLE])
     asn = ASNLookup(ctx.asn_of)
     control = control_view([read(c) for c in control_records], asn)
     probe = ProbeView.of(read(measurement), ctx)
@@ -90,6 +94,20 @@ def analyze(
     if probe.residue and not probe.failed_outside_residue():
         return _verdict(Flag.UNKNOWN, [Reason.RESIDUE_ONLY, *traps])
     return _verdict(Flag.UNKNOWN, [Reason.UNKNOWN_UNEXPLAINED, *traps])
+
+
+def dns_silent(measurement: Mapping[str, Any]) -> bool:
+    """True when no DNS query of *measurement* got any answer and every A query timed
+    out: the resolver was unreachable. Alone it is evidence (``dns.rcode``); when
+    most of the probe's round looks like this, it is the probe's own network."""
+    seen = read(measurement)
+    queries = [d for d in seen.dns if not d.injection_sink]
+    a_queries = [d for d in queries if d.query_type == "A"]
+    return (
+        bool(a_queries)
+        and not any(d.answers for d in queries)
+        and all(d.failure == Failure.GENERIC_TIMEOUT.value for d in a_queries)
+    )
 
 
 def sni_triggers(measurement: Mapping[str, Any]) -> tuple[Trigger, ...]:

@@ -35,7 +35,15 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector import metrics
-from collector.analysis import RULES_VERSION, Context, Trigger, Verdict, analyze, sni_triggers
+from collector.analysis import (
+    RULES_VERSION,
+    Context,
+    Trigger,
+    Verdict,
+    analyze,
+    dns_silent,
+    sni_triggers,
+)
 from collector.analysis import Flag as VerdictFlag
 from collector.clock import Clock
 from collector.db import session_scope
@@ -65,6 +73,11 @@ from probe_agent.inputs import parse_network
 log = logging.getLogger("blockwatch.collector.detection")
 Key = tuple[str, str]  # (domain, country)
 CHUNK = 500  # names per IN (...) list
+# A probe's round: its measurements started within this much of each other. When at
+# least VANTAGE_MIN of them and half or more got no DNS at all, the probe's resolver
+# or network failed (docs/methodology.md, vantage.dns_unreachable).
+ROUND_SPREAD = timedelta(seconds=60)
+VANTAGE_MIN = 3
 
 
 def params_from(settings: CollectorSettings) -> Params:
@@ -204,6 +217,7 @@ class Detector:
         controls = self._controls(session, {row.domain for row in rows}, earliest - window,
                                   latest + window)  # fmt: skip
         triggers = self._triggers(session, rows, docs, earliest)
+        failing = _vantage_failing(rows, docs)
         wait = timedelta(seconds=self.settings.control_wait_seconds)
         verdicts: list[dict[str, Any]] = []
         postponed: list[int] = []
@@ -216,6 +230,7 @@ class Detector:
                 lab_networks=self.context.lab_networks,
                 residual_seconds=self.context.residual_seconds,
                 triggers=others,
+                vantage_dns_failing=row.measurement_pk in failing,
             )
             verdict, used = self._judge(doc, row.started_at, controls[row.domain], window, ctx)
             if verdict is None:
@@ -488,6 +503,20 @@ class Detector:
                 open_by_cc[cc] = 0
         for cc, count in open_by_cc.items():
             metrics.OPEN_EVENTS.labels(cc=cc).set(count)
+
+
+def _vantage_failing(rows: Sequence[Any], docs: dict[int, dict[str, Any]]) -> set[int]:
+    """Measurements whose probe's round mostly got no DNS answer at all."""
+    rounds: defaultdict[str, list[tuple[datetime, bool]]] = defaultdict(list)
+    for row in rows:
+        rounds[row.probe_id].append((row.started_at, dns_silent(docs[row.measurement_pk])))
+    found = set()
+    for row in rows:
+        peers = [silent for at, silent in rounds[row.probe_id]
+                 if abs(at - row.started_at) <= ROUND_SPREAD]  # fmt: skip
+        if len(peers) >= VANTAGE_MIN and 2 * sum(peers) >= len(peers):
+            found.add(row.measurement_pk)
+    return found
 
 
 def _loads(text: str | None) -> list[Any]:

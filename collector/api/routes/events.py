@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from collector.api.deps import SessionDep
 from collector.api.schemas import EventList, EventOut, StatusOut
@@ -36,5 +36,5 @@ def list_events(
 
 
 @router.get("/events/{event_id}", response_model=EventOut)
-def get_event(event_id: int, session: SessionDep) -> EventOut:
+def get_event(event_id: Annotated[int, Path(ge=1, lt=2**31)], session: SessionDep) -> EventOut:
     return EventOut.model_validate(EventService().event(session, event_id))

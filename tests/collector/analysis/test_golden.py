@@ -105,6 +105,28 @@ CASES = [
         (Reason.DNS_RCODE, Reason.TRAP_AAAA_NO_ANSWER),
     ),
     Case(
+        # The same, when most of the probe's round got no DNS either: its network.
+        "timeout_on_every_a_query_while_the_whole_round_failed",
+        measurement(
+            dns_steps=[
+                dns(failure="generic_timeout_error"),
+                dns(failure="generic_timeout_error", transport="tcp"),
+                dns(failure="generic_timeout_error", query_type="AAAA"),
+            ]
+        ),
+        {Flag.UNKNOWN},
+        (Reason.VANTAGE_DNS_UNREACHABLE,),
+        ctx=Context(asn_of=asn_of, vantage_dns_failing=True),
+    ),
+    Case(
+        # A failing round does not hide what did answer: forged answers are evidence.
+        "forged_answer_while_the_whole_round_failed",
+        measurement(dns_steps=[dns(FORGED_IP)]),
+        {Flag.DNS},
+        (Reason.DNS_FORGED_IP,),
+        ctx=Context(asn_of=asn_of, vantage_dns_failing=True),
+    ),
+    Case(
         "aaaa_without_answer_is_ignored",
         reached(dns_steps=[dns(REAL_IP), dns(query_type="AAAA")]),
         {Flag.OK},
@@ -307,6 +329,18 @@ CASES = [
         {Flag.TLS},
         (Reason.TLS_SNI_FILTER,),
         ctx=residue_ctx(60),
+    ),
+    Case(
+        # A neighbour's trigger landed between this decoy (done at 0.7 s) and the
+        # instance's handshake (0.8 s): the decoy proves nothing after it.
+        "sni_reset_after_a_trigger_that_followed_the_decoy_is_residue",
+        measurement(
+            tcp_steps=[tcp()],
+            tls_steps=handshakes(failure="connection_reset"),
+        ),
+        {Flag.UNKNOWN},
+        (Reason.RESIDUE_ONLY,),
+        ctx=residue_ctx(-0.75),
     ),
     Case(
         "decoy_and_sni_reset_inside_a_residual_window_is_residue",

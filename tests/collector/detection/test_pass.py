@@ -206,3 +206,36 @@ def test_the_pass_reads_only_new_measurements(world: World) -> None:
 
 def test_datetimes_are_utc() -> None:
     assert rfc3339(datetime(2026, 1, 1, tzinfo=UTC)).endswith("Z")
+
+
+def test_a_probe_whose_whole_round_lost_dns_is_not_evidence(world: World) -> None:
+    t = world.now() - timedelta(seconds=30)
+    silent = b.measurement(
+        dns_steps=[
+            b.dns(failure="generic_timeout_error"),
+            b.dns(failure="generic_timeout_error", transport="tcp"),
+        ]
+    )
+    domains = [DOMAIN, "mirror.bar", "third.bar"]
+    for probe in world.probes[:2]:  # two probes: enough to open an event, were it evidence
+        for domain in domains:
+            world.submit(probe, dict(silent, domain=domain), t)
+    for domain in domains:
+        world.submit(world.control, dict(b.control(), domain=domain), t + timedelta(seconds=2))
+    world.run()
+    with session_scope(world.sessions) as s:
+        reasons = set(s.scalars(select(VerdictRow.reasons)))
+    assert reasons == {'["vantage.dns_unreachable"]'}
+    assert world.events() == []
+    # One domain alone timing out, in a round where the rest resolved, still counts.
+    t2 = t + timedelta(minutes=5)
+    for probe in world.probes[:2]:
+        world.submit(probe, dict(silent, domain=DOMAIN), t2)
+        world.submit(probe, dict(b.reached(), domain="mirror.bar"), t2)
+        world.submit(probe, dict(b.reached(), domain="third.bar"), t2)
+    for domain in domains:
+        world.submit(world.control, dict(b.control(), domain=domain), t2 + timedelta(seconds=2))
+    world.clock.offset_seconds += 300
+    world.run()
+    [event] = world.events()
+    assert event["domain"] == DOMAIN and event["methods"] == ["dns"]
