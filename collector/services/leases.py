@@ -27,19 +27,22 @@ def acquire(session: Session, name: str, holder: str, ttl: float, now: datetime)
         .where(LeaseRow.name == name)
         .where(or_(LeaseRow.holder == holder, LeaseRow.expires_at < now))
         .values(holder=holder, expires_at=expires)
-    )
-    if taken.rowcount:  # type: ignore[attr-defined]
+        .returning(LeaseRow.name)
+    ).scalar_one_or_none()
+    if taken is not None:
         session.commit()
         return True
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # RETURNING, not rowcount: the driver may report -1 for a skipped conflict.
     created = session.execute(
         insert(LeaseRow)
         .values(name=name, holder=holder, expires_at=expires)
         .on_conflict_do_nothing(index_elements=["name"])
-    )
+        .returning(LeaseRow.name)
+    ).scalar_one_or_none()
     session.commit()
-    return bool(created.rowcount)  # type: ignore[attr-defined]
+    return created is not None
 
 
 def release(session: Session, name: str, holder: str) -> None:
