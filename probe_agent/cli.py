@@ -84,6 +84,11 @@ class LogLevel(StrEnum):
     DEBUG = "debug"
 
 
+class Role(StrEnum):
+    PROBE = "probe"
+    CONTROL = "control"
+
+
 class OutputFormat(StrEnum):
     JSONL = "jsonl"
     TABLE = "table"
@@ -303,6 +308,14 @@ def run(
     concurrency: ConcurrencyOption = 32,
     decoy_sni: DecoySNIOption = DEFAULT_DECOY_SNI,
     lab_network: LabNetworkOption = None,
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="probe (a volunteer in a censored network), or control: an uncensored "
+            "vantage whose measurements are the control (needs a control enrollment token).",
+            envvar=_env("ROLE"),
+        ),
+    ] = Role.PROBE,
 ) -> None:
     """Check in with the collector, measure the targets it hands out, sign and submit."""
     # The collector client pulls in aiohttp: only `run` needs it, and `measure`
@@ -356,6 +369,7 @@ def run(
         declared=declared,
         collector_timeout=collector_timeout,
         proxy=proxy_url,
+        role=role.value,
     )
     try:
         status = asyncio.run(run_once(options) if once else run_daemon(options, daemon))

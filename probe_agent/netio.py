@@ -138,7 +138,7 @@ class SocketDialer:
             transport, protocol = await loop.create_connection(
                 _StreamProtocol, host=ip, port=port, family=family
             )
-        return TransportStream(cast(asyncio.Transport, transport), protocol)
+        return TransportStream(transport, protocol)
 
 
 async def recv_exactly(stream: Stream, size: int) -> bytes:

@@ -63,6 +63,8 @@ class RunOptions:
     collector_timeout: float = DEFAULT_TIMEOUT
     # socks5://, socks5h://, socks4://, http://: the collector is reached through it only.
     proxy: str | None = None
+    # "control": an uncensored vantage adding control measurements (needs a control token).
+    role: str = ROLE
 
 
 @dataclass(slots=True)
@@ -135,11 +137,11 @@ def _skew_seconds(server_time: str) -> float | None:
 
 
 async def _enroll(client: CollectorClient, identity: Identity, options: RunOptions) -> None:
-    answer = await client.enroll(options.enroll_token, ROLE, options.declared)
+    answer = await client.enroll(options.enroll_token, options.role, options.declared)
     identity.record(
         probe_id=answer["probe_id"],
         status=answer["status"],
-        role=answer.get("role") if isinstance(answer.get("role"), str) else ROLE,
+        role=answer.get("role") if isinstance(answer.get("role"), str) else options.role,
         collector=client.answered_by,
     )
     log.debug("enrolled (status %s)", answer["status"])

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from sqlalchemy import create_engine, select
 
-from collector.models import MeasurementRow
+from collector.models import AnalysisQueueRow, MeasurementRow
 from probe_agent.envelope import Envelope, Purpose, public_bytes, verify
 from tests.collector.conftest import ADMIN
 from tests.collector.serving import ServedCollector
@@ -77,3 +77,34 @@ async def test_run_once_delivers_signed_attributed_measurements(
         assert doc["measurement"]["domain"] == row.domain
     sni = [json.loads(r.hints) for r in rows if r.domain == "sni.example"]
     assert all(h == ["tls_sni_blocked"] for h in sni)
+
+
+async def test_a_probe_enrolled_as_control_adds_control_data(
+    database_url: str, tmp_path: Path
+) -> None:
+
+    served = ServedCollector(database_url, tmp_path / "collector.log").start()
+    try:
+        async with SimulatedNetwork(tmp_path / "net", [SimInstance("alive.example")]) as net:
+            async with httpx.AsyncClient(base_url=served.url) as http:
+                await http.post(
+                    "/api/v1/targets", headers=ADMIN, json={"domains": ["alive.example"]}
+                )
+                answer = await http.post(
+                    "/api/v1/probes/tokens", headers=ADMIN, json={"role": "control"}
+                )
+                token = answer.json()["token"]
+            args = ["--once", "--role", "control", "--collector", served.url,
+                    "--enroll-token", token, "--state-dir", str(tmp_path / "state"),
+                    "--cc", "DE", "--asn", "3320", *net.probe_args()]  # fmt: skip
+            result = await run_probe(args, command="run", timeout=60)
+            assert result.returncode == 0, result.stderr
+    finally:
+        served.stop()
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        rows = list(conn.execute(select(MeasurementRow)))
+        queued = list(conn.execute(select(AnalysisQueueRow)))
+    engine.dispose()
+    assert [(r.domain, r.role) for r in rows] == [("alive.example", "control")]
+    assert queued == []  # a control is matched to measurements, never judged itself
