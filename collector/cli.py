@@ -135,6 +135,12 @@ def serve(
     control_concurrency: Annotated[
         int | None, typer.Option(envvar=_env("CONTROL_CONCURRENCY"), min=1, max=4096)
     ] = None,
+    control_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar=_env("CONTROL_PORT"), min=1, max=65535, help="Instances' HTTPS port (443)."
+        ),
+    ] = None,
     control_timeout: Annotated[
         float | None, typer.Option(envvar=_env("CONTROL_TIMEOUT"), min=0.1, help="Seconds.")
     ] = None,
@@ -239,6 +245,7 @@ def serve(
         control_resolvers=",".join(control_resolver) if control_resolver else None,
         lab_networks=",".join(lab_network) if lab_network else None,
         control_concurrency=control_concurrency,
+        control_port=control_port,
         control_timeout=control_timeout,
         detect_interval=_duration(detect_interval),
         detect_window=_duration(detect_window),

@@ -48,7 +48,7 @@ def control_engine_config(settings: CollectorSettings) -> EngineConfig:
         resolver=resolvers or None,
         injection_sink=None,
         ca_file=settings.ca_file,
-        port=443,
+        port=settings.control_port,
         scheme=Scheme.HTTPS,
         timeout=settings.control_timeout,
         decoy_sni=DEFAULT_DECOY_SNI,

@@ -56,6 +56,7 @@ class CollectorSettings(BaseSettings):
     # "ip[:port]", comma-separated; empty means the system resolver in production
     # and no control prober in the lab and demo modes (nothing may leave the machine).
     control_resolvers: str = ""
+    control_port: int = Field(443, ge=1, le=65535)  # the instances' HTTPS port (labs change it)
     control_concurrency: int = Field(64, ge=1, le=4096)
     control_timeout: float = Field(10.0, gt=0, le=120)
     control_cc: str = Field("ZZ", pattern=r"^[A-Z]{2}$")

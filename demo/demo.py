@@ -6,10 +6,15 @@ the Great Firewall treats blocked instances, then:
 
 1. runs the real CLI, ``blockwatch-probe measure --format table``, against them;
 2. starts the real collector (``blockwatch-collector serve``, SQLite in a
-   temporary directory), gives the targets to it, and runs a volunteer's probe
-   round, ``blockwatch-probe run --once``: the probe makes its key, enrolls with
-   a token, checks in, measures, signs and submits; the collector verifies and
-   stores, and the demo shows what it holds.
+   temporary directory) with its control prober looking at an uncensored copy of
+   the same network (same addresses, another port, its own resolver: the
+   internet as seen from outside), and runs two volunteers' probe rounds,
+   ``blockwatch-probe run --once``, in two networks: each probe makes its key,
+   enrolls, checks in, measures, signs and submits;
+3. the collector matches each measurement with a control, turns them into
+   verdicts and the verdicts of the two probes into block events: the demo
+   shows ``blockwatch-collector events`` and the status of an instance with its
+   mirror. The outage (broken.demo) is ``down``, never an event.
 
 No packet leaves the machine: the resolver, the instances and the collector all
 live in 127.0.0.0/8.
@@ -43,8 +48,14 @@ INSTANCES: list[tuple[SimInstance, str]] = [
     (SimInstance("mitm.demo", ServerBehaviour.UNTRUSTED_CA), "TLS interception (untrusted CA)"),
     (SimInstance("gone.demo", dns=DNSBehaviour.NXDOMAIN), "NXDOMAIN"),
     (SimInstance("silent.demo", ServerBehaviour.DROP_AFTER_HELLO), "handshake goes unanswered"),
-    (SimInstance("broken.demo", ServerBehaviour.HTTP_500), "server answers 500 (an outage)"),
+    (
+        SimInstance("broken.demo", ServerBehaviour.RESET_AFTER_HELLO),
+        "TLS broken for everyone, the control too (an outage)",
+    ),
+    (SimInstance("alive-mirror.demo"), "alive.demo's mirror, not blocked (yet)"),
 ]
+# What the uncensored internet sees: the outage stays, the censorship does not.
+OUTAGES = {"broken.demo"}
 BOGON = ("bogon.demo", "10.10.34.34", "ISP resolver answers with a private address")
 
 
@@ -79,7 +90,13 @@ async def main() -> int:
             env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160")}
             proc = await asyncio.create_subprocess_exec(*args, env=env)
             code = await proc.wait()
-            code = code or await _collector_round(console, Path(tmp), net)
+            clean_view = [
+                SimInstance(inst.domain, inst.behaviour if inst.domain in OUTAGES else
+                            ServerBehaviour.MASTODON, ip=inst.ip)
+                for inst, _ in INSTANCES
+            ]  # fmt: skip
+            async with SimulatedNetwork(Path(tmp) / "outside", clean_view) as outside:
+                code = code or await _collector_round(console, Path(tmp), net, outside)
     console.print(
         "\nRead it as a volunteer would: [bold red]red[/] rows carry local evidence of "
         "tampering (hints) that needs no control; [yellow]yellow[/] rows failed somewhere "
@@ -89,61 +106,74 @@ async def main() -> int:
     return code
 
 
-async def _collector_round(console: Console, tmp: Path, net: SimulatedNetwork) -> int:
-    """The same targets through a volunteer's probe and the real collector."""
-    console.rule("[bold]A volunteer's round: probe -> signed envelopes -> collector")
+async def _collector_round(
+    console: Console, tmp: Path, net: SimulatedNetwork, outside: SimulatedNetwork
+) -> int:
+    """The same targets through two volunteers' probes, the collector and its control."""
+    console.rule("[bold]Two volunteers' rounds: probe -> signed envelopes -> collector")
     bin_dir = Path(sys.executable).parent
     collector, probe = str(bin_dir / "blockwatch-collector"), str(bin_dir / "blockwatch-probe")
     database = f"sqlite:///{tmp}/collector.db"
     port = free_tcp_port("127.0.0.1")
     env = {**os.environ, "BLOCKWATCH_DATABASE_URL": database, "COLUMNS": "160"}
-    domains = [inst.domain for inst, _ in INSTANCES] + [BOGON[0]]
-    await _run(console, [collector, "targets", "add", *domains, "--group", "demo"], env)
-    token = await _run(console, [collector, "probes", "token", "--uses", "1"], env, quiet=True)
+    domains = [inst.domain for inst, _ in INSTANCES if "alive" not in inst.domain] + [BOGON[0]]
+    await _run(console, [collector, "targets", "add", *domains], env)
+    await _run(console, [collector, "targets", "add", "alive.demo", "--group", "alive"], env)
+    await _run(console, [collector, "targets", "add", "alive-mirror.demo", "--group", "alive",
+                         "--kind", "mirror"], env)  # fmt: skip
+    token = await _run(console, [collector, "probes", "token", "--uses", "2"], env, quiet=True)
+    serve = [
+        collector, "serve", "--port", str(port), "--mode", "lab",
+        # The control prober: the uncensored copy of the network, on loopback too.
+        "--control-resolver", outside.resolver, "--control-port", str(outside.port),
+        "--ca-file", str(outside.ca_file), "--lab-network", "127.0.0.0/8",
+        "--measure-interval", "3s", "--detect-interval", "1s", "--control-timeout", "2",
+        "--detect-window", "60s",  # the two rounds run one after the other
+    ]  # fmt: skip
+    code = 0
     with (tmp / "collector.log").open("wb") as log:
-        server = await asyncio.create_subprocess_exec(
-            collector,
-            "serve",
-            "--port",
-            str(port),
-            "--mode",
-            "lab",
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
+        server = await asyncio.create_subprocess_exec(*serve, env=env, stdout=log, stderr=log)
         try:
             await _wait_listening(port)
-            code = await _run(
-                console,
-                [
-                    probe,
-                    "run",
-                    "--once",
-                    "--collector",
-                    f"http://127.0.0.1:{port}",
-                    "--enroll-token",
-                    token.strip(),
-                    "--state-dir",
-                    str(tmp / "probe-state"),
-                    "--cc",
-                    "CN",
-                    "--asn",
-                    "4134",
-                    *net.probe_args(),
-                ],
-                env,
-            )
+            for name, asn in (("probe-a", "4134"), ("probe-b", "4837")):
+                code = code or await _run(
+                    console,
+                    [probe, "run", "--once", "--collector", f"http://127.0.0.1:{port}",
+                     "--enroll-token", token.strip(), "--state-dir", str(tmp / name),
+                     "--cc", "CN", "--asn", asn, *net.probe_args()],
+                    env,
+                )  # fmt: skip
+            console.print("\n[dim]waiting for controls and the detector's passes...[/]")
+            await _wait_for_events(collector, env, minimum=4)
         finally:
             server.terminate()
             await server.wait()
     await _run(console, [collector, "probes", "list"], env)
+    await _run(console, [collector, "events"], env)
+    await _run(console, [collector, "status", "alive.demo"], env)
+    await _run(console, [collector, "status", "broken.demo"], env)
     console.print(
-        "The collector now holds each measurement as the exact bytes the probe signed, "
-        "with its signature and key id (evidence anyone can verify), attributed to the "
-        "declared network CN AS4134 (loopback cannot be geolocated) and never to an address."
+        "Each event is one (domain, country): opened because two probes agree, with the "
+        "methods, the networks (ASNs), the first blocked evidence (started) and the "
+        "signed measurements behind it (GET /api/v1/events). The control saw broken.demo "
+        "fail too: an outage, down, never a block. A volunteer's measurement is kept as "
+        "the exact bytes the probe signed, attributed to the declared network and never "
+        "to an address."
     )
     return int(code)
+
+
+async def _wait_for_events(collector: str, env: dict[str, str], minimum: int) -> None:
+    """Poll the collector's events until *minimum* are open (or about 30 s)."""
+    for _ in range(25):
+        proc = await asyncio.create_subprocess_exec(
+            collector, "events", "--json", "--state", "open", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        if len(out.splitlines()) >= minimum:
+            return
+        await asyncio.sleep(0.5)
 
 
 async def _run(console: Console, argv: list[str], env: dict[str, str], quiet: bool = False) -> Any:
