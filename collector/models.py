@@ -287,3 +287,60 @@ class ServiceKeyRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     private_key: Mapped[bytes] = mapped_column(LargeBinary(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SubscriptionRow(Base):
+    """Who is told about a domain's (or a group's) block events, and how."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    domain: Mapped[str | None] = mapped_column(String(253), index=True)
+    group_name: Mapped[str | None] = mapped_column(String(100), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    # Channel settings (URL, room, topic...): may hold secrets (tokens), never logged.
+    settings: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str | None] = mapped_column(String(64))  # whsec_... (webhook)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending|active|paused|failing|disabled
+    challenge: Mapped[str | None] = mapped_column(String(64))  # to publish (TXT or file)
+    manage_hash: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    last_delivery_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DeliveryRow(Base):
+    """The outbox: one message for one subscription about one event change."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    subscription_id: Mapped[str] = mapped_column(
+        ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True
+    )
+    event_id: Mapped[int] = mapped_column(Integer, index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # opened|updated|closed
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)  # webhook-id
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # pending|sending|delivered|dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CursorRow(Base):
+    """A named position in an append-only table (the alerts' place in event_changes)."""
+
+    __tablename__ = "cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -72,9 +72,9 @@ class LabCollector:
         """GET an API path from inside the collector's namespace (JSON)."""
         code = (
             "import json, sys, urllib.request; "
-            f"print(urllib.request.urlopen({self.url + path!r}, timeout=10).read().decode())"
+            f"print(urllib.request.urlopen({self.url + path!r}, timeout=30).read().decode())"
         )
-        result = self.lab.exec("col", [sys.executable, "-c", code], timeout=30)
+        result = self.lab.exec("col", [sys.executable, "-c", code], timeout=60)
         if result.returncode != 0:
             raise RuntimeError(result.stderr[-2000:])
         return json.loads(result.stdout)

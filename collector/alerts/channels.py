@@ -1,0 +1,144 @@
+"""Channel formats: what one delivery sends, for each kind of receiver.
+
+A delivery's payload is the webhook document ``{"type", "timestamp", "data"}``
+(docs/admin-guide.md); each channel turns it into one HTTP request. Chat
+channels get a short human summary; the webhook gets the document itself,
+signed. The Mastodon channel needs two requests (the instance's contact
+account, then the direct message), so it is a small plan of steps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from collector.alerts import signing
+
+CHANNELS = ("webhook", "slack", "discord", "matrix", "ntfy", "mastodon")
+# Settings each channel needs (besides the ones it may have).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "webhook": ("url",),
+    "slack": ("url",),
+    "discord": ("url",),
+    "matrix": ("homeserver", "room_id", "access_token"),
+    "ntfy": ("url",),
+    "mastodon": ("bot_instance", "access_token"),
+}
+# Settings that are secrets: never shown back, never logged.
+SECRET_SETTINGS = frozenset({"access_token"})
+TITLES = {
+    "block.opened": "Blocked",
+    "block.updated": "Block changed",
+    "block.closed": "Block ended",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+def summary(document: dict[str, Any]) -> str:
+    """A few lines an admin can act on."""
+    data = document["data"]
+    title = TITLES.get(document["type"], document["type"])
+    asns = ", ".join(f"AS{a}" for a in data.get("asns", [])) or "-"
+    lines = [
+        f"{title}: {data['domain']} in {data['cc']} ({data.get('scope', '?')}: {asns})",
+        f"methods: {', '.join(data.get('methods', [])) or '-'}; "
+        f"since {data.get('started_at')}; probes: {data.get('probes')}",
+    ]
+    if data.get("ended_at"):
+        lines.append(f"ended: {data['ended_at']}")
+    working = [m["domain"] for m in data.get("mirrors", []) if m.get("state") == "ok"]
+    if working:
+        lines.append(f"mirrors that work there: {', '.join(working)}")
+    if data.get("evidence_url"):
+        lines.append(f"evidence: {data['evidence_url']}")
+    return "\n".join(lines)
+
+
+def _json(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def build(
+    channel: str,
+    settings: dict[str, Any],
+    secret: str | None,
+    message_id: str,
+    timestamp: int,
+    document: dict[str, Any],
+) -> Request:
+    """The request for every channel but Mastodon (see ``mastodon_status``)."""
+    json_headers = {"Content-Type": "application/json"}
+    if channel == "webhook":
+        body = _json(document)
+        assert secret is not None
+        return Request(
+            "POST",
+            settings["url"],
+            {**json_headers, **signing.headers(secret, message_id, timestamp, body)},
+            body,
+        )
+    text = summary(document)
+    if channel == "slack":
+        return Request("POST", settings["url"], json_headers, _json({"text": text}))
+    if channel == "discord":
+        return Request("POST", settings["url"], json_headers, _json({"content": text}))
+    if channel == "ntfy":
+        data = document["data"]
+        title = TITLES.get(document["type"], "Blockwatch")
+        headers = {
+            "Title": f"{title}: {data['domain']} ({data['cc']})",
+            "Tags": "no_entry" if document["type"] != "block.closed" else "white_check_mark",
+            "Priority": "high" if document["type"] == "block.opened" else "default",
+        }
+        return Request("POST", settings["url"], headers, text.encode())
+    if channel == "matrix":
+        url = (
+            f"{settings['homeserver'].rstrip('/')}/_matrix/client/v3/rooms/"
+            f"{quote(settings['room_id'], safe='')}/send/m.room.message/{quote(message_id)}"
+        )
+        headers = {**json_headers, "Authorization": f"Bearer {settings['access_token']}"}
+        return Request("PUT", url, headers, _json({"msgtype": "m.text", "body": text}))
+    raise ValueError(f"no direct request for channel {channel!r}")
+
+
+def mastodon_contact_request(domain: str, settings: dict[str, Any]) -> Request:
+    """The instance's own description, which names its contact account."""
+    base = settings.get("instance_url") or f"https://{domain}"
+    return Request("GET", f"{base.rstrip('/')}/api/v2/instance")
+
+
+def mastodon_contact(answer: Any, domain: str) -> str | None:
+    """``@user@domain`` of the instance's contact account, from /api/v2/instance."""
+    try:
+        acct = answer["contact"]["account"]["acct"]
+    except (KeyError, TypeError):
+        return None
+    if not isinstance(acct, str) or not acct:
+        return None
+    return f"@{acct}" if "@" in acct else f"@{acct}@{domain}"
+
+
+def mastodon_status(
+    settings: dict[str, Any], contact: str, message_id: str, document: dict[str, Any]
+) -> Request:
+    """A direct message from the bot account, idempotent per delivery."""
+    status = f"{contact} {summary(document)}"[:490]
+    return Request(
+        "POST",
+        f"{settings['bot_instance'].rstrip('/')}/api/v1/statuses",
+        {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {settings['access_token']}",
+            "Idempotency-Key": message_id,
+        },
+        _json({"status": status, "visibility": "direct"}),
+    )
