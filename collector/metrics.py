@@ -132,6 +132,25 @@ VOLUME_COLLAPSES = Gauge(
     registry=REGISTRY,
 )
 
+DELIVERIES = Counter(
+    "blockwatch_alert_deliveries_total",
+    "Alert delivery attempts by outcome (delivered, retry, dead, gone).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+OUTBOX_PENDING = Gauge(
+    "blockwatch_alert_outbox_pending",
+    "Alert deliveries waiting to be sent (including retries).",
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+FAILING_SUBSCRIPTIONS = Gauge(
+    "blockwatch_alert_failing_subscriptions",
+    "Subscriptions whose deliveries keep failing.",
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+
 
 def exposition() -> bytes:
     """The text exposition: this process's metrics, or every worker's under `serve --workers`."""

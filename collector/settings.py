@@ -52,6 +52,14 @@ class CollectorSettings(BaseSettings):
     ca_file: Path | None = None
     no_control: bool = False
     webhook_allow_private: bool = False
+    # CIDRs alerts and verification may reach although not public (labs, tests).
+    webhook_allowlist: str = ""
+    # Alerts: the base URL events link to, the least time between two updates of one
+    # event to one subscriber, and each request's timeout.
+    public_url: str = ""
+    alert_update_interval: float = Field(600.0, ge=0)
+    alert_timeout: float = Field(10.0, gt=0, le=120)
+    alert_interval: float = Field(1.0, gt=0)
     # The control prober: the collector's own, uncensored vantage. Resolvers as
     # "ip[:port]", comma-separated; empty means the system resolver in production
     # and no control prober in the lab and demo modes (nothing may leave the machine).

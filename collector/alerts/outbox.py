@@ -1,0 +1,412 @@
+"""The durable outbox: event changes fanned out to subscriptions, sent at least once.
+
+1. ``fan_out`` (one process: the lease holder) reads the event changes after
+   its cursor (``cursors.alerts``) and writes one delivery per matching
+   subscription, in the same transaction as the cursor: a crash repeats
+   nothing and loses nothing. An ``updated`` change is throttled: it waits
+   ``alert_update_interval`` after the last message about that event to that
+   subscriber, and a later update replaces a still-unsent one (one message per
+   change that matters, never one per network or probe).
+2. ``claim`` marks due deliveries ``sending`` with a lease; on PostgreSQL the
+   rows are picked ``FOR UPDATE SKIP LOCKED``, so several collector processes
+   send in parallel and never the same delivery; on SQLite one UPDATE is atomic.
+   A process that dies while sending leaves a lease that expires: the delivery
+   is sent again (at least once; receivers dedupe by ``webhook-id``).
+3. ``send`` makes the request through the guarded resolver (no private
+   ranges, no rebinding gap), with a timeout and a response size cap. 2xx:
+   delivered. 410: the endpoint is gone, the subscription is disabled.
+   Anything else: retried on the Standard Webhooks schedule (5 s, 5 min, 30 min,
+   2 h, 5 h, 10 h, 10 h: about a day) with jitter, or later if ``Retry-After``
+   says so; then dead, and the subscription is marked failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from collector import metrics
+from collector.alerts import channels
+from collector.alerts.safety import (
+    MAX_RESPONSE_BYTES,
+    GuardedResolver,
+    UnsafeDestination,
+    parse_allowlist,
+)
+from collector.clock import Clock
+from collector.db import session_scope
+from collector.models import (
+    CursorRow,
+    DeliveryRow,
+    EventChangeRow,
+    NetworkStateRow,
+    SubscriptionRow,
+    TargetRow,
+)
+from collector.settings import CollectorSettings
+
+log = logging.getLogger("blockwatch.collector.alerts")
+CURSOR = "alerts"
+RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)  # seconds, Standard Webhooks
+SENDING_LEASE = timedelta(minutes=2)
+LIVE_STATES = ("active", "failing")
+FAILING_AFTER = 3  # consecutive failed attempts before a subscription shows as failing
+MAX_RETRY_AFTER = 86400.0
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def retry_delay(attempts: int, retry_after: float | None, rng: random.Random) -> float | None:
+    """Seconds until the next attempt after *attempts* failed ones; None: give up."""
+    if attempts > len(RETRY_SCHEDULE):
+        return None
+    delay = RETRY_SCHEDULE[attempts - 1] * rng.uniform(0.8, 1.2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return delay
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    from email.utils import parsedate_to_datetime  # noqa: PLC0415
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - now).total_seconds())
+
+
+class Outbox:
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        clock: Clock,
+        sessions: sessionmaker[Session],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.sessions = sessions
+        self.rng = rng or random.Random()  # noqa: S311 (retry jitter, not a secret)
+        allow = parse_allowlist(settings.webhook_allowlist)
+        if settings.webhook_allow_private:
+            allow += parse_allowlist("0.0.0.0/0,::/0")
+        self.allow = allow
+
+    # -- 1. fan-out ------------------------------------------------------------------
+
+    def fan_out(self, limit: int = 1000) -> int:
+        """Deliveries for the event changes after the cursor; the number written."""
+        written = 0
+        with session_scope(self.sessions) as session:
+            cursor = session.get(CursorRow, CURSOR)
+            if cursor is None:
+                cursor = CursorRow(name=CURSOR, position=0)
+                session.add(cursor)
+                session.flush()
+            changes = list(
+                session.scalars(
+                    select(EventChangeRow)
+                    .where(EventChangeRow.id > cursor.position)
+                    .order_by(EventChangeRow.id)
+                    .limit(limit)
+                )
+            )
+            now = self.clock.now()
+            for change in changes:
+                written += self._fan_out_one(session, change, now)
+                cursor.position = change.id
+        return written
+
+    def _subscribers(self, session: Session, domain: str) -> list[SubscriptionRow]:
+        target = session.scalar(select(TargetRow).where(TargetRow.domain == domain))
+        group = target.group.name if target is not None and target.group else None
+        match = SubscriptionRow.domain == domain
+        if group is not None:
+            match = or_(match, SubscriptionRow.group_name == group)
+        return list(
+            session.scalars(
+                select(SubscriptionRow).where(match, SubscriptionRow.state.in_(LIVE_STATES))
+            )
+        )
+
+    def document(self, session: Session, change: EventChangeRow) -> dict[str, Any]:
+        """The webhook document ``{type, timestamp, data}`` of one change."""
+        data = json.loads(change.snapshot)
+        base = self.settings.public_url.rstrip("/") or (
+            f"http://{self.settings.host}:{self.settings.port}"
+        )
+        data["evidence_url"] = f"{base}/api/v1/events/{data['id']}"
+        data["mirrors"] = self._mirrors(session, data["domain"], data["cc"])
+        return {"type": f"block.{change.kind}", "timestamp": _iso(change.at), "data": data}
+
+    def _mirrors(self, session: Session, domain: str, cc: str) -> list[dict[str, Any]]:
+        target = session.scalar(select(TargetRow).where(TargetRow.domain == domain))
+        if target is None or target.group_id is None:
+            return []
+        out = []
+        for other in session.scalars(
+            select(TargetRow).where(
+                TargetRow.group_id == target.group_id, TargetRow.domain != domain
+            )
+        ):
+            states = {
+                row.state
+                for row in session.scalars(
+                    select(NetworkStateRow).where(
+                        NetworkStateRow.domain == other.domain, NetworkStateRow.cc == cc
+                    )
+                )
+            }
+            if "blocked" in states:
+                state = "blocked"
+            elif states == {"ok"}:
+                state = "ok"
+            elif "ok" in states:
+                state = "partly"
+            else:
+                state = "unknown"
+            out.append({"domain": other.domain, "kind": other.kind, "state": state})
+        return sorted(out, key=lambda m: str(m["domain"]))
+
+    def _fan_out_one(self, session: Session, change: EventChangeRow, now: datetime) -> int:
+        snapshot = json.loads(change.snapshot)
+        subscribers = self._subscribers(session, snapshot["domain"])
+        if not subscribers:
+            return 0
+        document = json.dumps(self.document(session, change))
+        written = 0
+        for sub in subscribers:
+            due = now
+            if change.kind == "updated":
+                pending = session.scalar(
+                    select(DeliveryRow).where(
+                        DeliveryRow.subscription_id == sub.id,
+                        DeliveryRow.event_id == change.event_id,
+                        DeliveryRow.kind == "updated",
+                        DeliveryRow.state == "pending",
+                        DeliveryRow.attempts == 0,
+                    )
+                )
+                if pending is not None:  # not sent yet: the newer state replaces it
+                    pending.payload = document
+                    continue
+                last = session.scalar(
+                    select(func.max(DeliveryRow.created_at)).where(
+                        DeliveryRow.subscription_id == sub.id,
+                        DeliveryRow.event_id == change.event_id,
+                    )
+                )
+                if last is not None:
+                    due = max(now, last + timedelta(seconds=self.settings.alert_update_interval))
+            session.add(
+                DeliveryRow(
+                    subscription_id=sub.id,
+                    event_id=change.event_id,
+                    kind=change.kind,
+                    message_id=f"msg_{change.id}_{sub.id}",
+                    payload=document,
+                    state="pending",
+                    attempts=0,
+                    next_attempt_at=due,
+                    created_at=now,
+                )
+            )
+            written += 1
+        return written
+
+    # -- 2. claim --------------------------------------------------------------------
+
+    def claim(self, limit: int = 50) -> list[int]:
+        """Mark due deliveries ``sending`` for this process; their ids."""
+        now = self.clock.now()
+        due_filter = or_(
+            and_(DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= now),
+            and_(DeliveryRow.state == "sending", DeliveryRow.lease_until < now),
+        )
+        with session_scope(self.sessions) as session:
+            due = select(DeliveryRow.id).where(due_filter).order_by(DeliveryRow.next_attempt_at)
+            due = due.limit(limit)
+            if session.get_bind().dialect.name == "postgresql":
+                due = due.with_for_update(skip_locked=True)
+            claimed = session.scalars(
+                update(DeliveryRow)
+                .where(DeliveryRow.id.in_(due.scalar_subquery()), due_filter)
+                .values(state="sending", lease_until=now + SENDING_LEASE)
+                .returning(DeliveryRow.id)
+            ).all()
+        return list(claimed)
+
+    # -- 3. send ---------------------------------------------------------------------
+
+    def http_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.allow), limit=32)
+        timeout = aiohttp.ClientTimeout(total=self.settings.alert_timeout)
+        return aiohttp.ClientSession(connector=connector, timeout=timeout)
+
+    async def send_due(self, http: aiohttp.ClientSession, limit: int = 50) -> int:
+        """Claim and send what is due; the number of deliveries attempted."""
+        ids = await asyncio.to_thread(self.claim, limit)
+        if ids:
+            await asyncio.gather(*(self._send_one(http, i) for i in ids))
+        return len(ids)
+
+    def _load(self, delivery_id: int) -> tuple[DeliveryRow, SubscriptionRow] | None:
+        with session_scope(self.sessions) as session:
+            delivery = session.get(DeliveryRow, delivery_id)
+            if delivery is None:
+                return None
+            sub = session.get(SubscriptionRow, delivery.subscription_id)
+            if sub is None:
+                return None
+            session.expunge_all()
+            return delivery, sub
+
+    async def _send_one(self, http: aiohttp.ClientSession, delivery_id: int) -> None:
+        loaded = await asyncio.to_thread(self._load, delivery_id)
+        if loaded is None:
+            return
+        delivery, sub = loaded
+        if sub.state not in LIVE_STATES:
+            # Paused: try again later; disabled (or pending verification): never.
+            await asyncio.to_thread(self._park, delivery_id, sub.state == "paused")
+            return
+        status, error, retry_after = await self._attempt(http, delivery, sub)
+        await asyncio.to_thread(self._record, delivery_id, sub.id, status, error, retry_after)
+
+    async def _attempt(
+        self, http: aiohttp.ClientSession, delivery: DeliveryRow, sub: SubscriptionRow
+    ) -> tuple[int | None, str | None, float | None]:
+        document = json.loads(delivery.payload)
+        settings = json.loads(sub.settings)
+        try:
+            if sub.channel == "mastodon":
+                request = await self._mastodon_request(http, sub, settings, delivery, document)
+            else:
+                timestamp = int(self.clock.now().timestamp())
+                request = channels.build(
+                    sub.channel, settings, sub.secret, delivery.message_id, timestamp, document
+                )
+            async with http.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                data=request.body,
+                allow_redirects=False,
+            ) as answer:
+                await answer.content.read(MAX_RESPONSE_BYTES)
+                retry_after = parse_retry_after(answer.headers.get("Retry-After"), self.clock.now())
+                if 200 <= answer.status < 300:
+                    return answer.status, None, None
+                return answer.status, f"HTTP {answer.status}", retry_after
+        except UnsafeDestination as exc:
+            return None, f"refused: {exc}"[:200], None
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError) as exc:
+            return None, type(exc).__name__, None
+
+    async def _mastodon_request(
+        self,
+        http: aiohttp.ClientSession,
+        sub: SubscriptionRow,
+        settings: dict[str, Any],
+        delivery: DeliveryRow,
+        document: dict[str, Any],
+    ) -> channels.Request:
+        domain = document["data"]["domain"]
+        ask = channels.mastodon_contact_request(domain, settings)
+        async with http.get(ask.url, allow_redirects=False) as answer:
+            body = await answer.content.read(MAX_RESPONSE_BYTES)
+            if answer.status != 200:
+                raise ValueError(f"instance description: HTTP {answer.status}")
+        contact = channels.mastodon_contact(json.loads(body), domain)
+        if contact is None:
+            raise ValueError("the instance names no contact account")
+        return channels.mastodon_status(settings, contact, delivery.message_id, document)
+
+    def _park(self, delivery_id: int, later: bool) -> None:
+        now = self.clock.now()
+        with session_scope(self.sessions) as session:
+            delivery = session.get(DeliveryRow, delivery_id)
+            if delivery is None:
+                return
+            if later:
+                delivery.state, delivery.next_attempt_at = "pending", now + timedelta(minutes=5)
+            else:
+                delivery.state, delivery.last_error = "dead", "subscription not active"
+            delivery.lease_until = None
+
+    def _record(
+        self,
+        delivery_id: int,
+        subscription_id: str,
+        status: int | None,
+        error: str | None,
+        retry_after: float | None,
+    ) -> None:
+        now = self.clock.now()
+        with session_scope(self.sessions) as session:
+            delivery = session.get(DeliveryRow, delivery_id)
+            sub = session.get(SubscriptionRow, subscription_id)
+            if delivery is None or sub is None:
+                return
+            delivery.attempts += 1
+            delivery.last_status, delivery.last_error = status, error
+            delivery.lease_until = None
+            if error is None:
+                delivery.state, delivery.delivered_at = "delivered", now
+                sub.last_delivery_at = now
+                if sub.state == "failing":
+                    sub.state, sub.failing_since, sub.last_error = "active", None, None
+                metrics.DELIVERIES.labels(outcome="delivered").inc()
+                return
+            sub.last_error = error
+            if status == 410:
+                delivery.state = "dead"
+                sub.state, sub.last_error = "disabled", "the endpoint answered 410 Gone"
+                log.warning("subscription %s disabled: 410 Gone", sub.id)
+                metrics.DELIVERIES.labels(outcome="gone").inc()
+                return
+            delay = retry_delay(delivery.attempts, retry_after, self.rng)
+            if delay is None:
+                delivery.state = "dead"
+                metrics.DELIVERIES.labels(outcome="dead").inc()
+            else:
+                delivery.state = "pending"
+                delivery.next_attempt_at = now + timedelta(seconds=delay)
+                metrics.DELIVERIES.labels(outcome="retry").inc()
+            if (delivery.attempts >= FAILING_AFTER or delay is None) and sub.state == "active":
+                sub.state, sub.failing_since = "failing", now
+                log.warning("subscription %s is failing (%s)", sub.id, error)
+
+    def gauges(self) -> None:
+        with session_scope(self.sessions) as session:
+            metrics.OUTBOX_PENDING.set(
+                session.scalar(
+                    select(func.count())
+                    .select_from(DeliveryRow)
+                    .where(DeliveryRow.state.in_(("pending", "sending")))
+                )
+                or 0
+            )
+            metrics.FAILING_SUBSCRIPTIONS.set(
+                session.scalar(
+                    select(func.count())
+                    .select_from(SubscriptionRow)
+                    .where(SubscriptionRow.state == "failing")
+                )
+                or 0
+            )
