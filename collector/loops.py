@@ -20,6 +20,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector import metrics
+from collector.alerts.outbox import Outbox
 from collector.clock import Clock
 from collector.control import ControlProber, control_enabled
 from collector.db import session_scope
@@ -49,14 +50,18 @@ class BackgroundLoops:
         self.prober: ControlProber | None = None
         self._prober_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._alerts_task: asyncio.Task[None] | None = None
         self.passes = 0
+        self.held = False
+        self.outbox = Outbox(settings, clock, sessions)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="blockwatch-loops")
+        self._alerts_task = asyncio.create_task(self._alerts(), name="blockwatch-alerts")
 
     async def close(self) -> None:
         self.stop.set()
-        for task in (self._prober_task, self._task):
+        for task in (self._prober_task, self._task, self._alerts_task):
             if task is not None:
                 try:
                     await asyncio.wait_for(task, timeout=self.settings.control_timeout + 5)
@@ -88,10 +93,12 @@ class BackgroundLoops:
         detector = Detector(self.settings, self.clock, self.geolocator, request_control)
         while not self.stop.is_set():
             try:
-                held = await asyncio.to_thread(self._acquire)
+                held = self.held = await asyncio.to_thread(self._acquire)
                 if held:
                     self._start_prober()
                     await asyncio.to_thread(detector.run_pass, self.sessions)
+                    # The pass's event changes become deliveries at once.
+                    await asyncio.to_thread(self.outbox.fan_out)
                     self.passes += 1
                 else:
                     await self._stop_prober()
@@ -101,6 +108,25 @@ class BackgroundLoops:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=self.settings.detect_interval)
         await self._stop_prober()
+
+    async def _alerts(self) -> None:
+        """Send due deliveries: every process on PostgreSQL (rows are claimed with
+        SKIP LOCKED), the lease holder alone on SQLite."""
+        shared = not self.settings.is_sqlite
+        async with self.outbox.http_session() as http:
+            while not self.stop.is_set():
+                try:
+                    if shared or self.held:
+                        while await self.outbox.send_due(http) and not self.stop.is_set():
+                            pass
+                        await asyncio.to_thread(self.outbox.gauges)
+                except Exception:  # the loop must go on: log, count, retry
+                    log.exception("alert round failed")
+                    metrics.LOOP_ERRORS.labels(loop="alerts").inc()
+                try:
+                    await asyncio.wait_for(self.stop.wait(), timeout=self.settings.alert_interval)
+                except TimeoutError:
+                    pass
 
     def _start_prober(self) -> None:
         if self._prober_task is not None or not control_enabled(self.settings):

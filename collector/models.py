@@ -301,7 +301,9 @@ class SubscriptionRow(Base):
     # Channel settings (URL, room, topic...): may hold secrets (tokens), never logged.
     settings: Mapped[str] = mapped_column(Text)
     secret: Mapped[str | None] = mapped_column(String(64))  # whsec_... (webhook)
-    state: Mapped[str] = mapped_column(String(16), index=True)  # pending|active|paused|failing|disabled
+    state: Mapped[str] = mapped_column(
+        String(16), index=True
+    )  # pending|active|paused|failing|disabled
     challenge: Mapped[str | None] = mapped_column(String(64))  # to publish (TXT or file)
     manage_hash: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -14,7 +14,6 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable
-from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -55,19 +54,24 @@ class GuardedResolver(AbstractResolver):
     def __init__(self, allow: tuple[Network, ...] = ()) -> None:
         self.allow = allow
 
+    async def addresses(self, host: str) -> list[str]:
+        """Every address *host* resolves to (the system's resolver by default)."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+        return [str(info[4][0]) for info in infos]
+
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         try:
             ipaddress.ip_address(host)
-            infos: list[Any] = [(socket.AF_INET6 if ":" in host else socket.AF_INET, 0, 0, "",
-                                 (host, port))]  # fmt: skip
+            ips = [host]
         except ValueError:
-            loop = asyncio.get_running_loop()
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            ips = await self.addresses(host)
+        if not ips:
+            raise UnsafeDestination(f"{host} does not resolve")
         results: list[ResolveResult] = []
-        for fam, _type, proto, _name, sockaddr in infos:
-            ip = str(sockaddr[0])
+        for ip in dict.fromkeys(ips):
             if not is_public(ip, self.allow):
                 raise UnsafeDestination(f"{host} resolves to a non-public address")
             results.append(
@@ -75,13 +79,11 @@ class GuardedResolver(AbstractResolver):
                     hostname=host,
                     host=ip,
                     port=port,
-                    family=fam,
-                    proto=proto,
+                    family=socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                    proto=0,
                     flags=socket.AI_NUMERICHOST,
                 )
             )
-        if not results:
-            raise UnsafeDestination(f"{host} does not resolve")
         return results
 
     async def close(self) -> None:

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector import __version__, metrics
 from collector.api.ratelimit import RateLimiter
-from collector.api.routes import events, measurements, probes, targets
+from collector.api.routes import events, measurements, probes, subscriptions, targets
 from collector.clock import Clock, SystemClock
 from collector.db import make_engine, make_session_factory, migrate
 from collector.errors import CollectorError, RateLimited
@@ -118,7 +118,8 @@ def create_app(
         settings.geoip_country_db, settings.geoip_asn_db
     )
     app.state.rate_limiter = RateLimiter(settings.probe_rate_limit)
-    for router in (probes.router, measurements.router, targets.router, events.router):
+    routers = (probes, measurements, targets, events, subscriptions)
+    for router in (module.router for module in routers):
         app.include_router(router, prefix="/api/v1")
     _install_error_handlers(app)
 
