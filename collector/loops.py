@@ -123,10 +123,8 @@ class BackgroundLoops:
                 except Exception:  # the loop must go on: log, count, retry
                     log.exception("alert round failed")
                     metrics.LOOP_ERRORS.labels(loop="alerts").inc()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), timeout=self.settings.alert_interval)
-                except TimeoutError:
-                    pass
 
     def _start_prober(self) -> None:
         if self._prober_task is not None or not control_enabled(self.settings):

@@ -39,6 +39,7 @@ from collector.alerts.safety import (
     MAX_RESPONSE_BYTES,
     GuardedResolver,
     UnsafeDestination,
+    check_literal,
     parse_allowlist,
 )
 from collector.clock import Clock
@@ -301,6 +302,7 @@ class Outbox:
                 request = channels.build(
                     sub.channel, settings, sub.secret, delivery.message_id, timestamp, document
                 )
+            check_literal(request.url, self.allow)
             async with http.request(
                 request.method,
                 request.url,
@@ -328,6 +330,7 @@ class Outbox:
     ) -> channels.Request:
         domain = document["data"]["domain"]
         ask = channels.mastodon_contact_request(domain, settings)
+        check_literal(ask.url, self.allow)
         async with http.get(ask.url, allow_redirects=False) as answer:
             body = await answer.content.read(MAX_RESPONSE_BYTES)
             if answer.status != 200:

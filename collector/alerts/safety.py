@@ -50,6 +50,17 @@ def check_url(url: str, *, allow_http: bool) -> None:
         raise UnsafeDestination("the URL may not carry credentials")
 
 
+def check_literal(url: str, allow: Iterable[Network]) -> None:
+    """aiohttp dials an IP-literal host without asking the resolver: check it here."""
+    host = urlsplit(url).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return  # a name: the guarded resolver checks what it resolves to
+    if not is_public(host, allow):
+        raise UnsafeDestination(f"{host} is a non-public address")
+
+
 class GuardedResolver(AbstractResolver):
     def __init__(self, allow: tuple[Network, ...] = ()) -> None:
         self.allow = allow

@@ -15,7 +15,12 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from collector.alerts.safety import MAX_RESPONSE_BYTES, GuardedResolver, Network, UnsafeDestination
+from collector.alerts.safety import (
+    MAX_RESPONSE_BYTES,
+    GuardedResolver,
+    Network,
+    UnsafeDestination,
+)
 from collector.settings import CollectorSettings
 from probe_agent.inputs import parse_endpoint
 

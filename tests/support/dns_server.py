@@ -122,6 +122,7 @@ class DNSServer:
         self.ip = ip
         self.port = port
         self.records: dict[str, DNSRecord] = {}
+        self.txt: dict[str, list[str]] = {}  # TXT records by name (alert verification)
         self.queries: list[tuple[str, str, str]] = []  # (transport, name, type), for tests
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -177,6 +178,13 @@ class DNSServer:
         question = query.question[0]
         name = question.name.to_text(omit_final_dot=True).lower()
         self.queries.append((transport, name, dns.rdatatype.to_text(question.rdtype)))
+        if question.rdtype == dns.rdatatype.TXT and name in self.txt:
+            response = dns.message.make_response(query)
+            texts = [f'"{t}"' for t in self.txt[name]]
+            response.answer.append(
+                dns.rrset.from_text_list(question.name, TTL, dns.rdataclass.IN, "TXT", texts)
+            )
+            return _Reply([response.to_wire()])
         record = self.records.get(name)
         if record is None:
             return _Reply([_rcode_only(query, dns.rcode.NXDOMAIN)])
