@@ -57,7 +57,6 @@ from collector.settings import CollectorSettings
 log = logging.getLogger("blockwatch.collector.alerts")
 CURSOR = "alerts"
 RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)  # seconds, Standard Webhooks
-SENDING_LEASE = timedelta(minutes=2)
 LIVE_STATES = ("active", "failing")
 FAILING_AFTER = 3  # consecutive failed attempts before a subscription shows as failing
 MAX_RETRY_AFTER = 86400.0
@@ -107,6 +106,8 @@ class Outbox:
         if settings.webhook_allow_private:
             allow += parse_allowlist("0.0.0.0/0,::/0")
         self.allow = allow
+        # A sender that died mid-request: its claim lapses after a few request timeouts.
+        self.sending_lease = timedelta(seconds=max(5.0, 3 * settings.alert_timeout))
 
     # -- 1. fan-out ------------------------------------------------------------------
 
@@ -247,7 +248,7 @@ class Outbox:
             claimed = session.scalars(
                 update(DeliveryRow)
                 .where(DeliveryRow.id.in_(due.scalar_subquery()), due_filter)
-                .values(state="sending", lease_until=now + SENDING_LEASE)
+                .values(state="sending", lease_until=now + self.sending_lease)
                 .returning(DeliveryRow.id)
             ).all()
         return list(claimed)

@@ -181,7 +181,9 @@ def test_owner_lists_pauses_rotates_and_deletes(api: TestClient) -> None:
     assert api.get("/api/v1/subscriptions").status_code == 401
     # Someone else's subscription is not even visible.
     assert api.get(f"/api/v1/subscriptions/{other['id']}", headers=bearer(token)).status_code == 404
-    api.post(f"/api/v1/subscriptions/{mine['id']}/verify", headers=ADMIN)  # admin: no challenge
+    api.post(
+        f"/api/v1/subscriptions/{mine['id']}/verify", headers=ADMIN
+    )  # not published: stays pending
     url = f"/api/v1/subscriptions/{mine['id']}"
     assert api.post(f"{url}/pause", headers=bearer(token)).status_code == 409  # still pending
     rotated = api.post(f"{url}/rotate-secret", headers=bearer(token)).json()
