@@ -44,6 +44,10 @@ targets_app = typer.Typer(no_args_is_help=True, help="The instance domains probe
 probes_app = typer.Typer(no_args_is_help=True, help="Probe enrollment tokens and probes.")
 app.add_typer(targets_app, name="targets")
 app.add_typer(probes_app, name="probes")
+subs_app = typer.Typer(
+    no_args_is_help=True, help="Alert subscriptions (operators: active at once)."
+)
+app.add_typer(subs_app, name="subscriptions")
 err = Console(stderr=True)
 EXIT_INVALID = 2
 
@@ -393,6 +397,120 @@ def targets_list(
 
 def _short(value: str | None) -> str:
     return value[:19].replace("T", " ") if value else "-"
+
+
+@subs_app.command("add")
+def subscriptions_add(
+    domain: Annotated[str | None, typer.Argument(help="The domain (or use --group).")] = None,
+    group: Annotated[str | None, typer.Option(help="A whole instance group.")] = None,
+    channel: Annotated[
+        str, typer.Option(help="webhook, slack, discord, matrix, ntfy, mastodon.")
+    ] = "webhook",
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(help="Channel setting KEY=VALUE, repeatable (url=https://..., room_id=...)."),
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Subscribe (as the operator: no ownership challenge). Prints the secrets once."""
+    from collector.services.subscriptions import SubscriptionService  # noqa: PLC0415
+
+    values: dict[str, str] = {}
+    for item in setting or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            err.print(f"[bold red]error:[/] --setting {item!r}: expected KEY=VALUE")
+            raise typer.Exit(EXIT_INVALID)
+        values[key.strip()] = value
+    settings = _admin_settings(database_url)
+    try:
+        with _sessions(settings) as sessions, session_scope(sessions) as session:
+            row, token = SubscriptionService(settings).create(
+                session, domain=domain, group=group, channel=channel, channel_settings=values,
+                admin=True,
+            )  # fmt: skip
+            sub_id, secret = row.id, row.secret
+    except CollectorError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"subscription {sub_id} (active)")
+    typer.echo(f"management token: {token}")
+    if secret:
+        typer.echo(f"signing secret: {secret}")
+
+
+@subs_app.command("list")
+def subscriptions_list(
+    as_json: Annotated[bool, typer.Option("--json")] = False, database_url: DatabaseUrl = None
+) -> None:
+    """Every subscription, with its state and last error (secrets never shown)."""
+    from collector.services.subscriptions import (  # noqa: PLC0415
+        SubscriptionService,
+        subscription_json,
+    )
+
+    settings = _admin_settings(database_url)
+    with _sessions(settings) as sessions, session_scope(sessions) as session:
+        subs = [
+            subscription_json(r, settings)
+            for r in SubscriptionService(settings).owned(session, None, admin=True)
+        ]
+    if as_json:
+        typer.echo(json.dumps(subs))
+        return
+    table = Table("id", "domain/group", "channel", "state", "last delivery", "last error")
+    for sub in subs:
+        target = sub["domain"] or f"group {sub['group']}"
+        seen = _short(sub["last_delivery_at"])
+        table.add_row(
+            sub["id"], target, sub["channel"], sub["state"], seen, sub["last_error"] or "-"
+        )
+    Console().print(table)
+
+
+def _subscription_action(action: str, sub_id: str, database_url: str | None) -> None:
+    from collector.services.subscriptions import SubscriptionService  # noqa: PLC0415
+
+    settings = _admin_settings(database_url)
+    try:
+        with _sessions(settings) as sessions, session_scope(sessions) as session:
+            service = SubscriptionService(settings)
+            row = service.get(session, sub_id, None, admin=True)
+            if action == "pause":
+                service.pause(row)
+            elif action == "resume":
+                service.resume(row)
+            elif action == "rotate":
+                typer.echo(f"new signing secret: {service.rotate(row)}")
+            else:
+                service.delete(session, row)
+    except CollectorError as exc:
+        raise _fail(exc) from None
+    done = {"pause": "paused", "resume": "resumed", "rotate": "rotated", "delete": "deleted"}
+    typer.echo(f"{sub_id}: {done[action]}")
+
+
+@subs_app.command("pause")
+def subscriptions_pause(sub_id: str, database_url: DatabaseUrl = None) -> None:
+    """Stop deliveries for a while (they wait, and go out on resume)."""
+    _subscription_action("pause", sub_id, database_url)
+
+
+@subs_app.command("resume")
+def subscriptions_resume(sub_id: str, database_url: DatabaseUrl = None) -> None:
+    """Resume a paused, failing or disabled subscription."""
+    _subscription_action("resume", sub_id, database_url)
+
+
+@subs_app.command("rotate")
+def subscriptions_rotate(sub_id: str, database_url: DatabaseUrl = None) -> None:
+    """A new webhook signing secret (printed once)."""
+    _subscription_action("rotate", sub_id, database_url)
+
+
+@subs_app.command("delete")
+def subscriptions_delete(sub_id: str, database_url: DatabaseUrl = None) -> None:
+    """Delete a subscription and its pending deliveries."""
+    _subscription_action("delete", sub_id, database_url)
 
 
 @app.command("events")

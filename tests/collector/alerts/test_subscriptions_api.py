@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,3 +224,27 @@ def test_bad_subscriptions_are_refused_clearly(
     answer = api.post("/api/v1/subscriptions", json=payload)
     assert answer.status_code in (404, 422), answer.text
     assert answer.json()["error"]["code"] == code
+
+
+def test_operator_cli_adds_lists_pauses_rotates_deletes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cli = str(Path(sys.executable).parent / "blockwatch-collector")
+    db = ["--database-url", f"sqlite:///{tmp_path}/c.db"]
+
+    def run(*args: str) -> str:
+        done = subprocess.run([cli, *args, *db], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    run("targets", "add", DOMAIN)
+    added = run("subscriptions", "add", DOMAIN, "--setting", "url=https://hooks.example/x")
+    sub_id = added.split()[1]
+    assert "signing secret: whsec_" in added and "management token: bwm_" in added
+    listed = json.loads(run("subscriptions", "list", "--json"))
+    assert [(s["id"], s["state"]) for s in listed] == [(sub_id, "active")]
+    assert "paused" in run("subscriptions", "pause", sub_id)
+    assert "whsec_" in run("subscriptions", "rotate", sub_id)
+    assert "deleted" in run("subscriptions", "delete", sub_id)
+    assert json.loads(run("subscriptions", "list", "--json")) == []
