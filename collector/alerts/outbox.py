@@ -194,6 +194,19 @@ class Outbox:
         written = 0
         for sub in subscribers:
             due = now
+            if change.kind == "closed":
+                # The end supersedes an update not sent yet: it would arrive after it.
+                session.execute(
+                    update(DeliveryRow)
+                    .where(
+                        DeliveryRow.subscription_id == sub.id,
+                        DeliveryRow.event_id == change.event_id,
+                        DeliveryRow.kind == "updated",
+                        DeliveryRow.state == "pending",
+                        DeliveryRow.attempts == 0,
+                    )
+                    .values(state="superseded")
+                )
             if change.kind == "updated":
                 pending = session.scalar(
                     select(DeliveryRow).where(
@@ -261,34 +274,30 @@ class Outbox:
         return aiohttp.ClientSession(connector=connector, timeout=timeout)
 
     async def send_due(self, http: aiohttp.ClientSession, limit: int = 50) -> int:
-        """Claim and send what is due; the number of deliveries attempted."""
+        """Claim and send what is due; the number of deliveries attempted.
+
+        Three transactions per batch (claim, load, record), whatever its size."""
         ids = await asyncio.to_thread(self.claim, limit)
-        if ids:
-            await asyncio.gather(*(self._send_one(http, i) for i in ids))
+        if not ids:
+            return 0
+        loaded = await asyncio.to_thread(self._load, ids)
+        live = [(d, s) for d, s in loaded if s.state in LIVE_STATES]
+        parked = [(d.id, s.state == "paused") for d, s in loaded if s.state not in LIVE_STATES]
+        outcomes = await asyncio.gather(*(self._attempt(http, d, s) for d, s in live))
+        results = [(d.id, s.id, *outcome) for (d, s), outcome in zip(live, outcomes, strict=True)]
+        await asyncio.to_thread(self._record_all, results, parked)
         return len(ids)
 
-    def _load(self, delivery_id: int) -> tuple[DeliveryRow, SubscriptionRow] | None:
+    def _load(self, ids: list[int]) -> list[tuple[DeliveryRow, SubscriptionRow]]:
         with session_scope(self.sessions) as session:
-            delivery = session.get(DeliveryRow, delivery_id)
-            if delivery is None:
-                return None
-            sub = session.get(SubscriptionRow, delivery.subscription_id)
-            if sub is None:
-                return None
+            rows = session.execute(
+                select(DeliveryRow, SubscriptionRow)
+                .join(SubscriptionRow, SubscriptionRow.id == DeliveryRow.subscription_id)
+                .where(DeliveryRow.id.in_(ids))
+            ).all()
+            pairs = [(d, s) for d, s in rows]
             session.expunge_all()
-            return delivery, sub
-
-    async def _send_one(self, http: aiohttp.ClientSession, delivery_id: int) -> None:
-        loaded = await asyncio.to_thread(self._load, delivery_id)
-        if loaded is None:
-            return
-        delivery, sub = loaded
-        if sub.state not in LIVE_STATES:
-            # Paused: try again later; disabled (or pending verification): never.
-            await asyncio.to_thread(self._park, delivery_id, sub.state == "paused")
-            return
-        status, error, retry_after = await self._attempt(http, delivery, sub)
-        await asyncio.to_thread(self._record, delivery_id, sub.id, status, error, retry_after)
+        return pairs
 
     async def _attempt(
         self, http: aiohttp.ClientSession, delivery: DeliveryRow, sub: SubscriptionRow
@@ -341,60 +350,72 @@ class Outbox:
             raise ValueError("the instance names no contact account")
         return channels.mastodon_status(settings, contact, delivery.message_id, document)
 
-    def _park(self, delivery_id: int, later: bool) -> None:
+    def _record_all(
+        self,
+        results: list[tuple[int, str, int | None, str | None, float | None]],
+        parked: list[tuple[int, bool]],
+    ) -> None:
         now = self.clock.now()
         with session_scope(self.sessions) as session:
-            delivery = session.get(DeliveryRow, delivery_id)
-            if delivery is None:
-                return
-            if later:
-                delivery.state, delivery.next_attempt_at = "pending", now + timedelta(minutes=5)
-            else:
-                delivery.state, delivery.last_error = "dead", "subscription not active"
-            delivery.lease_until = None
+            # Two queries fill the identity map: the gets below cost no round trip.
+            ids = [r[0] for r in results] + [p[0] for p in parked]
+            list(session.scalars(select(DeliveryRow).where(DeliveryRow.id.in_(ids))))
+            subs = {r[1] for r in results}
+            list(session.scalars(select(SubscriptionRow).where(SubscriptionRow.id.in_(subs))))
+            for delivery_id, later in parked:
+                delivery = session.get(DeliveryRow, delivery_id)
+                if delivery is None:
+                    continue
+                if later:  # paused: try again later
+                    delivery.state, delivery.next_attempt_at = "pending", now + timedelta(minutes=5)
+                else:  # disabled or unverified: never
+                    delivery.state, delivery.last_error = "dead", "subscription not active"
+                delivery.lease_until = None
+            for delivery_id, sub_id, status, error, retry_after in results:
+                self._record(session, now, delivery_id, sub_id, status, error, retry_after)
 
     def _record(
         self,
+        session: Session,
+        now: datetime,
         delivery_id: int,
         subscription_id: str,
         status: int | None,
         error: str | None,
         retry_after: float | None,
     ) -> None:
-        now = self.clock.now()
-        with session_scope(self.sessions) as session:
-            delivery = session.get(DeliveryRow, delivery_id)
-            sub = session.get(SubscriptionRow, subscription_id)
-            if delivery is None or sub is None:
-                return
-            delivery.attempts += 1
-            delivery.last_status, delivery.last_error = status, error
-            delivery.lease_until = None
-            if error is None:
-                delivery.state, delivery.delivered_at = "delivered", now
-                sub.last_delivery_at = now
-                if sub.state == "failing":
-                    sub.state, sub.failing_since, sub.last_error = "active", None, None
-                metrics.DELIVERIES.labels(outcome="delivered").inc()
-                return
-            sub.last_error = error
-            if status == 410:
-                delivery.state = "dead"
-                sub.state, sub.last_error = "disabled", "the endpoint answered 410 Gone"
-                log.warning("subscription %s disabled: 410 Gone", sub.id)
-                metrics.DELIVERIES.labels(outcome="gone").inc()
-                return
-            delay = retry_delay(delivery.attempts, retry_after, self.rng)
-            if delay is None:
-                delivery.state = "dead"
-                metrics.DELIVERIES.labels(outcome="dead").inc()
-            else:
-                delivery.state = "pending"
-                delivery.next_attempt_at = now + timedelta(seconds=delay)
-                metrics.DELIVERIES.labels(outcome="retry").inc()
-            if (delivery.attempts >= FAILING_AFTER or delay is None) and sub.state == "active":
-                sub.state, sub.failing_since = "failing", now
-                log.warning("subscription %s is failing (%s)", sub.id, error)
+        delivery = session.get(DeliveryRow, delivery_id)
+        sub = session.get(SubscriptionRow, subscription_id)
+        if delivery is None or sub is None:
+            return
+        delivery.attempts += 1
+        delivery.last_status, delivery.last_error = status, error
+        delivery.lease_until = None
+        if error is None:
+            delivery.state, delivery.delivered_at = "delivered", now
+            sub.last_delivery_at = now
+            if sub.state == "failing":
+                sub.state, sub.failing_since, sub.last_error = "active", None, None
+            metrics.DELIVERIES.labels(outcome="delivered").inc()
+            return
+        sub.last_error = error
+        if status == 410:
+            delivery.state = "dead"
+            sub.state, sub.last_error = "disabled", "the endpoint answered 410 Gone"
+            log.warning("subscription %s disabled: 410 Gone", sub.id)
+            metrics.DELIVERIES.labels(outcome="gone").inc()
+            return
+        delay = retry_delay(delivery.attempts, retry_after, self.rng)
+        if delay is None:
+            delivery.state = "dead"
+            metrics.DELIVERIES.labels(outcome="dead").inc()
+        else:
+            delivery.state = "pending"
+            delivery.next_attempt_at = now + timedelta(seconds=delay)
+            metrics.DELIVERIES.labels(outcome="retry").inc()
+        if (delivery.attempts >= FAILING_AFTER or delay is None) and sub.state == "active":
+            sub.state, sub.failing_since = "failing", now
+            log.warning("subscription %s is failing (%s)", sub.id, error)
 
     def gauges(self) -> None:
         with session_scope(self.sessions) as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -18,9 +19,12 @@ PORT = 8080
 
 
 class LabCollector:
-    def __init__(self, lab: Lab, directory: Path, *serve_args: str) -> None:
+    def __init__(
+        self, lab: Lab, directory: Path, *serve_args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.lab = lab
         self.serve_args = serve_args
+        self.env = env or {}
         self.token = ""
         self.db = directory / "collector.db"
         self.log = directory / "collector.log"
@@ -59,6 +63,7 @@ class LabCollector:
                 ],
                 stdout=log,
                 stderr=log,
+                env={**os.environ, **self.env},
             )
         address = (topo.COLLECTOR, PORT)
         probe = f"import socket; socket.create_connection({address!r}, timeout=1).close()"

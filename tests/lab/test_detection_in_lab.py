@@ -12,10 +12,13 @@ and written to ``detection-latency.json`` in the run's directory.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -55,6 +58,7 @@ class Stack:
     opened: list[float] = field(default_factory=list)  # onset -> detected_at, seconds
     starts: list[float] = field(default_factory=list)  # onset -> started_at, seconds
     closed: list[float] = field(default_factory=list)  # lift -> closed_at, seconds
+    alerted: list[float] = field(default_factory=list)  # onset -> webhook received, seconds
     false_events: list[dict[str, Any]] = field(default_factory=list)
 
     def events(self) -> list[dict[str, Any]]:
@@ -179,6 +183,7 @@ class Stack:
             "onset_to_event": summary(self.opened),
             "onset_to_started_at": summary(self.starts),
             "lift_to_close": summary(self.closed),
+            "onset_to_webhook": summary(self.alerted),
             "false_events": len(self.false_events),
         }
 
@@ -191,7 +196,8 @@ def stack(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
         "--measure-interval", f"{INTERVAL}s", "--detect-interval", "1s",
         "--control-resolver", topo.RECURSIVE_RESOLVER, "--lab-network", topo.INTERNET_CIDR,
         "--ca-file", str(lab.ca_file), "--control-timeout", "2",
-        "--residual", f"{RESIDUAL_SECONDS}s",
+        "--residual", f"{RESIDUAL_SECONDS}s", "--webhook-allow-private",
+        env={"BLOCKWATCH_ALERT_UPDATE_INTERVAL": "8", "BLOCKWATCH_ALERT_INTERVAL": "0.2"},
     )  # fmt: skip
     collector.cli("targets", "add", "alive.test", "--group", "alive")
     collector.cli("targets", "add", "alive-mirror.test", "--group", "alive", "--kind", "mirror")
@@ -338,6 +344,75 @@ def test_residual_blocking_opens_no_event_for_the_neighbour(stack: Stack) -> Non
         {"cmx.test": (["tls"], "national", both)},
         settle=5 * INTERVAL,
     )
+
+
+def test_alerts_opened_updated_closed_once_each(stack: Stack) -> None:
+    """A block in cn-a, spreading to cn-b, then lifted: three signed webhooks."""
+    from standardwebhooks.webhooks import Webhook
+
+    stack.quiet()
+    log_path = stack.directory / "webhooks.jsonl"
+    receiver_ip, port = topo.CONTROL_VANTAGE, 9000
+    with (stack.directory / "receiver.log").open("ab") as out:
+        receiver = subprocess.Popen(
+            ["ip", "netns", "exec", stack.lab.ns("ctl"), str(BIN / "python"), "-m",
+             "tests.lab.receiver", receiver_ip, str(port), str(log_path)],
+            stdout=out, stderr=out,
+        )  # fmt: skip
+    added = ""
+    try:
+        probe = f"import socket; socket.create_connection(({receiver_ip!r}, {port}), 1).close()"
+        stack.wait(
+            lambda: stack.lab.exec("col", [sys.executable, "-c", probe]).returncode == 0,
+            20,
+            "the receiver",
+        )
+        added = stack.collector.cli(
+            "subscriptions", "add", "alive.test", "--setting",
+            f"url=http://{receiver_ip}:{port}/hook",
+        )  # fmt: skip
+        secret = next(w for w in added.split() if w.startswith("whsec_"))
+
+        def received() -> list[dict[str, Any]]:
+            if not log_path.exists():
+                return []
+            lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+            unique = {x["headers"]["webhook-id"]: x for x in lines}  # dedupe, as told
+            return sorted(unique.values(), key=lambda x: x["at"])
+
+        def types() -> list[str]:
+            return [json.loads(x["body"])["type"] for x in received()]
+
+        onset = time.time()
+        cn_a_only = [topo.NETWORKS[0].cidr]
+        national(sni_rst=["alive.test"], inside=cn_a_only)(stack.lab)
+        stack.wait(lambda: types() == ["block.opened"], OPEN_TIMEOUT, "block.opened")
+        stack.alerted.append(received()[0]["at"] - onset)
+        national(sni_rst=["alive.test"])(stack.lab)  # spreads to cn-b
+        stack.wait(lambda: "block.updated" in types(), OPEN_TIMEOUT, "block.updated")
+        stack.lab.reset()
+        stack.wait(lambda: "block.closed" in types(), CLOSE_TIMEOUT, "block.closed")
+        time.sleep(2 * INTERVAL)  # nothing else may follow
+        assert types() == ["block.opened", "block.updated", "block.closed"]
+        for message in received():
+            headers = {k.lower(): v for k, v in message["headers"].items()}
+            body = message["body"].encode()
+            document = Webhook(secret).verify(body, headers)  # independent of our code
+            expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+            assert headers["x-hub-signature-256"] == expected
+            assert document["data"]["domain"] == "alive.test"
+        opened, updated, closed = (json.loads(x["body"])["data"] for x in received())
+        assert (opened["scope"], opened["asns"]) == ("regional", [CN_A])
+        assert (updated["scope"], updated["asns"]) == ("national", [CN_A, CN_B])
+        assert closed["state"] == "closed" and closed["ended_at"]
+        assert opened["mirrors"] == [
+            {"domain": "alive-mirror.test", "kind": "mirror", "state": "ok"}
+        ]
+    finally:
+        if added:
+            stack.collector.cli("subscriptions", "delete", added.split()[1])
+        receiver.terminate()
+        receiver.wait(timeout=10)
 
 
 def test_report_goals(stack: Stack) -> None:
