@@ -489,28 +489,21 @@ def _subscription_action(action: str, sub_id: str, database_url: str | None) -> 
     typer.echo(f"{sub_id}: {done[action]}")
 
 
-@subs_app.command("pause")
-def subscriptions_pause(sub_id: str, database_url: DatabaseUrl = None) -> None:
-    """Stop deliveries for a while (they wait, and go out on resume)."""
-    _subscription_action("pause", sub_id, database_url)
+def _subscription_command(action: str, doc: str) -> None:
+    def command(sub_id: str, database_url: DatabaseUrl = None) -> None:
+        _subscription_action(action, sub_id, database_url)
+
+    command.__doc__ = doc
+    subs_app.command(action)(command)
 
 
-@subs_app.command("resume")
-def subscriptions_resume(sub_id: str, database_url: DatabaseUrl = None) -> None:
-    """Resume a paused, failing or disabled subscription."""
-    _subscription_action("resume", sub_id, database_url)
-
-
-@subs_app.command("rotate")
-def subscriptions_rotate(sub_id: str, database_url: DatabaseUrl = None) -> None:
-    """A new webhook signing secret (printed once)."""
-    _subscription_action("rotate", sub_id, database_url)
-
-
-@subs_app.command("delete")
-def subscriptions_delete(sub_id: str, database_url: DatabaseUrl = None) -> None:
-    """Delete a subscription and its pending deliveries."""
-    _subscription_action("delete", sub_id, database_url)
+for _action, _doc in (
+    ("pause", "Stop deliveries for a while (they wait, and go out on resume)."),
+    ("resume", "Resume a paused, failing or disabled subscription."),
+    ("rotate", "A new webhook signing secret (printed once)."),
+    ("delete", "Delete a subscription and its pending deliveries."),
+):
+    _subscription_command(_action, _doc)
 
 
 @app.command("events")
