@@ -21,7 +21,9 @@ state of each network (ASN). The rules (docs/methodology.md, "Block events"):
   the state), not ignored: a network cut off from the collector looks like that.
 - ``scope`` is ``national`` when every network measured in the window is among
   the affected ones, ``regional`` otherwise. ASNs and methods accumulate over
-  the event's life; a new one is an ``updated`` change.
+  the event's life; a new one is an ``updated`` change. A method joins only
+  when as many probes report it as open an event: one probe's odd method does
+  not.
 """
 
 from __future__ import annotations
@@ -182,6 +184,21 @@ def _network_views(ballots: dict[str, Vote]) -> tuple[NetworkView, ...]:
     return tuple(views)
 
 
+def _agreed_methods(ballots: Sequence[Vote], params: Params) -> set[str]:
+    """The methods enough probes agree on: as many as open an event (or all of the
+    blocked ones, when fewer); failing that, the most reported. One probe's odd
+    method (a reset while the censor was being reconfigured) does not join."""
+    counts: dict[str, int] = {}
+    for vote in ballots:
+        for method in vote.flags & BLOCK_FLAGS:
+            counts[method] = counts.get(method, 0) + 1
+    if not counts:
+        return set()
+    needed = min(params.open_min_probes, len(ballots))
+    agreed = {m for m, n in counts.items() if n >= needed}
+    return agreed or {m for m, n in counts.items() if n == max(counts.values())}
+
+
 def _merge_evidence(old: Sequence[str], new: Iterable[str], limit: int) -> tuple[str, ...]:
     """Keep the first and the latest ids when there are too many."""
     merged = list(old)
@@ -236,7 +253,7 @@ def evaluate(state: KeyState, votes: Sequence[Vote], params: Params, now: dateti
                 last_blocked_at=max(v.started_at for v in blocked_ballots),
                 scope="national" if blocked_asns >= measured_asns else "regional",
                 asns=tuple(sorted(blocked_asns)),
-                methods=tuple(sorted({f for v in blocked_ballots for f in v.flags & BLOCK_FLAGS})),
+                methods=tuple(sorted(_agreed_methods(blocked_ballots, params))),
                 probe_ids=tuple(sorted(agreeing)),
                 evidence=_merge_evidence(
                     (), (v.measurement_id for v in evidence), params.max_evidence
@@ -290,7 +307,7 @@ def _advance(
     blocked_asns = {n.asn for n in networks if n.state is NetworkState.BLOCKED}
     measured = {n.asn for n in networks if n.state in (NetworkState.BLOCKED, NetworkState.OK)}
     asns = set(event.asns) | blocked_asns
-    methods = set(event.methods) | {f for v in blocked_ballots for f in v.flags & BLOCK_FLAGS}
+    methods = set(event.methods) | _agreed_methods(blocked_ballots, params)
     probe_ids = set(event.probe_ids) | {v.probe_id for v in blocked_ballots}
     # A late measurement may show the block began earlier than thought.
     earliest = min(

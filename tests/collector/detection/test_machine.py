@@ -218,3 +218,16 @@ def test_evidence_is_bounded_and_keeps_first_and_latest() -> None:
     assert state.event is not None
     assert len(state.event.evidence) == 10
     assert state.event.evidence[0] == "m1"
+
+
+def test_one_probes_odd_method_does_not_join_the_event() -> None:
+    v = Votes()
+    v.round(T0, {"a1": (CN_A, ("tls",)), "a2": (CN_A, ("tls",)), "b1": (CN_B, ("tls",)),
+                 "b2": (CN_B, ("tcp_ip",))})  # fmt: skip
+    out = run(KeyState(), v, T0 + MIN)
+    assert out.state.event is not None and out.state.event.methods == ("tls",)
+    # Once two probes see it, it is part of the event (an update).
+    v.round(T0 + 2 * MIN, {"a1": (CN_A, ("tls", "dns")), "b1": (CN_B, ("tls", "dns"))})
+    out = run(out.state, v, T0 + 3 * MIN)
+    assert out.change is Change.UPDATED
+    assert out.state.event is not None and out.state.event.methods == ("dns", "tls")
