@@ -67,10 +67,12 @@ def analyze(
     control_records = [c for c in controls if isinstance(c, Mapping)]
     if not control_records:
         return _verdict(Flag.UNKNOWN, [Reason.CONTROL_MISSING])
-    if ctx.vantage_dns_failing and dns_silent(measurement):
-        return _verdict(Flag.UNKNOWN, [Reason.VANTAGE_DNS_UNREACHABLE])
     asn = ASNLookup(ctx.asn_of)
     control = control_view([read(c) for c in control_records], asn)
+    # The probe's whole round without DNS while the control resolves: its network.
+    # (When the control cannot resolve either, the instance's DNS is down: below.)
+    if ctx.vantage_dns_failing and control.resolves and dns_silent(measurement):
+        return _verdict(Flag.UNKNOWN, [Reason.VANTAGE_DNS_UNREACHABLE])
     probe = ProbeView.of(read(measurement), ctx)
     reached = probe_reached(probe.seen, control)
 

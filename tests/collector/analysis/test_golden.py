@@ -119,6 +119,20 @@ CASES = [
         ctx=Context(asn_of=asn_of, vantage_dns_failing=True),
     ),
     Case(
+        # ... unless the control cannot resolve either: the instance's DNS is down.
+        "whole_round_silent_and_control_silent_too_is_down",
+        measurement(
+            dns_steps=[
+                dns(failure="generic_timeout_error"),
+                dns(failure="generic_timeout_error", transport="tcp"),
+            ]
+        ),
+        {Flag.DOWN},
+        (Reason.DOWN_CONTROL_FAILED_TOO,),
+        controls=[measurement(dns_steps=[dns(failure="generic_timeout_error")])],
+        ctx=Context(asn_of=asn_of, vantage_dns_failing=True),
+    ),
+    Case(
         # A failing round does not hide what did answer: forged answers are evidence.
         "forged_answer_while_the_whole_round_failed",
         measurement(dns_steps=[dns(FORGED_IP)]),
