@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from collector.alerts import channels, signing
-from collector.alerts.safety import UnsafeDestination, check_url
+from collector.alerts.safety import UnsafeDestination, check_literal, check_url, parse_allowlist
 from collector.alerts.verify import FILE_PATH, TXT_PREFIX, file_url
 from collector.errors import Conflict, NotFound, Unauthorized, Unprocessable
 from collector.models import SubscriptionRow, TargetGroupRow, TargetRow
@@ -70,6 +70,9 @@ def subscription_json(row: SubscriptionRow, settings: CollectorSettings) -> dict
 class SubscriptionService:
     def __init__(self, settings: CollectorSettings) -> None:
         self.settings = settings
+        self.allow = parse_allowlist(settings.webhook_allowlist)
+        if settings.webhook_allow_private:
+            self.allow += parse_allowlist("0.0.0.0/0,::/0")
 
     def _check_settings(self, channel: str, given: dict[str, Any]) -> dict[str, Any]:
         if channel not in channels.CHANNELS:
@@ -89,6 +92,7 @@ class SubscriptionService:
             if key in URL_SETTINGS:
                 try:
                     check_url(value, allow_http=allow_http)
+                    check_literal(value, self.allow)  # names are checked at each delivery
                 except UnsafeDestination as exc:
                     raise Unprocessable(f"{key}: {exc}", "err_unsafe_url") from None
             cleaned[key] = value

@@ -376,8 +376,9 @@ async def test_delivery_to_a_private_address_is_refused_and_retried_later(
     sessions: sessionmaker[Session], settings: CollectorSettings, clock: FakeClock,
     receiver: Receiver,
 ) -> None:  # fmt: skip
-    # No allowlist: the receiver on loopback is out of bounds.
-    subscribe(sessions, settings, "webhook", url=receiver.url)
+    # No allowlist: the receiver on loopback is out of bounds. A name passes the
+    # subscription (it may resolve elsewhere later) and is refused when resolved.
+    subscribe(sessions, settings, "webhook", url=receiver.url.replace("127.0.0.1", "localhost"))
     outbox = Outbox(settings, clock, sessions)
     change(sessions, clock, "opened")
     await deliver(outbox)
@@ -388,7 +389,16 @@ async def test_delivery_to_a_private_address_is_refused_and_retried_later(
 
 
 @pytest.mark.parametrize(
-    "url", ["file:///etc/passwd", "ftp://example.org/", "https://user:pw@example.org/", "https://"]
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://example.org/",
+        "https://user:pw@example.org/",
+        "https://",
+        "http://10.0.0.1/hook",
+        "http://[::1]:8080/",
+        "http://169.254.169.254/latest/meta-data/",
+    ],
 )
 def test_bad_urls_are_refused_at_subscription(
     url: str, sessions: sessionmaker[Session], settings: CollectorSettings
