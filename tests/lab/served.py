@@ -38,6 +38,7 @@ class LabCollector:
             text=True,
             check=True,
             timeout=60,
+            env={**os.environ, **self.env},
         )
         return result.stdout
 

@@ -197,7 +197,9 @@ def stack(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
         "--control-resolver", topo.RECURSIVE_RESOLVER, "--lab-network", topo.INTERNET_CIDR,
         "--ca-file", str(lab.ca_file), "--control-timeout", "2",
         "--residual", f"{RESIDUAL_SECONDS}s", "--webhook-allow-private",
-        env={"BLOCKWATCH_ALERT_UPDATE_INTERVAL": "8", "BLOCKWATCH_ALERT_INTERVAL": "0.2"},
+        env={"BLOCKWATCH_ALERT_UPDATE_INTERVAL": "8", "BLOCKWATCH_ALERT_INTERVAL": "0.2",
+             # The receiver lives in the lab's internet, 198.18.0.0/15: not public.
+             "BLOCKWATCH_WEBHOOK_ALLOWLIST": topo.INTERNET_CIDR},
     )  # fmt: skip
     collector.cli("targets", "add", "alive.test", "--group", "alive")
     collector.cli("targets", "add", "alive-mirror.test", "--group", "alive", "--kind", "mirror")
