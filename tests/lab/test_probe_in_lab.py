@@ -80,7 +80,10 @@ def spooled_ids(state: Path) -> set[str]:
     if not path.exists():
         return set()
     with sqlite3.connect(path, timeout=5) as conn:
-        return {r[0] for r in conn.execute("SELECT measurement_id FROM items")}
+        try:
+            return {r[0] for r in conn.execute("SELECT measurement_id FROM items")}
+        except sqlite3.OperationalError:  # the probe has created the file, not yet the table
+            return set()
 
 
 def test_kill_9_in_the_middle_of_a_batch_loses_and_duplicates_nothing(
