@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_measure.py
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_probe.py
+	$(BIN)/python bench/bench_detection.py
 	$(BIN)/python bench/bench_alerts.py
 
 # The censorship lab, for exploring by hand (root, or an unprivileged user namespace).
