@@ -71,6 +71,7 @@ sys.path.insert(0, str(REPO))  # run as a script: make the project's packages im
 from collector.analysis import RULES_VERSION, Context, analyze, sni_triggers  # noqa: E402
 from collector.db import make_engine, make_session_factory, migrate, session_scope  # noqa: E402
 from collector.detection.passes import Detector, PassStats  # noqa: E402
+from collector.services.ingest import COLUMNS as INGEST_COLUMNS  # noqa: E402
 from collector.settings import CollectorSettings  # noqa: E402
 from tests.collector.analysis import builders as b  # noqa: E402
 
@@ -340,21 +341,8 @@ class NewWork:
     payload_bytes_mean: float
 
 
-NEW_COLUMNS = (
-    "measurement_id",
-    "probe_id",
-    "key_id",
-    "domain",
-    "started_at",
-    "received_at",
-    "cc",
-    "asn",
-    "network_source",
-    "role",
-    "hints",
-    "payload",
-    "signature",
-)
+# The columns ingestion writes, in its order (COPY uses the same list).
+NEW_COLUMNS = INGEST_COLUMNS
 
 
 def slot(world: World, j: int) -> tuple[Probe | None, int, float]:
