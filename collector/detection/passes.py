@@ -27,7 +27,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -225,12 +225,8 @@ class Detector:
             doc = docs[row.measurement_pk]
             own = sni_triggers(doc)
             others = tuple(t for t in triggers[row.probe_id] if t not in own)
-            ctx = Context(
-                asn_of=self.context.asn_of,
-                lab_networks=self.context.lab_networks,
-                residual_seconds=self.context.residual_seconds,
-                triggers=others,
-                vantage_dns_failing=row.measurement_pk in failing,
+            ctx = replace(
+                self.context, triggers=others, vantage_dns_failing=row.measurement_pk in failing
             )
             verdict, used = self._judge(doc, row.started_at, controls[row.domain], window, ctx)
             if verdict is None:
