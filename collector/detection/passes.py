@@ -29,9 +29,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector import metrics
@@ -72,6 +72,7 @@ from probe_agent.inputs import parse_network
 
 log = logging.getLogger("blockwatch.collector.detection")
 Key = tuple[str, str]  # (domain, country)
+_T = TypeVar("_T")
 CHUNK = 500  # names per IN (...) list
 # A probe's round: its measurements started within this much of each other. When at
 # least VANTAGE_MIN of them and half or more got no DNS at all, the probe's resolver
@@ -106,13 +107,14 @@ class _Control:
     probe_id: str
     started_at: datetime
     payload: bytes
-    _doc: dict[str, Any] | None = None
+    parsed: dict[int, dict[str, Any]]  # the pass's cache: every batch reads the same controls
 
     @property
     def doc(self) -> dict[str, Any]:
-        if self._doc is None:
-            self._doc = _measurement_of(self.payload)
-        return self._doc
+        doc = self.parsed.get(self.pk)
+        if doc is None:
+            doc = self.parsed[self.pk] = _measurement_of(self.payload)
+        return doc
 
 
 def _measurement_of(payload: bytes) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def _measurement_of(payload: bytes) -> dict[str, Any]:
     return measurement if isinstance(measurement, dict) else {}
 
 
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+def _chunks(items: Sequence[_T]) -> Iterable[Sequence[_T]]:
     for start in range(0, len(items), CHUNK):
         yield items[start : start + CHUNK]
 
@@ -170,9 +172,10 @@ class Detector:
         now = self.clock.now()
         touched: set[Key] = set()
         wanted: set[str] = set()
+        parsed: dict[int, dict[str, Any]] = {}  # control documents, parsed once per pass
         while True:
             with session_scope(sessions) as session:
-                done, postponed = self._analyse(session, now, touched, wanted)
+                done, postponed = self._analyse(session, now, touched, wanted, parsed)
             stats.analysed += done
             stats.postponed += postponed
             if done + postponed < self.settings.analysis_batch:
@@ -189,7 +192,12 @@ class Detector:
     # -- 1. analysis ---------------------------------------------------------------
 
     def _analyse(
-        self, session: Session, now: datetime, touched: set[Key], wanted: set[str]
+        self,
+        session: Session,
+        now: datetime,
+        touched: set[Key],
+        wanted: set[str],
+        parsed: dict[int, dict[str, Any]],
     ) -> tuple[int, int]:
         m = MeasurementRow
         rows = session.execute(
@@ -215,7 +223,7 @@ class Detector:
         earliest = min(row.started_at for row in rows)
         latest = max(row.started_at for row in rows)
         controls = self._controls(session, {row.domain for row in rows}, earliest - window,
-                                  latest + window)  # fmt: skip
+                                  latest + window, parsed)  # fmt: skip
         triggers = self._triggers(session, rows, docs, earliest)
         failing = _vantage_failing(rows, docs)
         wait = timedelta(seconds=self.settings.control_wait_seconds)
@@ -306,19 +314,34 @@ class Detector:
         return verdict, after
 
     def _controls(
-        self, session: Session, domains: set[str], since: datetime, until: datetime
+        self,
+        session: Session,
+        domains: set[str],
+        since: datetime,
+        until: datetime,
+        parsed: dict[int, dict[str, Any]],
     ) -> defaultdict[str, list[_Control]]:
+        """The controls of *domains* between *since* and *until*. The role is a
+        literal, not a parameter, so that PostgreSQL proves the partial index
+        ``ix_measurements_controls`` applies and reads control rows only."""
         found: defaultdict[str, list[_Control]] = defaultdict(list)
         m = MeasurementRow
         for names in _chunks(sorted(domains)):
             for row in session.execute(
                 select(m.id, m.measurement_id, m.probe_id, m.domain, m.started_at, m.payload)
-                .where(m.role == "control")
+                .where(m.role == literal_column("'control'"))
                 .where(m.domain.in_(names))
                 .where(m.started_at >= since, m.started_at <= until)
             ):
                 found[row.domain].append(
-                    _Control(row.id, row.measurement_id, row.probe_id, row.started_at, row.payload)
+                    _Control(
+                        row.id,
+                        row.measurement_id,
+                        row.probe_id,
+                        row.started_at,
+                        row.payload,
+                        parsed,
+                    )
                 )
         return found
 
@@ -342,7 +365,8 @@ class Detector:
                 select(VerdictRow.probe_id, VerdictRow.triggers)
                 .where(VerdictRow.probe_id.in_(names))
                 .where(VerdictRow.started_at >= since - residual)
-                .where(VerdictRow.triggers != "[]")
+                # a literal: the partial index ix_verdicts_probe_triggers applies
+                .where(VerdictRow.triggers != literal_column("'[]'"))
             ):
                 for ip, port, at in json.loads(stored):
                     found[probe_id].append(Trigger(ip, int(port), datetime.fromisoformat(at)))
@@ -371,40 +395,49 @@ class Detector:
             return 0, {}
         votes = self._votes(session, keys, window_start)
         states = self._states(session, keys)
+        networks = self._networks(session, keys)
+        event_ids = sorted({row.event_id for row in states.values() if row.event_id is not None})
+        events = {
+            row.id: row
+            for ids in _chunks(event_ids)
+            for row in session.scalars(select(EventRow).where(EventRow.id.in_(ids)))
+        }
         changes: dict[str, int] = defaultdict(int)
-        for key in sorted(keys):
-            row = states.get(key)
-            event_row = session.get(EventRow, row.event_id) if row and row.event_id else None
-            state = _key_state(row, event_row)
-            outcome = evaluate(state, votes.get(key, []), self.params, now)
-            self._save(session, key, row, event_row, outcome, now)
-            if outcome.change is not None:
-                changes[outcome.change.value] += 1
-                metrics.EVENT_CHANGES.labels(kind=outcome.change.value).inc()
+        # Everything was read above: no query below may flush row by row; the
+        # session writes the states in batches when the pass commits.
+        with session.no_autoflush:
+            for key in sorted(keys):
+                row = states.get(key)
+                event_row = events.get(row.event_id) if row and row.event_id else None
+                state = _key_state(row, event_row)
+                outcome = evaluate(state, votes.get(key, []), self.params, now)
+                self._save(session, key, row, event_row, outcome, now)
+                _save_networks(session, key, networks.get(key, {}), outcome.networks, now)
+                if outcome.change is not None:
+                    changes[outcome.change.value] += 1
+                    metrics.EVENT_CHANGES.labels(kind=outcome.change.value).inc()
         return len(keys), dict(changes)
 
     def _votes(
         self, session: Session, keys: set[Key], since: datetime
     ) -> defaultdict[Key, list[Vote]]:
+        """The verdicts of *keys* since the window's start (ix_verdicts_domain_started:
+        the window bounds the scan, not the history)."""
         found: defaultdict[Key, list[Vote]] = defaultdict(list)
+        flag_sets: dict[str, frozenset[str]] = {}  # a handful of distinct values
         v = VerdictRow
         for names in _chunks(sorted({domain for domain, _ in keys})):
-            for row in session.execute(
+            for domain, cc, probe_id, asn, started_at, flags, measurement_id in session.execute(
                 select(v.domain, v.cc, v.probe_id, v.asn, v.started_at, v.flags, v.measurement_id)
                 .where(v.domain.in_(names))
                 .where(v.started_at >= since)
             ):
-                key = (row.domain, row.cc)
+                key = (domain, cc)
                 if key in keys:
-                    found[key].append(
-                        Vote(
-                            probe_id=row.probe_id,
-                            asn=row.asn,
-                            started_at=row.started_at,
-                            flags=frozenset(row.flags.split(",")),
-                            measurement_id=row.measurement_id,
-                        )
-                    )
+                    flag_set = flag_sets.get(flags)
+                    if flag_set is None:
+                        flag_set = flag_sets[flags] = frozenset(flags.split(","))
+                    found[key].append(Vote(probe_id, asn, started_at, flag_set, measurement_id))
         return found
 
     def _states(self, session: Session, keys: set[Key]) -> dict[Key, DetectorStateRow]:
@@ -415,6 +448,18 @@ class Detector:
             ):
                 if (row.domain, row.cc) in keys:
                     found[(row.domain, row.cc)] = row
+        return found
+
+    def _networks(
+        self, session: Session, keys: set[Key]
+    ) -> defaultdict[Key, dict[int, NetworkStateRow]]:
+        found: defaultdict[Key, dict[int, NetworkStateRow]] = defaultdict(dict)
+        for names in _chunks(sorted({domain for domain, _ in keys})):
+            for row in session.scalars(
+                select(NetworkStateRow).where(NetworkStateRow.domain.in_(names))
+            ):
+                if (row.domain, row.cc) in keys:
+                    found[(row.domain, row.cc)][row.asn] = row
         return found
 
     def _save(
@@ -450,7 +495,8 @@ class Detector:
             _write_event(event_row, event)
             if outcome.change is not None:
                 event_row.revision += 1
-            session.flush()
+            if event_row.id is None:
+                session.flush()  # a new event: its id, for the state and the change
             row.event_id = event_row.id if event.open else None
             if outcome.change is not None:
                 session.add(
@@ -471,7 +517,6 @@ class Detector:
                 )
         else:
             row.event_id = None
-        _save_networks(session, domain, cc, outcome.networks, now)
 
     def _gauges(self, session: Session) -> None:
         metrics.ANALYSIS_BACKLOG.set(
@@ -594,16 +639,14 @@ def event_json(row: EventRow) -> dict[str, Any]:
 
 
 def _save_networks(
-    session: Session, domain: str, cc: str, views: Sequence[NetworkView], now: datetime
+    session: Session,
+    key: Key,
+    stored: dict[int, NetworkStateRow],
+    views: Sequence[NetworkView],
+    now: datetime,
 ) -> None:
-    existing = {
-        row.asn: row
-        for row in session.scalars(
-            select(NetworkStateRow).where(
-                NetworkStateRow.domain == domain, NetworkStateRow.cc == cc
-            )
-        )
-    }
+    domain, cc = key
+    existing = dict(stored)
     for view in views:
         row = existing.pop(view.asn, None)
         if row is None:

@@ -127,7 +127,7 @@ def test_migrate_command(tmp_path: Path) -> None:
     with engine.connect() as conn:
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
     engine.dispose()
-    assert version == "0003"  # the newest migration
+    assert version == "0004"  # the newest migration
 
 
 def test_several_worker_processes_share_the_database_and_metrics(

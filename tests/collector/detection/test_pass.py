@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from collector.db import make_engine, make_session_factory, session_scope
 from collector.detection.passes import Detector
@@ -239,3 +239,54 @@ def test_a_probe_whose_whole_round_lost_dns_is_not_evidence(world: World) -> Non
     world.run()
     [event] = world.events()
     assert event["domain"] == DOMAIN and event["methods"] == ["dns"]
+
+
+def test_the_pass_queries_are_bounded_by_the_window(world: World) -> None:
+    """Each of the pass's reads of the big tables can use an index that bounds it by
+    time (docs/architecture.md, "Cost of a pass"): never a scan of the history. The
+    plans are asked with sequential scans discouraged, so that the answer is about
+    what the indexes allow, not about this tiny table's statistics."""
+    t = world.now() - timedelta(minutes=2)
+    world.round(sni_blocked(), t)  # SNI triggers: the residual-blocking query has rows
+    world.submit(world.control, b.control(), t + timedelta(seconds=5))
+    world.run()  # verdicts exist now: the next pass reads triggers and votes
+    world.round(b.reached(), t + timedelta(seconds=30))
+    world.submit(world.control, b.control(), t + timedelta(seconds=35))
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    event.listen(world.engine, "before_cursor_execute", capture)
+    try:
+        assert world.run().analysed == 3
+    finally:
+        event.remove(world.engine, "before_cursor_execute", capture)
+    postgres = world.engine.dialect.name == "postgresql"
+    plans: dict[str, str] = {}
+    with world.engine.connect() as conn:
+        if postgres:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+        for statement, parameters in statements:
+            if "FROM verdicts" not in statement and "FROM measurements" not in statement:
+                continue
+            explain = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+            rows = conn.exec_driver_sql(explain + statement, parameters).all()
+            plans[statement] = "\n".join(str(r[-1]) for r in rows)
+        conn.rollback()
+
+    def plan_of(*fragments: str) -> str:
+        [plan] = [p for s, p in plans.items() if all(f in s for f in fragments)]
+        return plan
+
+    votes = plan_of("FROM verdicts", "verdicts.flags")
+    controls = plan_of("FROM measurements", "'control'")
+    triggers = plan_of("FROM verdicts", "'[]'")
+    assert "ix_verdicts_domain_started" in votes, votes
+    assert "ix_measurements_controls" in controls, controls
+    assert "ix_verdicts_probe_triggers" in triggers, triggers
+    if postgres:  # the time is an index condition, not a filter over every row
+        assert "started_at >=" in votes.split("Index Cond:")[1], votes
+    else:
+        assert "started_at>?" in votes, votes
