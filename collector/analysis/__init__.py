@@ -6,7 +6,10 @@ measurements of the same domain into a ``Verdict``: block flags (``dns``,
 ``tcp_ip``, ``tls``, ``http``) or one of ``ok``, ``down``, ``unknown``, with the
 ids of the rules that fired and ``RULES_VERSION``. ``sni_triggers`` lists a
 measurement's SNI triggers, which the caller hands back in ``Context.triggers``
-when analysing the same probe's later measurements (residual blocking).
+when analysing the same probe's later measurements (residual blocking). Each
+function also takes ``read(measurement)``, the typed view, so that a caller that
+analyses one measurement several times (against controls before and after it)
+reads it once.
 Every rule is explained in docs/methodology.md.
 """
 
@@ -19,6 +22,7 @@ from collector.analysis.model import (
     Trigger,
     Verdict,
 )
+from collector.analysis.reading import Observed, Record, read
 from collector.analysis.verdict import analyze, dns_silent, sni_triggers
 
 __all__ = [
@@ -26,10 +30,13 @@ __all__ = [
     "RULES_VERSION",
     "Context",
     "Flag",
+    "Observed",
     "Reason",
+    "Record",
     "Trigger",
     "Verdict",
     "analyze",
     "dns_silent",
+    "read",
     "sni_triggers",
 ]

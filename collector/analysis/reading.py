@@ -19,6 +19,7 @@ Two choices follow from "absent, never evidence":
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Mapping
@@ -92,8 +93,14 @@ def shift(start: datetime | None, seconds: float | None) -> datetime | None:
 def canonical_ip(value: object) -> str | None:
     if not isinstance(value, str):
         return None
+    return _canonical(value)
+
+
+@functools.lru_cache(maxsize=16384)
+def _canonical(text: str) -> str | None:
+    # Cached: a detection pass reads the same few thousand addresses over and over.
     try:
-        return ipaddress.ip_address(value.strip()).compressed
+        return ipaddress.ip_address(text.strip()).compressed
     except ValueError:
         return None
 
@@ -180,8 +187,15 @@ def _step_fields(entry: Mapping[str, Any], default_port: int) -> dict[str, Any] 
     }
 
 
-def read(record: Mapping[str, Any]) -> Observed:
+# A measurement as the analysis takes it: the dict, or the view ``read`` made of it
+# (a caller that analyses one record several times reads it once).
+Record = Mapping[str, Any] | Observed
+
+
+def read(record: Record) -> Observed:
     """The typed view of one measurement dict; never raises on malformed content."""
+    if isinstance(record, Observed):
+        return record
     if not isinstance(record, Mapping):
         record = {}
     scheme = "http" if _str(record, "scheme") == "http" else "https"

@@ -25,7 +25,6 @@ The order of decision (DESIGN.md "Verdict rules", docs/methodology.md):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 from collector.analysis.evidence import (
     ASNLookup,
@@ -37,7 +36,7 @@ from collector.analysis.evidence import (
     sni_filtered,
 )
 from collector.analysis.model import REASON_FLAGS, Context, Flag, Reason, Trigger, Verdict
-from collector.analysis.reading import read, shift
+from collector.analysis.reading import Observed, Record, read, shift
 from probe_agent.failures import Failure
 
 _DEFAULT_CONTEXT = Context()
@@ -58,13 +57,14 @@ def _in_rule_order(reasons: Iterable[Reason]) -> tuple[str, ...]:
 
 
 def analyze(
-    measurement: Mapping[str, Any],
-    controls: Sequence[Mapping[str, Any]],
+    measurement: Record,
+    controls: Sequence[Record],
     ctx: Context = _DEFAULT_CONTEXT,
 ) -> Verdict:
     """The verdict on one probe *measurement*, given the control vantage's
-    measurements of the same domain matched by time (*controls*; empty: none)."""
-    control_records = [c for c in controls if isinstance(c, Mapping)]
+    measurements of the same domain matched by time (*controls*; empty: none).
+    Each is a measurement dict or the ``read`` view of one (the same verdict)."""
+    control_records = [c for c in controls if isinstance(c, Mapping | Observed)]
     if not control_records:
         return _verdict(Flag.UNKNOWN, [Reason.CONTROL_MISSING])
     asn = ASNLookup(ctx.asn_of)
@@ -98,7 +98,7 @@ def analyze(
     return _verdict(Flag.UNKNOWN, [Reason.UNKNOWN_UNEXPLAINED, *traps])
 
 
-def dns_silent(measurement: Mapping[str, Any]) -> bool:
+def dns_silent(measurement: Record) -> bool:
     """True when no DNS query of *measurement* got any answer and every A query timed
     out: the resolver was unreachable. Alone it is evidence (``dns.rcode``); when
     most of the probe's round looks like this, it is the probe's own network."""
@@ -112,7 +112,7 @@ def dns_silent(measurement: Mapping[str, Any]) -> bool:
     )
 
 
-def sni_triggers(measurement: Mapping[str, Any]) -> tuple[Trigger, ...]:
+def sni_triggers(measurement: Record) -> tuple[Trigger, ...]:
     """The SNI triggers in *measurement*: on (ip, port) the decoy handshake worked and
     the instance-SNI handshake was reset, timed out or cut. ``at`` is ``started_at``
     plus that handshake's ``t`` (its ``t0`` when ``t`` is absent); a measurement

@@ -38,10 +38,12 @@ from collector import metrics
 from collector.analysis import (
     RULES_VERSION,
     Context,
+    Observed,
     Trigger,
     Verdict,
     analyze,
     dns_silent,
+    read,
     sni_triggers,
 )
 from collector.analysis import Flag as VerdictFlag
@@ -107,13 +109,13 @@ class _Control:
     probe_id: str
     started_at: datetime
     payload: bytes
-    parsed: dict[int, dict[str, Any]]  # the pass's cache: every batch reads the same controls
+    parsed: dict[int, Observed]  # the pass's cache: every batch reads the same controls
 
     @property
-    def doc(self) -> dict[str, Any]:
+    def doc(self) -> Observed:
         doc = self.parsed.get(self.pk)
         if doc is None:
-            doc = self.parsed[self.pk] = _measurement_of(self.payload)
+            doc = self.parsed[self.pk] = read(_measurement_of(self.payload))
         return doc
 
 
@@ -172,7 +174,7 @@ class Detector:
         now = self.clock.now()
         touched: set[Key] = set()
         wanted: set[str] = set()
-        parsed: dict[int, dict[str, Any]] = {}  # control documents, parsed once per pass
+        parsed: dict[int, Observed] = {}  # control documents, read once per pass
         while True:
             with session_scope(sessions) as session:
                 done, postponed = self._analyse(session, now, touched, wanted, parsed)
@@ -197,7 +199,7 @@ class Detector:
         now: datetime,
         touched: set[Key],
         wanted: set[str],
-        parsed: dict[int, dict[str, Any]],
+        parsed: dict[int, Observed],
     ) -> tuple[int, int]:
         m = MeasurementRow
         rows = session.execute(
@@ -218,7 +220,7 @@ class Detector:
         ).all()
         if not rows:
             return 0, 0
-        docs = {row.measurement_pk: _measurement_of(row.payload) for row in rows}
+        docs = {row.measurement_pk: read(_measurement_of(row.payload)) for row in rows}
         window = timedelta(seconds=self.settings.control_window_seconds)
         earliest = min(row.started_at for row in rows)
         latest = max(row.started_at for row in rows)
@@ -281,7 +283,7 @@ class Detector:
 
     def _judge(
         self,
-        doc: dict[str, Any],
+        doc: Observed,
         started_at: datetime,
         candidates: list[_Control],
         window: timedelta,
@@ -319,7 +321,7 @@ class Detector:
         domains: set[str],
         since: datetime,
         until: datetime,
-        parsed: dict[int, dict[str, Any]],
+        parsed: dict[int, Observed],
     ) -> defaultdict[str, list[_Control]]:
         """The controls of *domains* between *since* and *until*. The role is a
         literal, not a parameter, so that PostgreSQL proves the partial index
@@ -349,7 +351,7 @@ class Detector:
         self,
         session: Session,
         rows: Sequence[Any],
-        docs: dict[int, dict[str, Any]],
+        docs: dict[int, Observed],
         since: datetime,
     ) -> defaultdict[str, list[Trigger]]:
         """SNI triggers per probe: stored ones within the residual time, and this batch's."""
@@ -546,7 +548,7 @@ class Detector:
             metrics.OPEN_EVENTS.labels(cc=cc).set(count)
 
 
-def _vantage_failing(rows: Sequence[Any], docs: dict[int, dict[str, Any]]) -> set[int]:
+def _vantage_failing(rows: Sequence[Any], docs: dict[int, Observed]) -> set[int]:
     """Measurements whose probe's round mostly got no DNS answer at all."""
     rounds: defaultdict[str, list[tuple[datetime, bool]]] = defaultdict(list)
     for row in rows:
