@@ -428,12 +428,14 @@ class Detector:
         found: defaultdict[Key, list[Vote]] = defaultdict(list)
         flag_sets: dict[str, frozenset[str]] = {}  # a handful of distinct values
         v = VerdictRow
+        connection = session.connection()
         for names in _chunks(sorted({domain for domain, _ in keys})):
-            for domain, cc, probe_id, asn, started_at, flags, measurement_id in session.execute(
+            # Core, not ORM, execution: hundreds of thousands of plain rows.
+            for domain, cc, probe_id, asn, started_at, flags, measurement_id in connection.execute(
                 select(v.domain, v.cc, v.probe_id, v.asn, v.started_at, v.flags, v.measurement_id)
                 .where(v.domain.in_(names))
                 .where(v.started_at >= since)
-            ):
+            ).all():
                 key = (domain, cc)
                 if key in keys:
                     flag_set = flag_sets.get(flags)
