@@ -28,10 +28,10 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, literal_column, select, update
+from sqlalchemy import DateTime, delete, func, insert, literal_column, select, type_coerce, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector import metrics
@@ -423,16 +423,19 @@ class Detector:
     def _votes(
         self, session: Session, keys: set[Key], since: datetime
     ) -> defaultdict[Key, list[Vote]]:
-        """The verdicts of *keys* since the window's start (ix_verdicts_domain_started:
-        the window bounds the scan, not the history)."""
+        """The verdicts of *keys* since the window's start: by domain and time, or by
+        time alone when the window is a large share of the table (docs/architecture.md,
+        "Cost of a pass"); never a scan of the history."""
         found: defaultdict[Key, list[Vote]] = defaultdict(list)
         flag_sets: dict[str, frozenset[str]] = {}  # a handful of distinct values
         v = VerdictRow
+        # Hundreds of thousands of plain rows: Core execution (no ORM), and the time
+        # as the driver's naive UTC value (no per-row type hook), made aware below.
+        started = type_coerce(v.started_at, DateTime())
         connection = session.connection()
         for names in _chunks(sorted({domain for domain, _ in keys})):
-            # Core, not ORM, execution: hundreds of thousands of plain rows.
-            for domain, cc, probe_id, asn, started_at, flags, measurement_id in connection.execute(
-                select(v.domain, v.cc, v.probe_id, v.asn, v.started_at, v.flags, v.measurement_id)
+            for domain, cc, probe_id, asn, naive, flags, measurement_id in connection.execute(
+                select(v.domain, v.cc, v.probe_id, v.asn, started, v.flags, v.measurement_id)
                 .where(v.domain.in_(names))
                 .where(v.started_at >= since)
             ).all():
@@ -441,6 +444,7 @@ class Detector:
                     flag_set = flag_sets.get(flags)
                     if flag_set is None:
                         flag_set = flag_sets[flags] = frozenset(flags.split(","))
+                    started_at = naive.replace(tzinfo=UTC)
                     found[key].append(Vote(probe_id, asn, started_at, flag_set, measurement_id))
         return found
 

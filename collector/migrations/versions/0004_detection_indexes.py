@@ -4,7 +4,7 @@ The votes query (``domain IN (...) AND started_at >= window``) could not use
 ``(domain, cc, started_at)`` for the time and scanned every stored verdict; the
 controls and SNI-trigger queries walked every probe row of the time range. See
 docs/architecture.md, "Cost of a pass". On a large PostgreSQL database this
-migration builds three indexes (minutes for tens of millions of rows) and holds
+migration builds four indexes (minutes for tens of millions of rows) and holds
 a write lock on ``verdicts`` and ``measurements`` meanwhile: ingestion waits.
 
 Revision ID: 0004
@@ -35,6 +35,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_verdicts_domain_started", "verdicts", ["domain", "started_at"], unique=False
     )
+    op.create_index("ix_verdicts_started", "verdicts", ["started_at"], unique=False)
     op.create_index(
         "ix_verdicts_probe_triggers",
         "verdicts",
@@ -55,5 +56,6 @@ def downgrade() -> None:
         "ix_verdicts_domain_cc_started", "verdicts", ["domain", "cc", "started_at"], unique=False
     )
     op.drop_index("ix_verdicts_probe_triggers", table_name="verdicts")
+    op.drop_index("ix_verdicts_started", table_name="verdicts")
     op.drop_index("ix_verdicts_domain_started", table_name="verdicts")
     op.drop_index("ix_measurements_controls", table_name="measurements")

@@ -283,7 +283,8 @@ def test_the_pass_queries_are_bounded_by_the_window(world: World) -> None:
     votes = plan_of("FROM verdicts", "verdicts.flags")
     controls = plan_of("FROM measurements", "'control'")
     triggers = plan_of("FROM verdicts", "'[]'")
-    assert "ix_verdicts_domain_started" in votes, votes
+    # Votes: by domain and time, or by time alone (a pass that touches most domains).
+    assert "ix_verdicts_domain_started" in votes or "ix_verdicts_started" in votes, votes
     assert "ix_measurements_controls" in controls, controls
     assert "ix_verdicts_probe_triggers" in triggers, triggers
     if postgres:  # the time is an index condition, not a filter over every row
