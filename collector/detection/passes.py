@@ -15,8 +15,10 @@
    window go through the pure machine (``collector.detection.machine``); its
    state, events, event changes and per-network states are written back.
 
-Cost: analysis is linear in the new measurements; detection reads the window
-of the keys it evaluates (indexed by domain, country, time), never older rows.
+Cost: analysis is linear in the new measurements (each document and control is
+read once per pass); detection reads the window of the keys it evaluates, by
+domain and time or by time alone (migration 0004), never older rows. See
+docs/architecture.md, "Cost of a pass", and bench/bench_detection.py.
 """
 
 from __future__ import annotations
