@@ -14,7 +14,16 @@ from typing import Any
 
 import pytest
 
-from collector.analysis import Context, Flag, Reason, Trigger, analyze
+from collector.analysis import (
+    Context,
+    Flag,
+    Reason,
+    Trigger,
+    analyze,
+    dns_silent,
+    read,
+    sni_triggers,
+)
 from tests.collector.analysis.builders import (
     BOGON_IP,
     CDN_IP,
@@ -377,6 +386,15 @@ def test_golden_verdict(case: Case) -> None:
     verdict = analyze(case.probe, case.controls, case.ctx)
     assert verdict.flags == frozenset(case.flags)
     assert verdict.reasons == tuple(reason.value for reason in case.reasons)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
+def test_read_views_give_the_same_verdict(case: Case) -> None:
+    """The detection pass reads each document once and analyses the read views."""
+    probe, controls = read(case.probe), [read(c) for c in case.controls]
+    assert analyze(probe, controls, case.ctx) == analyze(case.probe, case.controls, case.ctx)
+    assert dns_silent(probe) == dns_silent(case.probe)
+    assert sni_triggers(probe) == sni_triggers(case.probe)
 
 
 def test_every_rule_and_trap_has_a_golden_case() -> None:
