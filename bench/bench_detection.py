@@ -68,6 +68,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))  # run as a script: make the project's packages importable
 
+from procstat import cpu_seconds, machine_busy_seconds  # noqa: E402
+
 from collector.analysis import RULES_VERSION, Context, analyze, sni_triggers  # noqa: E402
 from collector.db import make_engine, make_session_factory, migrate, session_scope  # noqa: E402
 from collector.detection.passes import Detector, PassStats  # noqa: E402
@@ -79,7 +81,6 @@ RESULTS_DIR = BENCH_DIR / "results"
 HOST = "127.0.0.1"
 PG_ADMIN = f"host={HOST} port=5432 user=postgres dbname=postgres"
 DEFAULT_DATABASE = "blockwatch_bench_detection"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 UTC = dt.UTC
 
 TARGETS = 1000
@@ -791,26 +792,9 @@ def table_sizes(database: str) -> dict[str, dict[str, int]]:
 # ------------------------------------------------------------------ where the time goes
 
 
-def cpu_seconds(pid: int) -> float:
-    """user+sys CPU of a live process (all threads), from /proc."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def parent_pid(pid: int) -> int:
     raw = Path(f"/proc/{pid}/stat").read_text()
     return int(raw[raw.rindex(")") + 2 :].split()[1])
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine spent not idle (all CPUs), from /proc/stat."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields)
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 class WorkerSampler:

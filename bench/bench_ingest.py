@@ -65,6 +65,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))  # run as a script: make the project's packages importable
 
+from procstat import cpu_seconds, machine_busy_seconds, status_kb  # noqa: E402
+
 from probe_agent.envelope import (  # noqa: E402
     Envelope,
     Purpose,
@@ -81,7 +83,6 @@ HOST = "127.0.0.1"
 PG_ADMIN = f"host={HOST} port=5432 user=postgres dbname=postgres"
 API = "/api/v1"
 GOAL_PG_RATE = 3000.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The collector's default per-key limit: 120 requests a minute, burst 120.
 DEFAULT_RATE_LIMIT = 120
 REQUEST_TIMEOUT = 120.0  # seconds, one batch
@@ -339,34 +340,6 @@ def build_workload(
 
 
 # ------------------------------------------------------------------ processes
-
-
-def cpu_seconds(pid: int, children: bool = False) -> float:
-    """user+sys CPU of a live process (all threads; plus reaped children's with *children*)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = raw[raw.rindex(")") + 2 :].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
-    if children:
-        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
-    return ticks / CLK_TCK
-
-
-def status_kb(pid: int, key: str) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine spent not idle (all CPUs), from /proc/stat."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields)
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def postmaster_pid() -> int | None:

@@ -56,6 +56,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from procstat import cpu_seconds, status_kb
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -74,7 +75,6 @@ DEBIAN_PACKAGES = {
     UNBOUND: "unbound",
     BLACKBOX: "prometheus-blackbox-exporter",
 }
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 API_BODY = '{"domain":"$host","uri":"$host","title":"bench","version":"4.3.0"}'
 
@@ -345,26 +345,6 @@ modules:
 
 
 # ------------------------------------------------------------------ process helpers
-
-
-def cpu_seconds(pid: int) -> float:
-    """user+sys CPU of a live process (all its threads), from /proc/<pid>/stat."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-def status_kb(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def smaps_pss_kb(pid: int) -> int:

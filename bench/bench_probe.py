@@ -52,6 +52,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import bench_measure as lab_mod  # noqa: E402  (the loopback lab: nginx + unbound)
+from procstat import cpu_seconds, status_kb  # noqa: E402
 
 from probe_agent.envelope import Envelope, Purpose, sign  # noqa: E402
 from probe_agent.observations import (  # noqa: E402
@@ -69,7 +70,6 @@ RESULTS_DIR = BENCH_DIR / "results"
 BIN = REPO / ".venv" / "bin"
 PROBE_BIN = BIN / "blockwatch-probe"
 COLLECTOR_BIN = BIN / "blockwatch-collector"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 
@@ -433,10 +433,6 @@ def bench_once(
     }
 
 
-def proc_kb(pid: int, key: str) -> int:
-    return lab_mod.status_kb(pid, key)
-
-
 def bench_daemon(
     lab: lab_mod.Lab, url: str, root: Path, db: Path, expect: int, dl: Deadline
 ) -> dict[str, Any]:
@@ -476,13 +472,13 @@ def bench_daemon(
         time.sleep(min(3.0, dl.left()))
         children = lab_mod.children_of(proc.pid)
         result["children"] = len(children)
-        result["idle_rss_kb"] = proc_kb(proc.pid, "VmRSS")
-        result["idle_hwm_kb"] = proc_kb(proc.pid, "VmHWM")
+        result["idle_rss_kb"] = status_kb(proc.pid, "VmRSS")
+        result["idle_hwm_kb"] = status_kb(proc.pid, "VmHWM")
         result["idle_pss_kb"] = lab_mod.smaps_pss_kb(proc.pid)
-        result["children_rss_kb"] = sum(proc_kb(c, "VmRSS") for c in children)
-        cpu0 = lab_mod.cpu_seconds(proc.pid)
+        result["children_rss_kb"] = sum(status_kb(c, "VmRSS") for c in children)
+        cpu0 = cpu_seconds(proc.pid)
         time.sleep(min(2.0, dl.left()))
-        result["idle_cpu_s_per_2s"] = lab_mod.cpu_seconds(proc.pid) - cpu0
+        result["idle_cpu_s_per_2s"] = cpu_seconds(proc.pid) - cpu0
         t_term = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)
         reaped = wait4_until(proc, min(20.0, dl.left()))
