@@ -43,6 +43,7 @@ from aiohttp import web
 from probe_agent.envelope import Envelope, EnvelopeError, Purpose, b64decode, fingerprint, verify
 from probe_agent.errors import InvalidDomainError
 from probe_agent.inputs import normalize_domain
+from tests.support.aiohttp_site import serve_app
 
 MAX_FUTURE_SKEW = timedelta(seconds=300)
 MAX_AGE = timedelta(days=8)
@@ -196,10 +197,9 @@ class FakeCollector:
         app.router.add_post("/api/v1/probes/rotate", self._wrap("/probes/rotate", self._rotate))
         app.router.add_post("/api/v1/measurements", self._wrap("/measurements", self._measurements))
         # auto_decompress off: the gzip body is decoded (and checked) by this code.
-        self._runner = web.AppRunner(app, auto_decompress=False, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(
+            app, ssl_context=self.tls, auto_decompress=False, access_log=None
+        )
 
     async def stop(self) -> None:
         self._release.set()

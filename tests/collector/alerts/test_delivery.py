@@ -33,6 +33,7 @@ from collector.services.subscriptions import SubscriptionService
 from collector.services.targets import TargetService
 from collector.settings import CollectorSettings
 from tests.collector.conftest import FakeClock
+from tests.support.aiohttp_site import serve_app
 
 DOMAIN = "alive.bar"
 
@@ -63,11 +64,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", rec.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
     rec.url = f"http://127.0.0.1:{port}"
     yield rec
     await runner.cleanup()

@@ -22,6 +22,7 @@ from collector.settings import CollectorSettings
 from tests.collector.alerts.test_delivery import DOMAIN, change
 from tests.collector.conftest import FakeClock
 from tests.collector.serving import ServedCollector
+from tests.support.aiohttp_site import serve_app
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +52,7 @@ class SlowReceiver:
         async def start() -> web.AppRunner:
             app = web.Application()
             app.router.add_post("/hook", self.handle)
-            runner = web.AppRunner(app, shutdown_timeout=0.1)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            runner, port = await serve_app(app, shutdown_timeout=0.1)
             self.url = f"http://127.0.0.1:{port}/hook"
             return runner
 

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from collector.api.app import create_app
 from collector.settings import CollectorSettings
 from tests.collector.conftest import ADMIN, CLIENT_IP, FakeClock, FakeGeolocator
+from tests.support.aiohttp_site import serve_app
 from tests.support.dns_server import DNSRecord, DNSServer
 from tests.support.pki import TestPKI
 
@@ -68,11 +69,7 @@ def site(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> Iterator[tuple[Well
     async def start() -> web.AppRunner:
         app = web.Application()
         app.router.add_get("/.well-known/blockwatch.txt", known.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        served = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=pki.server_context([DOMAIN]))
-        await served.start()
-        known.port = served._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, known.port = await serve_app(app, ssl_context=pki.server_context([DOMAIN]))
         return runner
 
     runner = run(loop, start())
