@@ -28,12 +28,12 @@ import logging
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, delete, func, insert, literal_column, select, type_coerce, update
+from sqlalchemy import delete, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector import metrics
@@ -104,31 +104,22 @@ class PassStats:
     seconds: float = 0.0
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Control:
-    pk: int
     measurement_id: str
     probe_id: str
     started_at: datetime
-    payload: bytes
-    parsed: dict[int, Observed]  # the pass's cache: every batch reads the same controls
-
-    @property
-    def doc(self) -> Observed:
-        doc = self.parsed.get(self.pk)
-        if doc is None:
-            doc = self.parsed[self.pk] = read(_measurement_of(self.payload))
-        return doc
+    doc: Observed
 
 
-def _measurement_of(payload: bytes) -> dict[str, Any]:
-    """The observations inside a stored signed document (validated at ingest)."""
+def _observed(payload: bytes) -> Observed:
+    """The observations inside a stored signed document (validated at ingest), read."""
     try:
         document = json.loads(zlib.decompress(payload))
         measurement = document.get("measurement") if isinstance(document, dict) else None
     except (ValueError, zlib.error):
-        return {}
-    return measurement if isinstance(measurement, dict) else {}
+        measurement = None
+    return read(measurement if isinstance(measurement, dict) else {})
 
 
 def _chunks(items: Sequence[_T]) -> Iterable[Sequence[_T]]:
@@ -222,7 +213,7 @@ class Detector:
         ).all()
         if not rows:
             return 0, 0
-        docs = {row.measurement_pk: read(_measurement_of(row.payload)) for row in rows}
+        docs = {row.measurement_pk: _observed(row.payload) for row in rows}
         window = timedelta(seconds=self.settings.control_window_seconds)
         earliest = min(row.started_at for row in rows)
         latest = max(row.started_at for row in rows)
@@ -337,15 +328,11 @@ class Detector:
                 .where(m.domain.in_(names))
                 .where(m.started_at >= since, m.started_at <= until)
             ):
+                doc = parsed.get(row.id)
+                if doc is None:  # the pass's cache: every batch reads the same controls
+                    doc = parsed[row.id] = _observed(row.payload)
                 found[row.domain].append(
-                    _Control(
-                        row.id,
-                        row.measurement_id,
-                        row.probe_id,
-                        row.started_at,
-                        row.payload,
-                        parsed,
-                    )
+                    _Control(row.measurement_id, row.probe_id, row.started_at, doc)
                 )
         return found
 
@@ -431,13 +418,10 @@ class Detector:
         found: defaultdict[Key, list[Vote]] = defaultdict(list)
         flag_sets: dict[str, frozenset[str]] = {}  # a handful of distinct values
         v = VerdictRow
-        # Hundreds of thousands of plain rows: Core execution (no ORM), and the time
-        # as the driver's naive UTC value (no per-row type hook), made aware below.
-        started = type_coerce(v.started_at, DateTime())
-        connection = session.connection()
+        connection = session.connection()  # Core: hundreds of thousands of plain rows
         for names in _chunks(sorted({domain for domain, _ in keys})):
-            for domain, cc, probe_id, asn, naive, flags, measurement_id in connection.execute(
-                select(v.domain, v.cc, v.probe_id, v.asn, started, v.flags, v.measurement_id)
+            for domain, cc, probe_id, asn, started_at, flags, measurement_id in connection.execute(
+                select(v.domain, v.cc, v.probe_id, v.asn, v.started_at, v.flags, v.measurement_id)
                 .where(v.domain.in_(names))
                 .where(v.started_at >= since)
             ).all():
@@ -446,30 +430,18 @@ class Detector:
                     flag_set = flag_sets.get(flags)
                     if flag_set is None:
                         flag_set = flag_sets[flags] = frozenset(flags.split(","))
-                    started_at = naive.replace(tzinfo=UTC)
                     found[key].append(Vote(probe_id, asn, started_at, flag_set, measurement_id))
         return found
 
     def _states(self, session: Session, keys: set[Key]) -> dict[Key, DetectorStateRow]:
-        found: dict[Key, DetectorStateRow] = {}
-        for names in _chunks(sorted({domain for domain, _ in keys})):
-            for row in session.scalars(
-                select(DetectorStateRow).where(DetectorStateRow.domain.in_(names))
-            ):
-                if (row.domain, row.cc) in keys:
-                    found[(row.domain, row.cc)] = row
-        return found
+        return {(row.domain, row.cc): row for row in _rows_of(session, DetectorStateRow, keys)}
 
     def _networks(
         self, session: Session, keys: set[Key]
     ) -> defaultdict[Key, dict[int, NetworkStateRow]]:
         found: defaultdict[Key, dict[int, NetworkStateRow]] = defaultdict(dict)
-        for names in _chunks(sorted({domain for domain, _ in keys})):
-            for row in session.scalars(
-                select(NetworkStateRow).where(NetworkStateRow.domain.in_(names))
-            ):
-                if (row.domain, row.cc) in keys:
-                    found[(row.domain, row.cc)][row.asn] = row
+        for row in _rows_of(session, NetworkStateRow, keys):
+            found[(row.domain, row.cc)][row.asn] = row
         return found
 
     def _save(
@@ -554,6 +526,17 @@ class Detector:
                 open_by_cc[cc] = 0
         for cc, count in open_by_cc.items():
             metrics.OPEN_EVENTS.labels(cc=cc).set(count)
+
+
+_State = TypeVar("_State", DetectorStateRow, NetworkStateRow)
+
+
+def _rows_of(session: Session, model: type[_State], keys: set[Key]) -> Iterator[_State]:
+    """The rows of *model* for *keys*, in one query per CHUNK domains."""
+    for names in _chunks(sorted({domain for domain, _ in keys})):
+        for row in session.scalars(select(model).where(model.domain.in_(names))):
+            if (row.domain, row.cc) in keys:
+                yield row
 
 
 def _vantage_failing(rows: Sequence[Any], docs: dict[int, Observed]) -> set[int]:
