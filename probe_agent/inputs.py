@@ -23,6 +23,25 @@ _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _MAX_NAME = 253
 
 
+def _plain_ascii(name: str) -> str | None:
+    """The lower-cased name when IDNA would only lower-case it, else None.
+
+    A name of letters, digits and inner hyphens, with no label that is (or looks
+    like) an A-label (``xn--``, or any ``--`` in the third and fourth positions,
+    which IDNA 2008 reserves), is its own IDNA form. ``idna.encode`` costs about
+    125 µs a name, a tenth of a second for a list of 1,000 before the first
+    measurement; everything else (Unicode, A-labels, errors and their messages)
+    still goes through it.
+    """
+    if not name.isascii():
+        return None
+    lowered = name.lower()
+    for label in lowered.split("."):
+        if not _LABEL_RE.fullmatch(label) or label[2:4] == "--":
+            return None
+    return lowered
+
+
 @functools.lru_cache(maxsize=4096)  # a collector sees the same few hundred targets
 def normalize_domain(raw: str) -> str:
     """Return the ASCII (punycode) form of *raw*, lower-cased, or raise InvalidDomainError."""
@@ -39,19 +58,22 @@ def normalize_domain(raw: str) -> str:
         pass
     else:
         raise InvalidDomainError(f"invalid domain {raw!r}: an IP address, not a domain name")
-    try:
-        # IDNA 2008 with UTS 46 mapping, non-transitional: what browsers and
-        # registries use ("straße" stays "xn--strae-oqa", not "strasse").
-        ascii_name = idna.encode(name, uts46=True, transitional=False).decode("ascii").lower()
-    except (idna.IDNAError, UnicodeError) as exc:
-        raise InvalidDomainError(f"invalid domain {raw!r}: not a valid IDNA name ({exc})") from exc
+    ascii_name = _plain_ascii(name)
+    if ascii_name is None:
+        try:
+            # IDNA 2008 with UTS 46 mapping, non-transitional: what browsers and
+            # registries use ("straße" stays "xn--strae-oqa", not "strasse").
+            ascii_name = idna.encode(name, uts46=True, transitional=False).decode("ascii").lower()
+        except (idna.IDNAError, UnicodeError) as exc:
+            msg = f"invalid domain {raw!r}: not a valid IDNA name ({exc})"
+            raise InvalidDomainError(msg) from exc
     if len(ascii_name) > _MAX_NAME:
         raise InvalidDomainError(f"invalid domain {raw!r}: longer than {_MAX_NAME} characters")
     labels = ascii_name.split(".")
     if len(labels) < 2:
         raise InvalidDomainError(f"invalid domain {raw!r}: needs at least two labels")
     for label in labels:
-        if not _LABEL_RE.match(label):
+        if not _LABEL_RE.fullmatch(label):
             raise InvalidDomainError(f"invalid domain {raw!r}: bad label {label!r}")
     if labels[-1].isdigit():
         raise InvalidDomainError(f"invalid domain {raw!r}: the top-level label is numeric")

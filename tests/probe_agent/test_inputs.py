@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import idna
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from probe_agent.errors import InvalidDomainError, InvalidOptionError, InvalidResolverError
 from probe_agent.inputs import (
     DeclaredNetwork,
     Endpoint,
+    _plain_ascii,
     normalize_domain,
     parse_collector_url,
     parse_declared,
@@ -128,3 +132,54 @@ def test_declared_network() -> None:
     declared = parse_declared(" de ", 3320)
     assert declared == DeclaredNetwork("DE", 3320)
     assert declared.to_json() == {"cc": "DE", "asn": 3320}
+
+
+# Names built to hit the edges of the ASCII fast path: case, hyphens (leading,
+# trailing, in the reserved third and fourth positions), xn-- labels valid and
+# not, characters IDNA refuses, empty labels, a newline inside a label.
+_EDGE_LABELS = st.sampled_from(
+    [
+        "a",
+        "Ab",
+        "mastodon",
+        "x-y",
+        "-x",
+        "x-",
+        "ab--cd",
+        "xn--bcher-kva",
+        "XN--Bcher-Kva",
+        "xn--zz",
+        "xn--",
+        "a_b",
+        "a\nb",
+        "b\n",
+        "",
+        "9",
+        "a" * 63,
+        "a" * 64,
+        "é",
+    ]
+)
+_ASCII_LABELS = st.text(alphabet="abcXYZ019-_.", min_size=1, max_size=12)
+
+
+@given(st.lists(_EDGE_LABELS | _ASCII_LABELS, min_size=1, max_size=4))
+def test_the_ascii_fast_path_agrees_with_idna(labels: list[str]) -> None:
+    name = ".".join(labels)
+    fast = _plain_ascii(name)
+    try:
+        slow: str | None = idna.encode(name, uts46=True, transitional=False).decode().lower()
+    except (idna.IDNAError, UnicodeError):
+        slow = None
+    # The fast path may decline (None) and leave the name to idna, but when it
+    # answers it gives what idna gives, and never accepts what idna refuses.
+    if fast is not None:
+        assert fast == slow
+
+
+def test_the_ascii_fast_path_takes_plain_names_and_declines_a_labels() -> None:
+    assert _plain_ascii("Mastodon.Social") == "mastodon.social"
+    assert _plain_ascii("t0001.bench.test") == "t0001.bench.test"
+    assert _plain_ascii("xn--bcher-kva.example") is None
+    assert _plain_ascii("bücher.example") is None
+    assert _plain_ascii("a\n.example") is None
