@@ -1,23 +1,28 @@
-"""Measuring a long list on every core: the domains split across worker processes.
+"""Measuring a long list on every core: the domains shared by worker processes.
 
 One engine in one process is bound by one core (TLS handshakes and the event
-loop are CPU work). For a long list, ``measure`` shards the domains round-robin
-across worker processes, each with its own event loop and a share of the
-concurrency, and the parent reports every result as it arrives. A worker that
-dies takes its unreported domains with it: they are reported as errors, never
-silently dropped.
+loop are CPU work). For a long list, ``measure`` runs an engine in this process
+and in ``workers - 1`` forked ones, each with its own event loop and a share of
+the concurrency. They take the next domain from one shared cursor as they free a
+slot, so a busier process (this one also writes every result) simply takes
+fewer, and all end together. The parent reports every result as it arrives. A
+worker that dies takes its unreported domains with it: they are reported as
+errors, never silently dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import gc
 import multiprocessing
 import os
-import queue
+import pickle
 import resource
 import sys
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 from probe_agent.engine import DomainError, Engine, EngineConfig, Result, StopMeasuring
@@ -52,15 +57,61 @@ def fd_bounded_concurrency(concurrency: int, config: EngineConfig, fd_limit: int
     return max(1, min(concurrency, (fd_limit - FDS_SLACK) // per_domain))
 
 
-def _worker(config: EngineConfig, shard: list[str], concurrency: int, out: Any) -> None:
+# Results cross from a worker to this process through a pipe. A worker writes
+# them from its event loop, so a full pipe would hold its measurements up: ask
+# for a large one (Linux; 1 MiB is the unprivileged ceiling, about 300 results).
+PIPE_BYTES = 1 << 20
+
+
+# How long a process waits for the cursor's lock before it gives up taking
+# domains: only a worker killed inside the few instructions that hold it could
+# keep it that long, and then the domains left are reported, not waited for.
+CURSOR_LOCK_TIMEOUT = 5.0
+
+
+class SharedCursor:
+    """An iterator over *names* shared by processes: each name is taken exactly once.
+
+    The names themselves are in every process (inherited at the fork); only the
+    position is shared, in a ``multiprocessing.Value``.
+    """
+
+    def __init__(self, names: list[str], position: Any) -> None:
+        self.names = names
+        self.position = position
+
+    def __iter__(self) -> SharedCursor:
+        return self
+
+    def __next__(self) -> str:
+        lock = self.position.get_lock()
+        if not lock.acquire(timeout=CURSOR_LOCK_TIMEOUT):
+            raise StopIteration
+        try:
+            index: int = self.position.value
+            if index >= len(self.names):
+                raise StopIteration
+            self.position.value = index + 1
+        finally:
+            lock.release()
+        return self.names[index]
+
+
+def _worker(config: EngineConfig, cursor: SharedCursor, concurrency: int, conn: Connection) -> None:
     def on_result(result: Result) -> None:
         if isinstance(result, DomainError):
             # The exception may not pickle; its text is what gets reported.
             result = DomainError(result.domain, RuntimeError(repr(result.error)))
-        out.put(("result", result))
+        conn.send(("result", result))
 
-    asyncio.run(Engine(config).measure_all(shard, concurrency, on_result))
-    out.put(("done", None))
+    asyncio.run(Engine(config).measure_all(cursor, concurrency, on_result))
+    conn.send(("done", None))
+    conn.close()
+
+
+def _widen(conn: Connection) -> None:
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or over the limit
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def measure_in_processes(
@@ -72,8 +123,10 @@ def measure_in_processes(
 ) -> None:
     """Measure *names* in *workers* processes: this one and ``workers - 1`` forked ones.
 
-    This process measures a shard itself while it relays the others' results
+    This process measures too while it relays the others' results
     (one process fewer than workers + a relay: the memory goal counts them all).
+    Its event loop reads each worker's pipe as data arrives (no thread, no
+    polling), and sees a worker's end as the end of its pipe.
     """
     # No event loop runs yet in this process: fork is safe (and fast) on Linux.
     ctx: multiprocessing.context.DefaultContext | Any = (
@@ -81,16 +134,21 @@ def measure_in_processes(
         if sys.platform == "linux"
         else multiprocessing.get_context("spawn")
     )
-    out = ctx.Queue()
-    shards = [names[i::workers] for i in range(workers)]
+    cursor = SharedCursor(names, ctx.Value("q", 0))
     per_worker = max(1, -(-concurrency // workers))
     gc.freeze()  # keep the collector from touching (and so copying) the shared pages
-    procs = [
-        ctx.Process(target=_worker, args=(config, shard, per_worker, out), daemon=True)
-        for shard in shards[1:]
-    ]
-    for proc in procs:
+    procs: list[Any] = []
+    readers: list[Connection] = []
+    for _ in range(workers - 1):
+        reader, writer = ctx.Pipe(duplex=False)
+        _widen(writer)
+        proc = ctx.Process(target=_worker, args=(config, cursor, per_worker, writer), daemon=True)
         proc.start()
+        # Only the worker holds the write end now: when it exits, for whatever
+        # reason, its pipe ends, and the workers forked later do not inherit it.
+        writer.close()
+        procs.append(proc)
+        readers.append(reader)
     reported: set[str] = set()
     stopped = False
 
@@ -108,14 +166,15 @@ def measure_in_processes(
             raise
 
     try:
-        asyncio.run(_measure_and_relay(config, shards[0], per_worker, out, procs, report))
+        asyncio.run(_measure_and_relay(config, cursor, per_worker, readers, report))
     finally:
         for proc in procs:
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        out.close()
+        for reader in readers:
+            reader.close()
         gc.unfreeze()
     if stopped:
         return
@@ -124,40 +183,49 @@ def measure_in_processes(
             on_result(DomainError(name, RuntimeError("its worker process died")))
 
 
+async def _relay(readers: list[Connection], report: Callable[[Result], None]) -> None:
+    """Report every worker's results until each has said done or gone away."""
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+    open_readers = set(readers)
+
+    def close(reader: Connection) -> None:
+        loop.remove_reader(reader.fileno())
+        open_readers.discard(reader)
+        if not open_readers and not finished.done():
+            finished.set_result(None)
+
+    def readable(reader: Connection) -> None:
+        try:
+            while reader.poll():  # every whole message already here, then back to the loop
+                kind, payload = reader.recv()
+                if kind == "done":
+                    close(reader)
+                    return
+                report(payload)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            close(reader)  # the worker died (mid-message, perhaps); its domains are reported
+        except StopMeasuring:
+            for other in list(open_readers):
+                close(other)  # the workers are killed; the local engine stops at its next result
+
+    for reader in readers:
+        loop.add_reader(reader.fileno(), readable, reader)
+    try:
+        if open_readers:
+            await finished
+    finally:
+        for reader in list(open_readers):
+            loop.remove_reader(reader.fileno())
+
+
 async def _measure_and_relay(
     config: EngineConfig,
-    shard: list[str],
+    cursor: SharedCursor,
     concurrency: int,
-    out: Any,
-    procs: list[Any],
+    readers: list[Connection],
     report: Callable[[Result], None],
 ) -> None:
-    loop = asyncio.get_running_loop()
-
-    def next_message() -> tuple[str, Any] | None:
-        try:
-            message: tuple[str, Any] = out.get(timeout=0.2)
-        except queue.Empty:
-            return None
-        return message
-
-    async def relay() -> None:
-        finished = 0
-        while finished < len(procs):
-            message = await loop.run_in_executor(None, next_message)
-            if message is None:
-                if all(not p.is_alive() for p in procs) and out.empty():
-                    return  # every worker is gone, some without saying done
-                continue
-            kind, payload = message
-            if kind == "done":
-                finished += 1
-                continue
-            try:
-                report(payload)
-            except StopMeasuring:
-                return  # the workers are killed; the local engine stops at its next result
-
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(relay())
-        tg.create_task(Engine(config).measure_all(shard, concurrency, report))
+        tg.create_task(_relay(readers, report))
+        tg.create_task(Engine(config).measure_all(cursor, concurrency, report))
