@@ -10,7 +10,6 @@ shape documented in docs/measurement-format.md and relied on by the collector.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,17 +122,40 @@ class Measurement:
         return result
 
 
-@functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
+_FIELDS: dict[type, tuple[str, ...] | None] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """The fields of a dataclass, in order; None for any other type (cached per type)."""
+    try:
+        return _FIELDS[cls]
+    except KeyError:
+        names = (
+            tuple(f.name for f in dataclasses.fields(cls))
+            if dataclasses.is_dataclass(cls)
+            else None
+        )
+        _FIELDS[cls] = names
+        return names
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _plain(value: Any) -> Any:
-    """JSON-ready copy (``dataclasses.asdict`` deep-copies every leaf: 4x slower)."""
-    if isinstance(value, list | tuple):
+    """JSON-ready copy (``dataclasses.asdict`` deep-copies every leaf: 4x slower).
+
+    Exact type checks first: nearly every value is a scalar, and this runs for
+    every field of every result.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is list or kind is tuple:
         return [_plain(v) for v in value]
-    if isinstance(value, dict):
+    if kind is dict:
         return {k: _plain(v) for k, v in value.items()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
-    return value
+    names = _field_names(kind)
+    if names is None:
+        return value  # an enum member (a str) or another leaf
+    return {name: _plain(getattr(value, name)) for name in names}
