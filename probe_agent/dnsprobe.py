@@ -230,8 +230,10 @@ class NetworkDNSProber:
             transport.sendto(wire)
             obs.queries_sent += 1
             wait = min(self.settings.retransmit_after, deadline - time.monotonic())
+            # asyncio.timeout, not wait_for: wait_for wraps the wait in a task of its own.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(inbox.answered.wait(), timeout=max(wait, 0.0))
+                async with asyncio.timeout(max(wait, 0.0)):
+                    await inbox.answered.wait()
             if inbox.valid:
                 return time.monotonic()
             if inbox.error is not None or time.monotonic() >= deadline:
