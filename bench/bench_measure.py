@@ -638,20 +638,15 @@ def run_probe_command(lab: Lab, concurrency: int, timeout: float) -> list[str]:
     ]
 
 
-def run_probe(
-    lab: Lab, svcs: dict[str, Service], concurrency: int, args: argparse.Namespace
-) -> Phase:
-    cmd = run_probe_command(lab, concurrency, args.timeout)
-    phase = Phase(
-        "blockwatch-probe",
-        "measure",
-        concurrency,
-        lab.n_targets,
-        "DNS A+AAAA udp+tcp, TCP, TLS decoy, TCP, TLS, HTTP",
-        command=shlex.join(cmd),
-    )
-    out_path = lab.root / f"probe-c{concurrency}.jsonl"
-    err_path = lab.root / f"probe-c{concurrency}.err"
+def run_measured(
+    cmd: list[str],
+    out_path: Path,
+    err_path: Path,
+    svcs: dict[str, Service],
+    args: argparse.Namespace,
+    phase: Phase,
+) -> subprocess.Popen[bytes]:
+    """Run *cmd* (stdout to *out_path*), filling *phase*'s wall time, CPU and memory."""
     env = child_env()
     servers = ServerCPU(svcs)
     status: dict[str, Any] = {}
@@ -709,6 +704,25 @@ def run_probe(
     phase.detail["tree_rss_at_peak_mb"] = round(tree_peak["rss_kb"] / 1024, 1)
     phase.detail["processes_at_peak"] = tree_peak["processes"]
 
+    return proc
+
+
+def run_probe(
+    lab: Lab, svcs: dict[str, Service], concurrency: int, args: argparse.Namespace
+) -> Phase:
+    cmd = run_probe_command(lab, concurrency, args.timeout)
+    phase = Phase(
+        "blockwatch-probe",
+        "measure",
+        concurrency,
+        lab.n_targets,
+        "DNS A+AAAA udp+tcp, TCP, TLS decoy, TCP, TLS, HTTP",
+        command=shlex.join(cmd),
+    )
+    out_path = lab.root / f"probe-c{concurrency}.jsonl"
+    err_path = lab.root / f"probe-c{concurrency}.err"
+    proc = run_measured(cmd, out_path, err_path, svcs, args, phase)
+
     expected = {domain(i): target_ip(i) for i in range(lab.n_targets)}
     problems: Counter[str] = Counter()
     seen: set[str] = set()
@@ -751,6 +765,68 @@ def run_probe(
             runtime_p95_s=round(runtimes[int(len(runtimes) * 0.95)], 3),
             runtime_max_s=round(runtimes[-1], 3),
         )
+    return phase
+
+
+FLOOR_SCRIPT = BENCH_DIR / "tls_floor.py"
+FLOOR_STEPS = {
+    2: "TCP, TLS decoy, TCP, TLS (the probe's own TLS code, nothing else)",
+    1: "TCP, TLS (the probe's own TLS code; blackbox tls_connect's work minus DNS)",
+}
+
+
+def run_floor(
+    lab: Lab, svcs: dict[str, Service], concurrency: int, handshakes: int, args: argparse.Namespace
+) -> Phase:
+    """The probe's TLS steps alone (bench/tls_floor.py): an upper bound for its rate."""
+    targets = lab.root / "floor-targets.txt"
+    if not targets.exists():
+        targets.write_text("".join(f"{domain(i)} {target_ip(i)}\n" for i in range(lab.n_targets)))
+    cmd = [
+        str(PROBE_BIN.parent / "python"),
+        str(FLOOR_SCRIPT),
+        "--targets",
+        str(targets),
+        "--port",
+        str(lab.https_port),
+        "--ca-file",
+        str(lab.ca),
+        "--concurrency",
+        str(concurrency),
+        "--handshakes",
+        str(handshakes),
+        "--timeout",
+        f"{args.timeout:g}",
+    ]
+    phase = Phase(
+        "probe TLS only",
+        f"{handshakes} handshake{'s' if handshakes > 1 else ''}",
+        concurrency,
+        lab.n_targets,
+        FLOOR_STEPS[handshakes],
+        command=shlex.join(cmd),
+    )
+    out_path = lab.root / f"floor-{handshakes}-c{concurrency}.jsonl"
+    err_path = lab.root / f"floor-{handshakes}-c{concurrency}.err"
+    proc = run_measured(cmd, out_path, err_path, svcs, args, phase)
+    seen: set[str] = set()
+    errors: Counter[str] = Counter()
+    for line in out_path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            row = json.loads(line)
+            seen.add(row["domain"])
+            if row["ok"]:
+                phase.ok += 1
+            else:
+                errors[str(row["error"])[:80]] += 1
+    phase.results = len(seen)
+    phase.rate = round(phase.results / phase.wall_s, 1) if phase.wall_s else 0.0
+    phase.detail.update(
+        exit_code=proc.returncode,
+        missing_count=lab.n_targets - len(seen),
+        problems=dict(errors.most_common(5)),
+        stderr_tail=err_path.read_text(errors="replace")[-1500:],
+    )
     return phase
 
 
@@ -961,7 +1037,7 @@ def render(phases: list[Phase], summary: dict[str, Any], concurrency: int) -> No
             f"{p.wall_s:.2f}",
             f"[{ok_style}]{p.ok} / {p.results}[/]",
             f"{p.tool_cpu_s:.2f}",
-            f"{p.driver_cpu_s:.2f}" if p.tool != "blockwatch-probe" else "-",
+            f"{p.driver_cpu_s:.2f}" if p.tool.startswith("blackbox") else "-",
             f"{cpu_ms_per_target(p):.2f}",
             f"{p.nginx_cpu_s:.2f}",
             f"{p.dns_cpu_s:.2f}",
@@ -1068,7 +1144,33 @@ def summarize(phases: list[Phase], concurrency: int) -> dict[str, Any]:
                 "met": ratio >= 1.0 and probe.ok == probe.targets,
             }
         )
+    floor2 = medians.get(("probe TLS only", "2 handshakes"))
+    floor1 = medians.get(("probe TLS only", "1 handshake"))
+    if bb and bb.rate and floor2 and floor1:
+        # What the ratio goal would need: even the probe's TLS steps alone, with
+        # nothing else, against blackbox's whole tls_connect.
+        out.update(
+            tls_only_2_rate=floor2.rate,
+            tls_only_1_rate=floor1.rate,
+            ceiling_ratio=round(floor2.rate / bb.rate, 3),
+            same_work_ratio=round(floor1.rate / bb.rate, 3),
+        )
+        if probe:
+            out["probe_share_of_ceiling"] = round(probe.rate / floor2.rate, 3)
     return out
+
+
+def render_ceiling(summary: dict[str, Any]) -> None:
+    if "ceiling_ratio" not in summary:
+        return
+    console.print(
+        f"[bold]ceiling[/]: the probe's TLS code alone, 2 handshakes a target "
+        f"({summary['tls_only_2_rate']:.1f}/s), is {summary['ceiling_ratio']:.2f} x blackbox "
+        f"tls_connect; with blackbox's own work minus DNS, 1 handshake "
+        f"({summary['tls_only_1_rate']:.1f}/s), {summary['same_work_ratio']:.2f} x. "
+        f"The full probe reaches {summary.get('probe_share_of_ceiling', 0):.2f} of that "
+        "ceiling."
+    )
 
 
 # -------------------------------------------------------------------------- main
@@ -1092,6 +1194,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--blackbox-addr", default="127.0.0.1:19115")
     ap.add_argument("--nginx-workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--no-http-2xx", action="store_true", help="skip blackbox's http_2xx phase")
+    ap.add_argument(
+        "--no-floor", action="store_true", help="skip the probe's TLS-only phases (tls_floor.py)"
+    )
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every phase (median)")
     ap.add_argument("--max-total", type=float, default=900.0, help="no new phase after (s)")
     ap.add_argument("--strict", action="store_true", help="exit 2 when a goal is not met")
@@ -1119,6 +1224,9 @@ def plan(args: argparse.Namespace) -> Iterator[tuple[str, str, int]]:
         yield "blackbox", "tls_connect", c
         if c == args.concurrency and not args.no_http_2xx:
             yield "blackbox", "http_2xx", c
+        if c == args.concurrency and not args.no_floor:
+            yield "floor", "2", c
+            yield "floor", "1", c
 
 
 def serve(lab: Lab, svcs: dict[str, Service], seconds: float) -> int:
@@ -1194,6 +1302,8 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"[bold]round {rnd}[/] {tool} {what} C={c} ...", end=" ")
                 if tool == "probe":
                     phase = run_probe(lab, svcs, c, args)
+                elif tool == "floor":
+                    phase = run_floor(lab, svcs, c, int(what), args)
                 else:
                     phase = run_blackbox(lab, svcs, what, c, args)
                 phase.round = rnd
@@ -1210,6 +1320,7 @@ def main(argv: list[str] | None = None) -> int:
                     svc.check_alive()
         summary = summarize(phases, args.concurrency)
         render(phases, summary, args.concurrency)
+        render_ceiling(summary)
         report = {
             "timestamp": stamp,
             "bench_command": bench_cmd,
