@@ -79,13 +79,15 @@ class SharedCursor:
     def __init__(self, names: list[str], position: Any) -> None:
         self.names = names
         self.position = position
+        self.stuck = False
 
     def __iter__(self) -> SharedCursor:
         return self
 
     def __next__(self) -> str:
         lock = self.position.get_lock()
-        if not lock.acquire(timeout=CURSOR_LOCK_TIMEOUT):
+        if self.stuck or not lock.acquire(timeout=CURSOR_LOCK_TIMEOUT):
+            self.stuck = True  # once: every later call ends at once, not after its own wait
             raise StopIteration
         try:
             index: int = self.position.value

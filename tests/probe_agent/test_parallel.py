@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -86,6 +87,36 @@ def test_the_cursor_hands_out_each_name_once_then_stops() -> None:
     cursor = parallel.SharedCursor(["a", "b", "c"], multiprocessing.Value("q", 0))
     assert [next(cursor), *cursor] == ["a", "b", "c"]
     assert list(cursor) == []  # and stays exhausted
+
+
+def test_a_cursor_whose_lock_is_never_released_stops_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import multiprocessing
+
+    monkeypatch.setattr(parallel, "CURSOR_LOCK_TIMEOUT", 0.05)
+    position = multiprocessing.Value("q", 0)
+    cursor = parallel.SharedCursor(["a", "b"], position)
+    # Held by another thread, as a worker killed while holding it would leave it
+    # (the lock is re-entrant for its own holder).
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with position.get_lock():
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        started = time.monotonic()
+        for _ in range(20):  # the engine's many tasks each ask
+            assert list(cursor) == []
+        assert time.monotonic() - started < 0.5  # one wait (0.05 s), not one per call
+    finally:
+        release.set()
+        holder.join()
 
 
 def test_results_larger_than_the_pipe_all_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
