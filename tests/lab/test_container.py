@@ -146,6 +146,10 @@ def collector(fresh_lab: Lab, tmp_path: Path) -> Iterator[LabCollector]:
     served.stop()
 
 
+# The image fixture builds from the mirror first (debootstrap alone may take its
+# own 900 s on a slow day; it took over 120 s in one CI run): the default
+# 120 s per test would stop the build, not a hung test.
+@pytest.mark.timeout(1800)
 def test_the_container_measures_from_cn_a(
     image: str, fresh_lab: Lab, collector: LabCollector, tmp_path: Path
 ) -> None:
