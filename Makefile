@@ -42,6 +42,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 
 unit: $(STAMP) debs
 	$(BIN)/pytest -q $(PYTEST_ARGS)

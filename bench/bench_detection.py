@@ -176,7 +176,7 @@ def pattern_of(cc: str, asn: int, d: int) -> int:
 
 def make_probes(seed: int) -> list[Probe]:
     rng = random.Random(seed)  # test data, not secrets
-    probes = []
+    probes: list[Probe] = []
     for cc, asn, count in NETWORKS:
         for _ in range(count):
             n = len(probes)
@@ -1016,7 +1016,7 @@ def check_pass(
             "WHERE v.measurement_pk > %s AND v.flags <> pt.flags",
             base_id,
         )
-        flags = dict(
+        flags: dict[str, int] = dict(
             conn.execute(
                 "SELECT flags, count(*) FROM verdicts WHERE measurement_pk > %s GROUP BY flags",
                 (base_id,),
@@ -1025,7 +1025,7 @@ def check_pass(
         open_keys = set(
             conn.execute("SELECT domain, cc FROM events WHERE state = 'open'").fetchall()
         )
-        networks = dict(
+        networks: dict[str, int] = dict(
             conn.execute("SELECT state, count(*) FROM network_states GROUP BY state").fetchall()
         )
     false_events = sorted(open_keys - world.blocked_keys)
@@ -1079,7 +1079,9 @@ def run_pass(
         time.sleep(1.0)  # the setup's connections have exited and flushed their statistics
         before = table_counters(database)
         with engine.connect() as conn:
-            pid = int(conn.connection.dbapi_connection.info.backend_pid)
+            raw = conn.connection.dbapi_connection
+            assert raw is not None  # a checked-out connection has its DBAPI connection
+            pid = int(raw.info.backend_pid)
         profile.backend_pids.clear()
         profile.backend_pids.add(pid)
         backend_before = {pid: cpu_seconds(pid)}

@@ -498,14 +498,15 @@ def blackbox_ready(lab: Lab) -> bool:
 
 
 def start_lab(lab: Lab, services: Services, args: argparse.Namespace) -> dict[str, Service]:
-    checks = [
+    bb_ip, bb_port = lab.blackbox_addr.rsplit(":", 1)
+    checks: list[tuple[str, int, int]] = [
         (lab.dns_ip, lab.dns_port, socket.SOCK_DGRAM),
         (lab.dns_ip, lab.dns_port, socket.SOCK_STREAM),
         (target_ip(0), lab.https_port, socket.SOCK_STREAM),
-        (*lab.blackbox_addr.rsplit(":", 1), socket.SOCK_STREAM),
+        (bb_ip, int(bb_port), socket.SOCK_STREAM),
     ]
     for ip, port, kind in checks:
-        if not port_free(str(ip), int(port), kind):
+        if not port_free(ip, port, kind):
             raise RuntimeError(f"{ip}:{port} is already in use")
 
     unbound_conf = write_unbound_conf(lab)

@@ -505,7 +505,7 @@ def render(
     once: dict[str, Any] | None,
     d: dict[str, Any] | None,
     targets: int,
-):
+) -> None:
     table = Table(title="blockwatch-probe: spool, round, daemon", box=box.SIMPLE_HEAVY)
     table.add_column("what")
     table.add_column("figure", justify="right")
