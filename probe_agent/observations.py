@@ -10,6 +10,7 @@ shape documented in docs/measurement-format.md and relied on by the collector.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,21 +123,12 @@ class Measurement:
         return result
 
 
-_FIELDS: dict[type, tuple[str, ...] | None] = {}
-
-
+@functools.cache
 def _field_names(cls: type) -> tuple[str, ...] | None:
-    """The fields of a dataclass, in order; None for any other type (cached per type)."""
-    try:
-        return _FIELDS[cls]
-    except KeyError:
-        names = (
-            tuple(f.name for f in dataclasses.fields(cls))
-            if dataclasses.is_dataclass(cls)
-            else None
-        )
-        _FIELDS[cls] = names
-        return names
+    """The fields of a dataclass, in order; None for any other type."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -148,7 +140,7 @@ def _plain(value: Any) -> Any:
     Exact type checks first: nearly every value is a scalar, and this runs for
     every field of every result.
     """
-    kind = type(value)
+    kind: type = type(value)
     if kind in _SCALARS:
         return value
     if kind is list or kind is tuple:
