@@ -33,9 +33,14 @@ from probe_agent.tlsprobe import TLSContexts, tls_handshake
 
 
 async def handshake(
-    dialer: SocketDialer, ip: str, sni: str, contexts: TLSContexts, args: argparse.Namespace
+    dialer: SocketDialer,
+    ip: str,
+    sni: str,
+    contexts: TLSContexts,
+    args: argparse.Namespace,
+    *,
+    decoy: bool,
 ) -> None:
-    decoy = sni == DEFAULT_DECOY_SNI
     stream = await dialer.connect(ip, args.port, args.timeout)
     try:
         obs, _ = await tls_handshake(
@@ -65,8 +70,8 @@ async def run(targets: list[tuple[str, str]], args: argparse.Namespace, concurre
             error = None
             try:
                 if args.handshakes == 2:
-                    await handshake(dialer, ip, DEFAULT_DECOY_SNI, contexts, args)
-                await handshake(dialer, ip, name, contexts, args)
+                    await handshake(dialer, ip, DEFAULT_DECOY_SNI, contexts, args, decoy=True)
+                await handshake(dialer, ip, name, contexts, args, decoy=False)
             except (OSError, TimeoutError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             lines.append(json.dumps({"domain": name, "ok": error is None, "error": error}))
