@@ -26,12 +26,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector.alerts.outbox import Outbox
-from collector.db import make_engine, make_session_factory, migrate, session_scope
+from collector.core.db import make_engine, make_session_factory, migrate, session_scope
+from collector.core.models import EventChangeRow, EventRow
+from collector.core.settings import CollectorSettings, Mode
 from collector.detection.passes import event_json
-from collector.models import EventChangeRow, EventRow
 from collector.services.subscriptions import SubscriptionService
 from collector.services.targets import TargetService
-from collector.settings import CollectorSettings, Mode
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PG_DB = "blockwatch_bench_alerts"

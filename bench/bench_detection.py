@@ -5,7 +5,7 @@ The requirement: one detection pass over 1,000 targets x 200 probes with 10
 million stored measurements; its cost must grow with the new measurements, not
 with the history. This script builds that database on the local PostgreSQL
 (``blockwatch_bench_detection``, dropped and re-created, migrated with
-``collector.db.migrate``) and times ``Detector.run_pass`` side by side, in one
+``collector.core.db.migrate``) and times ``Detector.run_pass`` side by side, in one
 run, on the same new work with four stored histories:
 
 - ``empty``: nothing stored (a collector's first pass);
@@ -71,10 +71,10 @@ sys.path.insert(0, str(REPO))  # run as a script: make the project's packages im
 from procstat import cpu_seconds, machine_busy_seconds  # noqa: E402
 
 from collector.analysis import RULES_VERSION, Context, analyze, sni_triggers  # noqa: E402
-from collector.db import make_engine, make_session_factory, migrate, session_scope  # noqa: E402
+from collector.core.db import make_engine, make_session_factory, migrate, session_scope  # noqa: E402
+from collector.core.settings import CollectorSettings  # noqa: E402
 from collector.detection.passes import Detector, PassStats  # noqa: E402
 from collector.services.ingest import COLUMNS as INGEST_COLUMNS  # noqa: E402
-from collector.settings import CollectorSettings  # noqa: E402
 from tests.collector.analysis import builders as b  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
@@ -101,7 +101,7 @@ PROBES = sum(n for _, _, n in NETWORKS)
 PER_INTERVAL = PROBES * TARGETS  # probe measurements per measurement interval
 ROWS_PER_INTERVAL = PER_INTERVAL + TARGETS  # and one control measurement per target
 RECENT_INTERVALS = 4  # 20 minutes: the window (15 min) plus the control window's reach
-CONTROL_PROBE = "control-collector"  # as collector/control.py names the control vantage
+CONTROL_PROBE = "control-collector"  # as collector/detection/control.py names the control vantage
 CONTROL_KEY = "c" * 64
 CONTROL_PAYLOADS = 1000  # bench.payload keys of the control documents: 1000 + target
 TLDS = ("social", "online", "xyz", "bar", "cloud", "net")

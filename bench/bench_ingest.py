@@ -67,7 +67,7 @@ sys.path.insert(0, str(REPO))  # run as a script: make the project's packages im
 
 from procstat import cpu_seconds, machine_busy_seconds, status_kb  # noqa: E402
 
-from probe_agent.envelope import (  # noqa: E402
+from probe_agent.protocol.envelope import (  # noqa: E402
     Envelope,
     Purpose,
     b64encode,
@@ -260,7 +260,7 @@ class ProbeBatches:
 def probe_batches(
     private: bytes, n_batches: int, batch_size: int, seed: int, first_serial: int, now: str
 ) -> ProbeBatches:
-    """One probe's batches, signed and gzip'd as probe_agent/client.py sends them.
+    """One probe's batches, signed and gzip'd as probe_agent/daemon/client.py sends them.
 
     Runs in a worker process (module level, picklable arguments).
     """
@@ -840,7 +840,7 @@ def ed25519_rates(workload: Workload, seconds: float, rounds: int = 5) -> dict[s
         seconds,
         rounds,
     )
-    # The collector's path per item: probe_agent.envelope.verify (SHA-256 of the key
+    # The collector's path per item: probe_agent.protocol.envelope.verify (SHA-256 of the key
     # for the key id check, key object from bytes, prefix + payload, verify).
     env_best, env_cpu = _loop_rate(
         lambda envelope, raw: verify(envelope, Purpose.MEASUREMENT, raw),
@@ -867,7 +867,7 @@ def stage_costs(workload: Workload, rounds: int = 5) -> dict[str, float]:
     the workload's own envelopes: a floor for the collector's CPU per item that
     ignores HTTP, the database and the threadpool.
     """
-    from collector.documents import MeasurementDocument  # noqa: PLC0415
+    from collector.services.documents import MeasurementDocument  # noqa: PLC0415
 
     keys = {p.key_id: p.public for p in workload.probes}
     wire = [e.to_json() for e in workload.sample]
@@ -970,7 +970,7 @@ def render(
         f"Ed25519 on this machine (one thread, {crypto['payload_bytes_mean']:,}-byte payloads): "
         f"[bold]{raw:,}[/] raw verify/s (Ed25519PublicKey.verify, best of "
         f"{crypto['rounds']} rounds; {crypto['raw_verify_per_cpu_s']:,} per CPU second), "
-        f"{crypto['envelope_verify_per_s']:,}/s through probe_agent.envelope.verify "
+        f"{crypto['envelope_verify_per_s']:,}/s through probe_agent.protocol.envelope.verify "
         "(key from bytes + key id check)"
     )
     console.print(
@@ -1138,7 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": args.batch_size,
                 "batches_per_client": batches,
                 "warmup_batches_per_client": args.warmup,
-                "content_encoding": "gzip (level 6, as probe_agent/client.py)",
+                "content_encoding": "gzip (level 6, as probe_agent/daemon/client.py)",
                 "workload": workload.stats,
             },
             "backends": [asdict(r) for r in results],

@@ -3,9 +3,9 @@
 
 One run measures, in this order:
 
-1. the durable spool (``probe_agent.spool``), in process: ``put`` of N real
+1. the durable spool (``probe_agent.state.spool``), in process: ``put`` of N real
    signed envelopes (realistic ~3 KB measurement documents, signed with
-   ``probe_agent.envelope.sign``), then a drain with ``batch(100)`` + ``ack``;
+   ``probe_agent.protocol.envelope.sign``), then a drain with ``batch(100)`` + ``ack``;
    puts/s, items/s and bytes per item on disk;
 2. one round of ``blockwatch-probe run --once`` against the real collector
    (``blockwatch-collector serve``, SQLite, lab mode, open enrollment) with 200
@@ -54,8 +54,7 @@ sys.path.insert(0, str(BENCH_DIR))
 import bench_measure as lab_mod  # noqa: E402  (the loopback lab: nginx + unbound)
 from procstat import cpu_seconds, status_kb  # noqa: E402
 
-from probe_agent.envelope import Envelope, Purpose, sign  # noqa: E402
-from probe_agent.observations import (  # noqa: E402
+from probe_agent.measure.observations import (  # noqa: E402
     CertificateInfo,
     DNSObservation,
     HTTPObservation,
@@ -63,7 +62,8 @@ from probe_agent.observations import (  # noqa: E402
     TCPObservation,
     TLSObservation,
 )
-from probe_agent.spool import DEFAULT_BATCH, SPOOL_FILE, Spool  # noqa: E402
+from probe_agent.protocol.envelope import Envelope, Purpose, sign  # noqa: E402
+from probe_agent.state.spool import DEFAULT_BATCH, SPOOL_FILE, Spool  # noqa: E402
 
 REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"

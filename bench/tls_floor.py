@@ -2,8 +2,8 @@
 
 Run by ``bench_measure.py`` beside the probe and blackbox_exporter, on the same
 lab, targets and concurrency. For each target it runs the probe's own dialer
-and handshake code (``probe_agent.netio.SocketDialer``,
-``probe_agent.tlsprobe.tls_handshake``, the probe's two contexts): with
+and handshake code (``probe_agent.measure.netio.SocketDialer``,
+``probe_agent.measure.tls.tls_handshake``, the probe's two contexts): with
 ``--handshakes 2`` a connect and the decoy handshake (SNI ``example.com``, not
 validated), then a second connect and the validated handshake with the real
 name, as the probe does; with ``--handshakes 1`` only the second pair, which is
@@ -26,10 +26,10 @@ import os
 import sys
 from typing import Any
 
-from probe_agent.clock import MonotonicClock
-from probe_agent.engine import DEFAULT_DECOY_SNI
-from probe_agent.netio import SocketDialer
-from probe_agent.tlsprobe import TLSContexts, tls_handshake
+from probe_agent.measure.clock import MonotonicClock
+from probe_agent.measure.engine import DEFAULT_DECOY_SNI
+from probe_agent.measure.netio import SocketDialer
+from probe_agent.measure.tls import TLSContexts, tls_handshake
 
 
 async def handshake(

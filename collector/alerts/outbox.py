@@ -33,18 +33,11 @@ import aiohttp
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from collector import metrics
 from collector.alerts import channels
-from collector.alerts.safety import (
-    MAX_RESPONSE_BYTES,
-    GuardedResolver,
-    UnsafeDestination,
-    check_literal,
-    parse_allowlist,
-)
-from collector.clock import Clock
-from collector.db import session_scope
-from collector.models import (
+from collector.core import metrics
+from collector.core.clock import Clock
+from collector.core.db import session_scope
+from collector.core.models import (
     CursorRow,
     DeliveryRow,
     EventChangeRow,
@@ -52,7 +45,14 @@ from collector.models import (
     SubscriptionRow,
     TargetRow,
 )
-from collector.settings import CollectorSettings
+from collector.core.settings import CollectorSettings
+from collector.netsafety import (
+    MAX_RESPONSE_BYTES,
+    GuardedResolver,
+    UnsafeDestination,
+    check_literal,
+    parse_allowlist,
+)
 
 log = logging.getLogger("blockwatch.collector.alerts")
 CURSOR = "alerts"

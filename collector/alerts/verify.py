@@ -15,14 +15,14 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from collector.alerts.safety import (
+from collector.core.settings import CollectorSettings
+from collector.netsafety import (
     MAX_RESPONSE_BYTES,
     GuardedResolver,
     Network,
     UnsafeDestination,
 )
-from collector.settings import CollectorSettings
-from probe_agent.inputs import parse_endpoint
+from probe_agent.protocol.inputs import parse_endpoint
 
 TXT_PREFIX = "_blockwatch."
 FILE_PATH = "/.well-known/blockwatch.txt"

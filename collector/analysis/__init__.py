@@ -1,7 +1,7 @@
 """Analysis: the pure, versioned verdict on one measurement, given its control.
 
 ``analyze(measurement, controls, ctx)`` turns a probe's measurement (the shape of
-``probe_agent.observations.Measurement.to_dict()``) and the control vantage's
+``probe_agent.measure.observations.Measurement.to_dict()``) and the control vantage's
 measurements of the same domain into a ``Verdict``: block flags (``dns``,
 ``tcp_ip``, ``tls``, ``http``) or one of ``ok``, ``down``, ``unknown``, with the
 ids of the rules that fired and ``RULES_VERSION``. ``sni_triggers`` lists a

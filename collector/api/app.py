@@ -23,15 +23,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from collector import __version__, metrics
+from collector import __version__
 from collector.api.ratelimit import RateLimiter
 from collector.api.routes import events, measurements, probes, subscriptions, targets
-from collector.clock import Clock, SystemClock
-from collector.db import make_engine, make_session_factory, migrate
-from collector.errors import CollectorError, RateLimited
-from collector.geo import Geolocator, make_geolocator
-from collector.loops import BackgroundLoops
-from collector.settings import CollectorSettings
+from collector.core import metrics
+from collector.core.clock import Clock, SystemClock
+from collector.core.db import make_engine, make_session_factory, migrate
+from collector.core.errors import CollectorError, RateLimited
+from collector.core.settings import CollectorSettings
+from collector.detection.loops import BackgroundLoops
+from collector.services.geo import Geolocator, make_geolocator
 
 log = logging.getLogger("blockwatch.collector")
 # Batches verified and stored at once per process (CPU- and GIL-bound work).

@@ -14,11 +14,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from collector.clock import Clock
-from collector.db import session_scope
-from collector.errors import Unauthorized
-from collector.geo import Network, resolve_network
-from collector.settings import CollectorSettings
+from collector.core.clock import Clock
+from collector.core.db import session_scope
+from collector.core.errors import Unauthorized
+from collector.core.settings import CollectorSettings
+from collector.services.geo import Network, resolve_network
 
 NetworkOf = Callable[[tuple[str, int] | None, bool], Network]
 

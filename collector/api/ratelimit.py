@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
-from collector.errors import RateLimited
+from collector.core.errors import RateLimited
 
 MAX_BUCKETS = 100_000
 

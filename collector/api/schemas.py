@@ -11,7 +11,7 @@ Domain = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 
 
 class EnvelopeIn(BaseModel):
-    """A signed envelope (probe_agent/envelope.py)."""
+    """A signed envelope (probe_agent/protocol/envelope.py)."""
 
     model_config = ConfigDict(extra="forbid")
 

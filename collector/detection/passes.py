@@ -36,7 +36,6 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from collector import metrics
 from collector.analysis import (
     RULES_VERSION,
     Context,
@@ -49,8 +48,19 @@ from collector.analysis import (
     sni_triggers,
 )
 from collector.analysis import Flag as VerdictFlag
-from collector.clock import Clock
-from collector.db import session_scope
+from collector.core import metrics
+from collector.core.clock import Clock
+from collector.core.db import session_scope
+from collector.core.models import (
+    AnalysisQueueRow,
+    DetectorStateRow,
+    EventChangeRow,
+    EventRow,
+    MeasurementRow,
+    NetworkStateRow,
+    VerdictRow,
+)
+from collector.core.settings import CollectorSettings
 from collector.detection.machine import (
     Event,
     KeyState,
@@ -60,19 +70,9 @@ from collector.detection.machine import (
     Vote,
     evaluate,
 )
-from collector.geo import Geolocator
-from collector.models import (
-    AnalysisQueueRow,
-    DetectorStateRow,
-    EventChangeRow,
-    EventRow,
-    MeasurementRow,
-    NetworkStateRow,
-    VerdictRow,
-)
-from collector.settings import CollectorSettings
-from probe_agent.hints import FORGED_POOL_VERSION
-from probe_agent.inputs import parse_network
+from collector.services.geo import Geolocator
+from probe_agent.measure.hints import FORGED_POOL_VERSION
+from probe_agent.protocol.inputs import parse_network
 
 log = logging.getLogger("blockwatch.collector.detection")
 Key = tuple[str, str]  # (domain, country)

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from collector.core.errors import NotFound, Unprocessable
+from collector.core.models import EventRow, NetworkStateRow, TargetRow
 from collector.detection.passes import event_json
-from collector.errors import NotFound, Unprocessable
-from collector.models import EventRow, NetworkStateRow, TargetRow
 from collector.services.targets import TargetService, normalize
 
 STATES = ("open", "closed")

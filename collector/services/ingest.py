@@ -23,12 +23,13 @@ from sqlalchemy import Table, insert, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from collector import metrics
-from collector.clock import Clock
-from collector.documents import MeasurementDocument
-from collector.errors import CollectorError, Unauthorized
-from collector.geo import Network
-from collector.models import AnalysisQueueRow, MeasurementRow, ProbeKeyRow
+from collector.core import metrics
+from collector.core.clock import Clock
+from collector.core.errors import CollectorError, Unauthorized
+from collector.core.models import AnalysisQueueRow, MeasurementRow, ProbeKeyRow
+from collector.core.settings import CollectorSettings
+from collector.services.documents import MeasurementDocument
+from collector.services.geo import Network
 from collector.services.probes import (
     check_signature,
     check_window,
@@ -36,8 +37,7 @@ from collector.services.probes import (
     key_usable,
     parse_document,
 )
-from collector.settings import CollectorSettings
-from probe_agent.envelope import Purpose
+from probe_agent.protocol.envelope import Purpose
 
 NetworkOf = Callable[[tuple[str, int] | None, bool], Network]
 

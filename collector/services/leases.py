@@ -16,7 +16,7 @@ from sqlalchemy import or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from collector.models import LeaseRow
+from collector.core.models import LeaseRow
 
 
 def acquire(session: Session, name: str, holder: str, ttl: float, now: datetime) -> bool:

@@ -20,15 +20,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from collector.clock import Clock
-from collector.documents import (
-    CheckinDocument,
-    EnrollDocument,
-    RotateDocument,
-    SignedDocument,
-    parse_public_key,
-)
-from collector.errors import (
+from collector.core.clock import Clock
+from collector.core.errors import (
     ENVELOPE_ERRORS,
     BadRequest,
     Conflict,
@@ -37,10 +30,17 @@ from collector.errors import (
     Unauthorized,
     Unprocessable,
 )
-from collector.geo import Network
-from collector.models import ProbeKeyRow, ProbeRow, TargetRow, TokenRow
-from collector.settings import CollectorSettings
-from probe_agent.envelope import Envelope, EnvelopeError, Purpose, fingerprint, verify
+from collector.core.models import ProbeKeyRow, ProbeRow, TargetRow, TokenRow
+from collector.core.settings import CollectorSettings
+from collector.services.documents import (
+    CheckinDocument,
+    EnrollDocument,
+    RotateDocument,
+    SignedDocument,
+    parse_public_key,
+)
+from collector.services.geo import Network
+from probe_agent.protocol.envelope import Envelope, EnvelopeError, Purpose, fingerprint, verify
 
 TOKEN_PREFIX = "bwt_"  # noqa: S105 (a prefix, not a secret)
 ROLES = ("probe", "control")

@@ -23,12 +23,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from collector.alerts import channels, signing
-from collector.alerts.safety import UnsafeDestination, check_literal, check_url, parse_allowlist
 from collector.alerts.verify import FILE_PATH, TXT_PREFIX, file_url
-from collector.errors import Conflict, NotFound, Unauthorized, Unprocessable
-from collector.models import SubscriptionRow, TargetGroupRow, TargetRow
+from collector.core.errors import Conflict, NotFound, Unauthorized, Unprocessable
+from collector.core.models import SubscriptionRow, TargetGroupRow, TargetRow
+from collector.core.settings import CollectorSettings, Mode
+from collector.netsafety import UnsafeDestination, check_literal, check_url, parse_allowlist
 from collector.services.targets import normalize
-from collector.settings import CollectorSettings, Mode
 
 URL_SETTINGS = ("url", "homeserver", "bot_instance", "instance_url")
 

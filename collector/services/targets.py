@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from collector.errors import NotFound, Unprocessable
-from collector.models import TargetGroupRow, TargetRow
-from probe_agent.errors import InvalidDomainError
-from probe_agent.inputs import normalize_domain
+from collector.core.errors import NotFound, Unprocessable
+from collector.core.models import TargetGroupRow, TargetRow
+from probe_agent.protocol.errors import InvalidDomainError
+from probe_agent.protocol.inputs import normalize_domain
 
 KINDS = ("primary", "mirror", "alias")
 

@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from collector.api.app import create_app
-from collector.settings import CollectorSettings, Mode
+from collector.core.settings import CollectorSettings, Mode
+from tests.collector.helpers import ADMIN_TOKEN
 
-ADMIN_TOKEN = "admin-" + "x" * 40
 PG_ADMIN_URL = os.environ.get(
     "BLOCKWATCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -126,6 +126,3 @@ def client(
     app = create_app(settings, geolocator=geolocator, clock=clock)
     with TestClient(app, client=(CLIENT_IP, 40000)) as test_client:
         yield test_client
-
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

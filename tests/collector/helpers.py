@@ -8,8 +8,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
 
-from probe_agent.envelope import Envelope, Purpose, b64encode, fingerprint, public_bytes, sign
+from probe_agent.protocol.envelope import (
+    Envelope,
+    Purpose,
+    b64encode,
+    fingerprint,
+    public_bytes,
+    sign,
+)
+
+ADMIN_TOKEN = "admin-" + "x" * 40
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def rfc3339(when: datetime) -> str:
@@ -124,3 +135,25 @@ def tamper(envelope: dict[str, str]) -> dict[str, str]:
 
 def later(seconds: float) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+# -- API calls that many collector tests make --------------------------------------
+
+
+def token(client: TestClient, **body: object) -> str:
+    answer = client.post("/api/v1/probes/tokens", json=body, headers=ADMIN)
+    assert answer.status_code == 201, answer.text
+    value: str = answer.json()["token"]
+    assert value.startswith("bwt_")
+    return value
+
+
+def enroll(client: TestClient, probe: TestProbe, **kw: object) -> dict[str, object]:
+    answer = client.post("/api/v1/probes/enroll", json=probe.enroll(**kw))  # type: ignore[arg-type]
+    assert answer.status_code == 201, answer.text
+    result: dict[str, object] = answer.json()
+    return result
+
+
+def error_code(answer: object) -> str:
+    return answer.json()["error"]["code"]  # type: ignore[attr-defined,no-any-return]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.collector.conftest import ADMIN_TOKEN
+from tests.collector.helpers import ADMIN_TOKEN
 
 COLLECTOR = str(Path(sys.executable).parent / "blockwatch-collector")
 

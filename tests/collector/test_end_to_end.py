@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from sqlalchemy import create_engine, select
 
-from collector.models import AnalysisQueueRow, MeasurementRow
-from probe_agent.envelope import Envelope, Purpose, public_bytes, verify
-from tests.collector.conftest import ADMIN
+from collector.core.models import AnalysisQueueRow, MeasurementRow
+from probe_agent.protocol.envelope import Envelope, Purpose, public_bytes, verify
+from tests.collector.helpers import ADMIN
 from tests.collector.serving import ServedCollector
 from tests.support.probing import run_probe
 from tests.support.simnet import SimInstance, SimulatedNetwork

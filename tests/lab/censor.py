@@ -41,7 +41,7 @@ from tests.lab.control import serve_until_stopped
 from tests.lab.nfqueue import NF_ACCEPT, NF_DROP, NFQueue, QueuedPacket, serve
 from tests.support.clienthello import parse_sni
 
-FORGED_POOL = Path(__file__).resolve().parents[2] / "probe_agent" / "data"
+FORGED_POOL = Path(__file__).resolve().parents[2] / "probe_agent" / "protocol" / "data"
 BLOCK_PAGE = (
     b"<html><head><title>403</title></head><body>This site is blocked (lab censor).</body></html>"
 )

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from probe_agent.clock import Clock
-from probe_agent.inputs import Endpoint
-from probe_agent.observations import DNSObservation
+from probe_agent.measure.clock import Clock
+from probe_agent.measure.observations import DNSObservation
+from probe_agent.protocol.inputs import Endpoint
 
 
 class FakeClock:

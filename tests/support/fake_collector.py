@@ -5,7 +5,7 @@ the probe's pipeline (enroll, check-in, submit) in the client and runner tests.
 It does what docs/api.md says the collector does, and no more:
 
 - every envelope is checked with ``Envelope.from_json`` and verified with
-  ``probe_agent.envelope.verify`` for its purpose *before* its payload is
+  ``probe_agent.protocol.envelope.verify`` for its purpose *before* its payload is
   trusted, so that a signing bug in the probe fails the test;
 - every signed document must have exactly the documented keys (nothing extra:
   a probe that added its own address anywhere would fail), the right types and a
@@ -40,9 +40,16 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from probe_agent.envelope import Envelope, EnvelopeError, Purpose, b64decode, fingerprint, verify
-from probe_agent.errors import InvalidDomainError
-from probe_agent.inputs import normalize_domain
+from probe_agent.protocol.envelope import (
+    Envelope,
+    EnvelopeError,
+    Purpose,
+    b64decode,
+    fingerprint,
+    verify,
+)
+from probe_agent.protocol.errors import InvalidDomainError
+from probe_agent.protocol.inputs import normalize_domain
 from tests.support.aiohttp_site import serve_app
 
 MAX_FUTURE_SKEW = timedelta(seconds=300)

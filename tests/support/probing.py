@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probe_agent.engine import Engine, EngineConfig
-from probe_agent.netio import SocketDialer, Stream
-from probe_agent.observations import DNSObservation, Measurement, TLSObservation
+from probe_agent.measure.engine import Engine, EngineConfig
+from probe_agent.measure.netio import SocketDialer, Stream
+from probe_agent.measure.observations import DNSObservation, Measurement, TLSObservation
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 PROBE = Path(sys.executable).with_name("blockwatch-probe")

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from probe_agent.dnsprobe import DNSSettings
-from probe_agent.engine import EngineConfig
-from probe_agent.httpprobe import HTTPSettings
-from probe_agent.inputs import parse_endpoint
+from probe_agent.measure.dns import DNSSettings
+from probe_agent.measure.engine import EngineConfig
+from probe_agent.measure.http import HTTPSettings
+from probe_agent.protocol.inputs import parse_endpoint
 from tests.support.dns_server import DNSBehaviour, DNSRecord, DNSServer
 from tests.support.pki import TestPKI
 from tests.support.tls_servers import InstanceServer, ServerBehaviour
@@ -167,3 +167,10 @@ class SimulatedNetwork:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+
+def run_once_args(net: SimulatedNetwork, state_dir: Path, *collectors: str) -> list[str]:
+    args = ["--once", "--state-dir", str(state_dir), *net.probe_args()]
+    for url in collectors:
+        args += ["--collector", url]
+    return args

@@ -15,10 +15,10 @@ from typing import Any
 import anyio.to_thread
 from fastapi import APIRouter, Request
 
-from collector import metrics
 from collector.api.deps import ClockDep, NetworkOfDep, SettingsDep
 from collector.api.schemas import BatchIn, BatchOut
-from collector.errors import BadRequest, TooLarge, Unprocessable
+from collector.core import metrics
+from collector.core.errors import BadRequest, TooLarge, Unprocessable
 from collector.services.ingest import IngestService
 
 router = APIRouter(tags=["measurements"])

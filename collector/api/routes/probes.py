@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
-from collector import metrics
 from collector.api.deps import Admin, ClockDep, NetworkOfDep, SessionDep, SettingsDep
 from collector.api.schemas import (
     CheckinOut,
@@ -18,7 +17,8 @@ from collector.api.schemas import (
     TokenIn,
     TokenOut,
 )
-from collector.models import ProbeRow
+from collector.core import metrics
+from collector.core.models import ProbeRow
 from collector.services.probes import ProbeService
 
 router = APIRouter(tags=["probes"])

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from collector.alerts import verify
-from collector.alerts.safety import parse_allowlist
 from collector.api.deps import ClockDep, SessionDep, SettingsDep, get_settings
-from collector.errors import Unprocessable
+from collector.core.errors import Unprocessable
+from collector.core.settings import CollectorSettings
+from collector.netsafety import parse_allowlist
 from collector.services.subscriptions import SubscriptionService, subscription_json
-from collector.settings import CollectorSettings
 
 router = APIRouter(tags=["subscriptions"])
 Text = Annotated[str, StringConstraints(min_length=1, max_length=2000)]

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from collector.api.deps import Admin, SessionDep
 from collector.api.schemas import TargetList, TargetOut, TargetsIn
-from collector.models import TargetRow
+from collector.core.models import TargetRow
 from collector.services.targets import TargetService
 
 router = APIRouter(tags=["targets"])

@@ -24,14 +24,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from collector.alerts.outbox import RETRY_SCHEDULE, Outbox, retry_delay
-from collector.alerts.safety import GuardedResolver, UnsafeDestination, parse_allowlist
-from collector.db import make_engine, make_session_factory, migrate, session_scope
+from collector.core.db import make_engine, make_session_factory, migrate, session_scope
+from collector.core.errors import Unprocessable
+from collector.core.models import DeliveryRow, EventChangeRow, EventRow, SubscriptionRow
+from collector.core.settings import CollectorSettings
 from collector.detection.passes import event_json
-from collector.errors import Unprocessable
-from collector.models import DeliveryRow, EventChangeRow, EventRow, SubscriptionRow
+from collector.netsafety import GuardedResolver, UnsafeDestination, parse_allowlist
 from collector.services.subscriptions import SubscriptionService
 from collector.services.targets import TargetService
-from collector.settings import CollectorSettings
 from tests.collector.conftest import FakeClock
 from tests.support.aiohttp_site import serve_app
 

@@ -14,11 +14,11 @@ import pytest
 from aiohttp import web
 from sqlalchemy import func, select
 
-from collector.db import make_engine, make_session_factory, migrate, session_scope
-from collector.models import DeliveryRow
+from collector.core.db import make_engine, make_session_factory, migrate, session_scope
+from collector.core.models import DeliveryRow
+from collector.core.settings import CollectorSettings
 from collector.services.subscriptions import SubscriptionService
 from collector.services.targets import TargetService
-from collector.settings import CollectorSettings
 from tests.collector.alerts.test_delivery import DOMAIN, change
 from tests.collector.conftest import FakeClock
 from tests.collector.serving import ServedCollector

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from collector.clock import SystemClock
-from collector.control import CONTROL_PROBE_ID, ControlProber, Wanted, control_enabled
-from collector.db import make_engine, make_session_factory, migrate, session_scope
-from collector.models import MeasurementRow, ProbeKeyRow
+from collector.core.clock import SystemClock
+from collector.core.db import make_engine, make_session_factory, migrate, session_scope
+from collector.core.models import MeasurementRow, ProbeKeyRow
+from collector.core.settings import CollectorSettings, Mode
+from collector.detection.control import CONTROL_PROBE_ID, ControlProber, Wanted, control_enabled
 from collector.services import leases
 from collector.services.targets import TargetService
-from collector.settings import CollectorSettings, Mode
-from probe_agent.engine import Engine
-from probe_agent.envelope import Envelope, Purpose, verify
+from probe_agent.measure.engine import Engine
+from probe_agent.protocol.envelope import Envelope, Purpose, verify
 from tests.support.simnet import SimInstance, SimulatedNetwork
 from tests.support.tls_servers import ServerBehaviour
 

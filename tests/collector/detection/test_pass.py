@@ -10,14 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, func, select
 
-from collector.db import make_engine, make_session_factory, session_scope
+from collector.core.db import make_engine, make_session_factory, session_scope
+from collector.core.models import AnalysisQueueRow, VerdictRow
+from collector.core.settings import CollectorSettings
 from collector.detection.passes import Detector
-from collector.models import AnalysisQueueRow, VerdictRow
-from collector.settings import CollectorSettings
 from tests.collector.analysis import builders as b
-from tests.collector.conftest import ADMIN, FakeClock
-from tests.collector.helpers import TestProbe, rfc3339
-from tests.collector.test_probes_api import enroll, token
+from tests.collector.conftest import FakeClock
+from tests.collector.helpers import ADMIN, TestProbe, enroll, rfc3339, token
 
 DOMAIN = b.DOMAIN
 

@@ -1,0 +1,132 @@
+"""The options shared by ``measure`` and ``run``, and the engine configuration they make.
+
+Where this sits in the data flow: between the command line and the engine. Both
+commands measure with the same options (same names, same ``BLOCKWATCH_<OPTION>``
+variables, same validation); they are declared once here so that they cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from probe_agent.measure.dns import DNSSettings
+from probe_agent.measure.engine import EngineConfig
+from probe_agent.measure.http import HTTPSettings
+from probe_agent.measure.parallel import fd_bounded_concurrency, raise_fd_limit
+from probe_agent.protocol.inputs import (
+    normalize_domain,
+    parse_endpoint,
+    parse_network,
+    system_resolvers,
+)
+
+
+class Scheme(StrEnum):
+    HTTPS = "https"
+    HTTP = "http"
+
+
+def env(name: str) -> str:
+    """The environment variable an option also reads: ``BLOCKWATCH_<NAME>``."""
+    return f"BLOCKWATCH_{name}"
+
+
+# The engine's options, shared by `measure` and `run` (same names, same variables).
+ResolverOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Resolver IP[:PORT], repeatable. Default: the system resolver.",
+        envvar=env("RESOLVER"),
+    ),
+]
+InjectionSinkOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="An IP[:PORT] that runs no resolver: any answer is injected.",
+        envvar=env("INJECTION_SINK"),
+    ),
+]
+CAFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Extra trusted CA bundle (PEM).",
+        envvar=env("CA_FILE"),
+        exists=True,
+        dir_okay=False,
+        readable=True,
+    ),
+]
+PortOption = Annotated[int, typer.Option(min=1, max=65535, envvar=env("PORT"))]
+SchemeOption = Annotated[Scheme, typer.Option(envvar=env("SCHEME"))]
+TimeoutOption = Annotated[
+    float, typer.Option(min=0.1, max=120, help="Seconds, per step.", envvar=env("TIMEOUT"))
+]
+ConcurrencyOption = Annotated[int, typer.Option(min=1, max=1024, envvar=env("CONCURRENCY"))]
+DecoySNIOption = Annotated[
+    str, typer.Option(help="SNI of the control handshake.", envvar=env("DECOY_SNI"))
+]
+LabNetworkOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="CIDR to treat as globally routable (labs and tests on loopback), repeatable.",
+        envvar=env("LAB_NETWORK"),
+    ),
+]
+StateDirOption = Annotated[
+    Path,
+    typer.Option(
+        help="Where the probe keeps its key and state (created 0700).",
+        envvar=env("STATE_DIR"),
+        file_okay=False,
+    ),
+]
+
+
+def engine_config(
+    *,
+    resolver: list[str] | None,
+    injection_sink: list[str] | None,
+    ca_file: Path | None,
+    port: int,
+    scheme: Scheme,
+    timeout: float,
+    decoy_sni: str,
+    lab_network: list[str] | None,
+) -> EngineConfig:
+    """The engine's configuration from its options; raises InvalidInputError."""
+    resolvers = (
+        tuple(parse_endpoint(r) for r in resolver) if resolver else tuple(system_resolvers())
+    )
+    sinks = tuple(parse_endpoint(s) for s in injection_sink or ())
+    decoy = normalize_domain(decoy_sni)
+    lab_networks = tuple(parse_network(n) for n in lab_network or ())
+    return EngineConfig(
+        resolvers=resolvers,
+        injection_sinks=sinks,
+        port=port,
+        scheme=scheme.value,
+        decoy_sni=decoy,
+        timeout=timeout,
+        ca_file=str(ca_file) if ca_file else None,
+        lab_networks=lab_networks,
+        dns=DNSSettings(timeout=timeout),
+        http=HTTPSettings(timeout=timeout),
+    )
+
+
+def bounded_concurrency(concurrency: int, config: EngineConfig) -> int:
+    """*concurrency*, lowered (with a warning) to what the open-file limit allows."""
+    fd_limit = raise_fd_limit()
+    bounded = fd_bounded_concurrency(concurrency, config, fd_limit)
+    if bounded < concurrency:
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] --concurrency {concurrency} needs more open files than the "
+            f"limit ({fd_limit}) allows; using {bounded}"
+        )
+    return bounded

@@ -1,0 +1,438 @@
+"""The probe's side of the collector API (docs/api.md): enroll, check in, submit, rotate.
+
+Where this sits in the data flow: the only module that talks to a collector.
+The runner hands it signed measurement envelopes; it signs the enrollment and
+the check-in itself (``envelope.sign``, ``signed_at`` = now) and parses what the
+collector answers into small typed records.
+
+Collector URLs are tried in order: the first one that answers wins. A
+connection error, a timeout or a 5xx moves on to the next one; any other answer
+(success or a 4xx error) is final. Every request is idempotent on the
+collector's side (the same key enrolls to the same probe, a measurement id is
+stored once), so trying the next URL after a lost answer is safe. Library
+exceptions (aiohttp, ssl, OSError, timeouts) are translated here, at this one
+boundary, into ``CollectorUnreachable`` or ``CollectorError``.
+
+Privacy: the requests carry the signed documents and nothing else: no cookies,
+no proxy or credentials from the environment, no redirect followed, and nothing
+about this machine (the collector sees the connection's address, geolocates it
+and forgets it). Messages name a collector by its position in the list, not by
+its address, and name failures by kind ("connection refused").
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+from aiohttp_socks import ProxyConnector
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from probe_agent import __version__
+from probe_agent.measure.clock import utc_now_rfc3339
+from probe_agent.measure.engine import SOFTWARE
+from probe_agent.protocol.envelope import (
+    Envelope,
+    Purpose,
+    b64encode,
+    fingerprint,
+    public_bytes,
+    sign,
+)
+from probe_agent.protocol.errors import (
+    CollectorError,
+    CollectorUnreachable,
+    InvalidDomainError,
+    InvalidOptionError,
+)
+from probe_agent.protocol.inputs import DeclaredNetwork, normalize_domain
+
+API_PREFIX = "/api/v1"
+MAX_BATCH = 100  # the collector takes up to 500; 100 keeps one lost answer cheap
+GZIP_ABOVE = 1024  # bytes; smaller bodies do not shrink enough to pay for it
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+DEFAULT_TIMEOUT = 30.0
+USER_AGENT = f"blockwatch-probe/{__version__}"
+# Client-side code: the answer is not what docs/api.md says (an HTML page from a
+# proxy, a success without the documented fields).
+ERR_BAD_RESPONSE = "err_bad_response"
+ITEM_STATUSES = ("accepted", "duplicate", "rejected")
+
+log = logging.getLogger("blockwatch.probe.client")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckIn:
+    """The collector's answer to a check-in: what to measure and how often."""
+
+    interval_seconds: float
+    retest_spacing_seconds: float
+    targets: list[str]
+    network: dict[str, Any]
+    server_time: str
+    probe_id: str
+    status: str
+    invalid_targets: int = 0  # domains from the collector that are not valid names, skipped
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The collector's answer for one submitted envelope; ``index`` is its place in the call."""
+
+    index: int
+    measurement_id: str | None
+    status: str  # "accepted" | "duplicate" | "rejected"
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def stored(self) -> bool:
+        """Durably stored by the collector (docs/api.md): it may leave the spool."""
+        return self.status in ("accepted", "duplicate")
+
+
+class _NoAnswer(Exception):
+    """One URL gave no answer (refused, timeout, TLS, broken connection)."""
+
+
+def _describe(exc: BaseException) -> str:
+    """A failure by kind; aiohttp's own messages carry the collector's address and port."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "TLS certificate not trusted"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS handshake failed"
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, socket.gaierror):
+        return "cannot resolve the collector's name"
+    if isinstance(exc, OSError) and exc.errno and exc.errno > 0:
+        # By errno: asyncio's strerror reads "Connect call failed ('203.0.113.9', 443)".
+        return os.strerror(exc.errno).lower()
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed before the answer"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "answer cut short"
+    return type(exc).__name__
+
+
+def _error_from(status: int, data: Any) -> CollectorError:
+    """``{"error": {"code", "message"}}`` as a CollectorError (or err_bad_response)."""
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        code, message = error.get("code"), error.get("message")
+        if isinstance(code, str) and code:
+            return CollectorError(status, code, message if isinstance(message, str) else "")
+    return CollectorError(status, ERR_BAD_RESPONSE, f"HTTP {status} without an error body")
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: rare from an API; the caller picks its own delay
+
+
+def _field(data: dict[str, Any], name: str, kind: type, status: int) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind):
+        raise CollectorError(status, ERR_BAD_RESPONSE, f"the answer lacks a valid {name!r}")
+    return value
+
+
+def _seconds(data: dict[str, Any], name: str, status: int) -> float:
+    """A positive duration; ``300`` or ``300.0`` (a JSON number is a JSON number)."""
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise CollectorError(status, ERR_BAD_RESPONSE, f"the answer lacks a valid {name!r}")
+    return float(value)
+
+
+def _parse_checkin(status: int, data: dict[str, Any]) -> CheckIn:
+    targets: dict[str, None] = {}  # ordered and unique
+    invalid = 0
+    for item in _field(data, "targets", list, status):
+        domain = item.get("domain") if isinstance(item, dict) else None
+        try:
+            targets[normalize_domain(domain if isinstance(domain, str) else "")] = None
+        except InvalidDomainError:
+            invalid += 1
+    return CheckIn(
+        interval_seconds=_seconds(data, "interval_seconds", status),
+        retest_spacing_seconds=_seconds(data, "retest_spacing_seconds", status),
+        targets=list(targets),
+        network=_field(data, "network", dict, status),
+        server_time=_field(data, "server_time", str, status),
+        probe_id=_field(data, "probe_id", str, status),
+        status=_field(data, "status", str, status),
+        invalid_targets=invalid,
+    )
+
+
+def _parse_results(status: int, data: dict[str, Any], count: int, offset: int) -> list[ItemResult]:
+    """One result per submitted item, mapped by its ``index`` within the batch."""
+    items = _field(data, "results", list, status)
+    by_index: dict[int, ItemResult] = {}
+    for item in items:
+        if not isinstance(item, dict):
+            raise CollectorError(status, ERR_BAD_RESPONSE, "a result is not an object")
+        index, state, mid = item.get("index"), item.get("status"), item.get("measurement_id")
+        if type(index) is not int or not 0 <= index < count or index in by_index:
+            raise CollectorError(status, ERR_BAD_RESPONSE, "a result has a bad index")
+        if state not in ITEM_STATUSES:
+            raise CollectorError(status, ERR_BAD_RESPONSE, f"a result has status {state!r}")
+        code = message = None
+        if state == "rejected":
+            error = _error_from(status, item)
+            code, message = error.code, error.message
+        by_index[index] = ItemResult(
+            offset + index, mid if isinstance(mid, str) else None, state, code, message
+        )
+    if len(by_index) != count:
+        raise CollectorError(status, ERR_BAD_RESPONSE, f"{len(by_index)} results for {count}")
+    return [by_index[i] for i in range(count)]
+
+
+def ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """The system's trust store, plus *ca_file* (a lab or a private collector CA)."""
+    context = ssl.create_default_context()
+    if ca_file:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidOptionError(f"cannot load the CA bundle {ca_file!r}: {exc}") from exc
+    return context
+
+
+class CollectorClient:
+    """An async context manager over one aiohttp session; *urls* are parsed base URLs."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        key: Ed25519PrivateKey,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        ca_file: str | None = None,
+        now: Callable[[], str] = utc_now_rfc3339,
+        proxy: str | None = None,
+    ) -> None:
+        if not urls:
+            raise InvalidOptionError("no collector URL")
+        self._urls = list(urls)
+        self._key = key
+        self.key_id = fingerprint(public_bytes(key))
+        self._timeout = timeout
+        self._ssl = ssl_context(ca_file)
+        self._now = now
+        self._proxy = proxy
+        self._session: aiohttp.ClientSession | None = None
+        self._preferred = 0
+        self.answered_by: str | None = None  # the base URL that gave the last answer
+
+    async def __aenter__(self) -> Self:
+        # One connection per request: a round's few requests are minutes apart
+        # (measuring in between), and a kept-alive connection the collector
+        # closed meanwhile would fail the next POST for nothing.
+        connector: aiohttp.BaseConnector
+        if self._proxy:
+            # rdns: the proxy resolves the collector's name, so no DNS query for it
+            # leaves this machine (over Tor, the exit resolves it).
+            connector = ProxyConnector.from_url(
+                self._proxy, rdns=True, ssl=self._ssl, force_close=True
+            )
+        else:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, force_close=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    # -- the API ---------------------------------------------------------------
+
+    async def enroll(
+        self, token: str | None, role: str = "probe", declared: DeclaredNetwork | None = None
+    ) -> dict[str, Any]:
+        """``POST /probes/enroll``: ``{"probe_id", "key_id", "status", "role"}``."""
+        document: dict[str, Any] = {"public_key": b64encode(public_bytes(self._key))}
+        if token is not None:
+            document["token"] = token
+        document |= {
+            "role": role,
+            "declared": declared.to_json() if declared else None,
+            "software": dict(SOFTWARE),
+            "signed_at": self._now(),
+        }
+        status, data = await self._post_envelope("/probes/enroll", Purpose.ENROLL, document)
+        for name in ("probe_id", "status"):
+            _field(data, name, str, status)
+        if data.get("key_id", self.key_id) != self.key_id:
+            raise CollectorError(status, ERR_BAD_RESPONSE, "the answer names another key")
+        return data
+
+    async def checkin(
+        self,
+        declared: DeclaredNetwork | None,
+        via_proxy: bool = False,
+        spool_depth: int = 0,
+        evicted: int = 0,
+    ) -> CheckIn:
+        """``POST /probes/checkin``: the targets to measure and the schedule."""
+        document = {
+            "signed_at": self._now(),
+            "software": dict(SOFTWARE),
+            "declared": declared.to_json() if declared else None,
+            "via_proxy": via_proxy,
+            "spool": {"depth": spool_depth, "evicted": evicted},
+        }
+        status, data = await self._post_envelope("/probes/checkin", Purpose.CHECKIN, document)
+        return _parse_checkin(status, data)
+
+    async def rotate(self, new_key: Ed25519PrivateKey) -> dict[str, Any]:
+        """``POST /probes/rotate``: retire this client's key for *new_key*.
+
+        Signed with the current key; *new_key* agrees by signing the current key
+        id (docs/api.md). Answer: ``{"probe_id", "key_id": <new>, "status"}``.
+        """
+        new_key_id = fingerprint(public_bytes(new_key))
+        proof = new_key.sign(Purpose.ROTATE.prefix + self.key_id.encode("ascii"))
+        document = {
+            "signed_at": self._now(),
+            "new_public_key": b64encode(public_bytes(new_key)),
+            "new_key_signature": b64encode(proof),
+        }
+        status, data = await self._post_envelope("/probes/rotate", Purpose.ROTATE, document)
+        for name in ("probe_id", "status"):
+            _field(data, name, str, status)
+        if data.get("key_id") != new_key_id:
+            raise CollectorError(status, ERR_BAD_RESPONSE, "the answer names another key")
+        return data
+
+    async def submit(self, envelopes: Sequence[Envelope]) -> list[ItemResult]:
+        """``POST /measurements`` in batches of at most ``MAX_BATCH``; one result per envelope.
+
+        Raises on the first batch that fails as a whole; the batches before it are
+        stored, and submitting them again answers ``duplicate``.
+        """
+        results: list[ItemResult] = []
+        for start in range(0, len(envelopes), MAX_BATCH):
+            results += await self._submit_batch(envelopes[start : start + MAX_BATCH], start)
+        return results
+
+    async def _submit_batch(self, batch: Sequence[Envelope], offset: int) -> list[ItemResult]:
+        body = json.dumps(
+            {"measurements": [e.to_json() for e in batch]}, separators=(",", ":")
+        ).encode()
+        try:
+            status, data = await self._post("/measurements", body, may_compress=True)
+        except CollectorError as exc:
+            if exc.status != 413:
+                raise
+            if len(batch) == 1:  # one measurement over the body limit: never storable
+                return [ItemResult(offset, None, "rejected", exc.code, exc.message)]
+            # A collector with a lower batch or body limit: halve until it fits.
+            half = len(batch) // 2
+            first = await self._submit_batch(batch[:half], offset)
+            return first + await self._submit_batch(batch[half:], offset + half)
+        return _parse_results(status, data, len(batch), offset)
+
+    # -- transport -------------------------------------------------------------
+
+    async def _post_envelope(
+        self, path: str, purpose: Purpose, document: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        envelope = sign(self._key, purpose, document)
+        body = json.dumps(envelope.to_json(), separators=(",", ":")).encode()
+        return await self._post(path, body)
+
+    def _order(self) -> list[int]:
+        """The URL that answered last first (within this session), then the others in order."""
+        rest = [i for i in range(len(self._urls)) if i != self._preferred]
+        return [self._preferred, *rest]
+
+    async def _post(
+        self, path: str, body: bytes, *, may_compress: bool = False
+    ) -> tuple[int, dict[str, Any]]:
+        """POST *body* to the first URL that answers; a 2xx JSON object, or raise.
+
+        Only ``/measurements`` takes ``Content-Encoding: gzip`` (docs/api.md).
+        """
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if may_compress and len(body) > GZIP_ABOVE:
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        failures: list[str] = []
+        server_error: CollectorError | None = None
+        for i in self._order():
+            try:
+                status, data, retry_after = await self._attempt(
+                    self._urls[i] + API_PREFIX + path, body, headers
+                )
+            except _NoAnswer as exc:
+                failures.append(f"collector {i + 1}: {exc}")
+                continue
+            if status >= 500:
+                server_error = _error_from(status, data)
+                server_error.retry_after = retry_after
+                failures.append(f"collector {i + 1}: HTTP {status}")
+                continue
+            self._preferred, self.answered_by = i, self._urls[i]
+            if not 200 <= status < 300:
+                error = _error_from(status, data)
+                error.retry_after = retry_after
+                raise error
+            if not isinstance(data, dict):
+                raise CollectorError(status, ERR_BAD_RESPONSE, "the answer is not a JSON object")
+            return status, data
+        log.debug("no collector answered %s: %s", path, "; ".join(failures))
+        if server_error is not None:
+            raise server_error
+        raise CollectorUnreachable("no collector answered (" + "; ".join(failures) + ")")
+
+    async def _attempt(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, float | None]:
+        if self._session is None:
+            raise RuntimeError("use CollectorClient as an async context manager")
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        raise _NoAnswer("answer too large")
+                    chunks.append(chunk)
+                status, retry_after = response.status, _retry_after(response.headers)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _NoAnswer(_describe(exc)) from exc
+        try:
+            data = json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        return status, data, retry_after

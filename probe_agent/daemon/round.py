@@ -1,0 +1,343 @@
+"""One round of the volunteer probe: check in, measure, sign, submit (``run --once``).
+
+Where this sits in the data flow: it joins the stages the other modules
+provide. ``identity`` gives the key (generated on first use) and whether it is
+enrolled; ``client`` enrolls it if not, checks in and gets the targets; the
+``engine`` measures them with the same options as ``measure``; each
+measurement is signed the moment it is done (purpose ``measurement``) and the
+batch is submitted. The durable spool and the continuous daemon come next;
+until then a measurement that could not be submitted is lost with the round,
+and the exit status says so.
+
+Exit status: 0 when every target was measured and every measurement stored
+(``accepted`` or ``duplicate``), 1 otherwise. What is printed (stderr) is
+counts and failure kinds only: never a domain, an address or the collector's URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from probe_agent.daemon import privacy
+from probe_agent.daemon.client import (
+    DEFAULT_TIMEOUT,
+    MAX_BATCH,
+    CheckIn,
+    CollectorClient,
+    ItemResult,
+)
+from probe_agent.measure.clock import utc_now_rfc3339
+from probe_agent.measure.engine import DomainError, Engine, EngineConfig, Result
+from probe_agent.protocol.envelope import Purpose, sign
+from probe_agent.protocol.errors import CollectorError, CollectorUnreachable
+from probe_agent.protocol.inputs import DeclaredNetwork
+from probe_agent.state.identity import Identity
+from probe_agent.state.spool import Spool
+from probe_agent.state.status import cached_schedule, record_checkin, record_error, record_schedule
+
+EXIT_OK, EXIT_INCOMPLETE = 0, 1
+ROLE = "probe"
+CLOCK_SKEW_WARNING = 60.0  # seconds; the collector refuses documents 300 s in the future
+
+log = logging.getLogger("blockwatch.probe.runner")
+
+# What a volunteer can do about a collector's refusal (docs/api.md "Errors").
+_ADVICE = {
+    "err_probe_pending": "this probe waits for the collector's admin to approve it",
+    "err_revoked_key": "the collector revoked this probe's key",
+    "err_invalid_token": "the enrollment token is unknown, expired or used up",
+    "err_timestamp_out_of_window": "the collector refused the signing time: check this "
+    "machine's clock",
+    "err_rate_limited": "the collector asks this probe to slow down",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    collectors: tuple[str, ...]
+    state_dir: Path
+    engine: EngineConfig
+    concurrency: int = 32
+    enroll_token: str | None = None
+    declared: DeclaredNetwork | None = None
+    collector_timeout: float = DEFAULT_TIMEOUT
+    # socks5://, socks5h://, socks4://, http://: the collector is reached through it only.
+    proxy: str | None = None
+    # "control": an uncensored vantage adding control measurements (needs a control token).
+    role: str = ROLE
+
+
+@dataclass(slots=True)
+class RoundSummary:
+    targets: int = 0
+    measured: int = 0
+    not_measured: int = 0  # an error of ours stopped the domain: nothing to submit
+    accepted: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    unsent: int = 0  # measured and signed, but the submission failed as a whole
+
+    def count(self, results: list[ItemResult]) -> None:
+        for result in results:
+            if result.status == "accepted":
+                self.accepted += 1
+            elif result.status == "duplicate":
+                self.duplicate += 1
+            else:
+                self.rejected += 1
+
+    @property
+    def complete(self) -> bool:
+        """Every target measured and the spool emptied into the collector, nothing refused."""
+        return (
+            self.not_measured == 0
+            and self.measured == self.targets
+            and self.unsent == 0
+            and self.rejected == 0
+        )
+
+    def line(self) -> str:
+        return (
+            f"round: {self.targets} targets, {self.measured} measured, "
+            f"{self.accepted} accepted, {self.duplicate} duplicate, {self.rejected} rejected"
+            + (f", {self.not_measured} not measured" if self.not_measured else "")
+            + (f", {self.unsent} not submitted" if self.unsent else "")
+        )
+
+
+def _stderr(line: str) -> None:
+    print(f"blockwatch-probe: {line}", file=sys.stderr, flush=True)
+
+
+def _code(error: CollectorError | CollectorUnreachable) -> str:
+    """A short code for status (never a message: messages may name an address)."""
+    if isinstance(error, CollectorError):
+        return error.code.removeprefix("err_") or "collector_error"
+    return "collector_unreachable"
+
+
+def describe(error: CollectorError | CollectorUnreachable) -> str:
+    """A collector failure for the volunteer: advice and code, no address."""
+    if isinstance(error, CollectorUnreachable):
+        return str(error)
+    default = "the collector failed" if error.status >= 500 else "the collector refused the request"
+    advice = _ADVICE.get(error.code, default)
+    retry = f", retry after {error.retry_after:g} s" if error.retry_after is not None else ""
+    return f"{advice} (HTTP {error.status} {error.code}{retry})"
+
+
+def _skew_seconds(server_time: str) -> float | None:
+    try:
+        server = datetime.fromisoformat(server_time.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if server.tzinfo is None:
+        return None
+    return (datetime.now(UTC) - server).total_seconds()
+
+
+async def _enroll(client: CollectorClient, identity: Identity, options: RunOptions) -> None:
+    answer = await client.enroll(options.enroll_token, options.role, options.declared)
+    identity.record(
+        probe_id=answer["probe_id"],
+        status=answer["status"],
+        role=answer.get("role") if isinstance(answer.get("role"), str) else options.role,
+        collector=client.answered_by,
+    )
+    log.debug("enrolled (status %s)", answer["status"])
+
+
+async def _check_in(
+    client: CollectorClient, identity: Identity, options: RunOptions, spool: Spool
+) -> CheckIn:
+    """Enroll when this key never was; check in; re-enroll once if the collector forgot the key."""
+    if not identity.enrolled:
+        await _enroll(client, identity, options)
+    depth, evicted = spool.depth(), spool.evicted_total()
+    try:
+        checkin = await client.checkin(
+            options.declared,
+            via_proxy=options.proxy is not None,
+            spool_depth=depth,
+            evicted=evicted,
+        )
+    except CollectorError as exc:
+        # A collector restored from an old backup, or another one of the list,
+        # may not know the key: enrolling again is idempotent (docs/api.md).
+        if exc.code != "err_unknown_key":
+            raise
+        await _enroll(client, identity, options)
+        checkin = await client.checkin(
+            options.declared,
+            via_proxy=options.proxy is not None,
+            spool_depth=depth,
+            evicted=evicted,
+        )
+    if checkin.status != identity.state.status or checkin.probe_id != identity.state.probe_id:
+        identity.record(probe_id=checkin.probe_id, status=checkin.status)
+    return checkin
+
+
+def measurement_document(
+    measurement: dict[str, Any], declared: DeclaredNetwork | None, via_proxy: bool
+) -> dict[str, Any]:
+    """The signed payload of a measurement (docs/api.md ``POST /measurements``)."""
+    return {
+        "measurement": measurement,
+        "signed_at": utc_now_rfc3339(),
+        "declared": declared.to_json() if declared else None,
+        "via_proxy": via_proxy,
+    }
+
+
+async def _measure_and_sign(
+    engine: Engine,
+    options: RunOptions,
+    identity: Identity,
+    targets: list[str],
+    summary: RoundSummary,
+    spool: Spool,
+) -> None:
+    own = privacy.own_addresses()
+
+    def on_result(result: Result) -> None:
+        if isinstance(result, DomainError):
+            summary.not_measured += 1
+            log.debug("internal error: %s", type(result.error).__name__)
+            return
+        summary.measured += 1
+        log.debug("measured %s: hints %s", result.domain, ",".join(result.hints) or "none")
+        # Signed as soon as it is done, so that signed_at is the measurement's time,
+        # and on disk before any submission is tried: a crash loses nothing.
+        observations = privacy.scrub(result.to_dict(), own)  # never the volunteer's address
+        document = measurement_document(
+            observations, options.declared, via_proxy=options.proxy is not None
+        )
+        spool.put(sign(identity.key, Purpose.MEASUREMENT, document), result.started_at)
+
+    await engine.measure_all(targets, options.concurrency, on_result)
+
+
+async def _submit(
+    client: CollectorClient, spool: Spool, summary: RoundSummary
+) -> CollectorError | CollectorUnreachable | None:
+    """Empty the spool batch by batch (this round's and any earlier round's leftovers).
+
+    Stored (accepted or duplicate) items are acknowledged, refused ones dropped
+    and counted by code; whatever a failed submission held stays for next time.
+    """
+    while items := spool.batch(MAX_BATCH):
+        try:
+            results = await client.submit([item.envelope for item in items])
+        except (CollectorError, CollectorUnreachable) as exc:
+            summary.unsent = spool.depth()
+            return exc
+        summary.count(results)
+        spool.ack(items[r.index].id for r in results if r.status in ("accepted", "duplicate"))
+        for r in results:
+            if r.status == "rejected":
+                spool.reject([items[r.index].id], r.error_code or "err_other")
+        if not results:
+            summary.unsent = spool.depth()
+            return None
+    return None
+
+
+async def run_once(
+    options: RunOptions,
+    *,
+    report: Callable[[str], None] = _stderr,
+    make_engine: Callable[[EngineConfig], Engine] = Engine,
+) -> int:
+    """One round; 0 when every target was measured and stored, 1 otherwise.
+
+    *report* prints a line for the volunteer; *make_engine* lets tests measure
+    with a dialer that refuses anything off loopback.
+
+    Raises ``IdentityError`` (a key file others can read, an unwritable state
+    directory) before anything is sent.
+    """
+    identity = Identity.open(options.state_dir)
+    summary = RoundSummary()
+    with Spool(options.state_dir) as spool:
+        return await _round(options, identity, summary, spool, report, make_engine)
+
+
+async def _round(
+    options: RunOptions,
+    identity: Identity,
+    summary: RoundSummary,
+    spool: Spool,
+    report: Callable[[str], None],
+    make_engine: Callable[[EngineConfig], Engine],
+) -> int:
+    async with CollectorClient(  # the proxy, when given, carries every request
+        options.collectors,
+        identity.key,
+        timeout=options.collector_timeout,
+        # One --ca-file for both: a lab's CA signs the instances and the collector alike.
+        ca_file=options.engine.ca_file,
+        proxy=options.proxy,
+    ) as client:
+        try:
+            checkin = await _check_in(client, identity, options, spool)
+        except (CollectorError, CollectorUnreachable) as exc:
+            record_error(options.state_dir, _code(exc))
+            report(f"error: {describe(exc)}")
+            _, cached = cached_schedule(options.state_dir)
+            if isinstance(exc, CollectorUnreachable) and cached:
+                # The collector (or its domain) is out of reach: measure the last
+                # targets anyway and keep the evidence in the spool for later.
+                engine = make_engine(options.engine)
+                await _measure_and_sign(engine, options, identity, cached, summary, spool)
+                report(f"{summary.measured} measurement(s) of the last targets kept in the spool")
+            return EXIT_INCOMPLETE
+        record_checkin(options.state_dir, datetime.now(UTC), checkin.interval_seconds)
+        record_schedule(options.state_dir, checkin.retest_spacing_seconds, checkin.targets)
+        if checkin.status != "active":
+            # docs/api.md answers a pending probe's check-in with 403 err_probe_pending;
+            # a collector answering 200 with another status gets the same treatment.
+            report(f"error: {_ADVICE.get('err_probe_pending')} (status {checkin.status})")
+            return EXIT_INCOMPLETE
+        skew = _skew_seconds(checkin.server_time)
+        if skew is not None and abs(skew) > CLOCK_SKEW_WARNING:
+            report(f"warning: this machine's clock is {skew:+.0f} s off the collector's")
+        if checkin.invalid_targets:
+            report(f"warning: skipped {checkin.invalid_targets} invalid target(s)")
+        summary.targets = len(checkin.targets)
+        engine = make_engine(options.engine)
+        await _measure_and_sign(engine, options, identity, checkin.targets, summary, spool)
+        error = await _submit(client, spool, summary)
+        if error is not None:
+            record_error(options.state_dir, _code(error))
+            report(f"error: submitting: {describe(error)} ({summary.unsent} kept in the spool)")
+    report(summary.line())
+    return EXIT_OK if summary.complete else EXIT_INCOMPLETE
+
+
+async def flush_spool(options: RunOptions, *, report: Callable[[str], None] = _stderr) -> int:
+    """Submit what the spool holds, without measuring (a stopping daemon's last act)."""
+    identity = Identity.open(options.state_dir)
+    summary = RoundSummary()
+    with Spool(options.state_dir) as spool:
+        if spool.depth() == 0:
+            return EXIT_OK
+        async with CollectorClient(  # the proxy, when given, carries every request
+            options.collectors,
+            identity.key,
+            timeout=options.collector_timeout,
+            ca_file=options.engine.ca_file,
+            proxy=options.proxy,
+        ) as client:
+            error = await _submit(client, spool, summary)
+    if error is not None:
+        report(f"error: submitting: {describe(error)} ({summary.unsent} kept in the spool)")
+        return EXIT_INCOMPLETE
+    report(f"flushed: {summary.accepted} accepted, {summary.duplicate} duplicate")
+    return EXIT_OK

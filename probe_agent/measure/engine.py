@@ -1,0 +1,306 @@
+"""The measurement engine: one flow per domain, one flow per resolved address.
+
+For each domain: every DNS query (each resolver x UDP/TCP x A/AAAA, plus the
+injection sinks) runs at once; then every resolved address gets its own flow:
+
+1. TCP connect (the ``tcp`` observation), then on that connection a handshake
+   with the decoy SNI (the SNI control), then close;
+2. a new connection and a handshake with the instance's SNI, validated; then, on
+   that same connection, the HTTP round trips to the Mastodon API.
+
+The decoy goes first because after an SNI trigger the GFW blocks the whole
+(client, server, port) triple for 120-180 s: a decoy measured after the real
+name would fail from residue and make SNI filtering look like IP blocking.
+
+Addresses that are bogons (a stub resolver would connect to the volunteer's own
+machine or LAN) or in the forged pool (already evidence; often unrelated
+services) are not dialled. Domains run under ``concurrency`` workers; an
+unexpected error in one domain is reported for that domain and the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from probe_agent import __version__
+from probe_agent.measure.clock import Clock, MonotonicClock, utc_now_rfc3339
+from probe_agent.measure.dns import DNSProber, DNSSettings, NetworkDNSProber
+from probe_agent.measure.failures import NETWORK_ERRORS, Operation, classify
+from probe_agent.measure.hints import Network, compute_hints, is_bogon, is_forged
+from probe_agent.measure.http import HTTPSettings, fetch_instance_api
+from probe_agent.measure.netio import Dialer, SocketDialer, Stream
+from probe_agent.measure.observations import (
+    DNSObservation,
+    HTTPObservation,
+    Measurement,
+    TCPObservation,
+    TLSObservation,
+)
+from probe_agent.measure.tls import TLSContexts, tls_handshake
+from probe_agent.protocol.inputs import Endpoint
+
+SOFTWARE = {"name": "blockwatch-probe", "version": __version__}
+QUERY_TYPES = ("A", "AAAA")
+TRANSPORTS = ("udp", "tcp")
+DEFAULT_DECOY_SNI = "example.com"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    resolvers: tuple[Endpoint, ...]
+    injection_sinks: tuple[Endpoint, ...] = ()
+    port: int = 443
+    scheme: str = "https"
+    decoy_sni: str = DEFAULT_DECOY_SNI
+    timeout: float = 10.0
+    ca_file: str | None = None
+    max_addresses: int = 8
+    # Networks treated as globally routable (tests and demos on loopback).
+    lab_networks: tuple[Network, ...] = ()
+    dns: DNSSettings = field(default_factory=DNSSettings)
+    http: HTTPSettings = field(default_factory=HTTPSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class DomainError:
+    """A domain the engine could not measure because of an error of ours, not the network's."""
+
+    domain: str
+    error: BaseException
+
+
+Result = Measurement | DomainError
+
+
+class StopMeasuring(Exception):
+    """Raised by a result callback to end ``measure_all`` early (its reader went away)."""
+
+
+@dataclass(slots=True)
+class _AddressResult:
+    tcp: list[TCPObservation] = field(default_factory=list)
+    tls: list[TLSObservation] = field(default_factory=list)
+    http: list[HTTPObservation] = field(default_factory=list)
+
+
+def select_addresses(
+    dns: Iterable[DNSObservation], limit: int, lab_networks: tuple[Network, ...] = ()
+) -> list[str]:
+    """Addresses worth dialling, in answer order: first answers, then late ones."""
+    chosen: list[str] = []
+    for obs in dns:
+        if obs.injection_sink:
+            continue
+        for ip in [*obs.answers, *obs.late_answers]:
+            if ip in chosen or is_bogon(ip, lab_networks) or is_forged(ip):
+                continue
+            chosen.append(ip)
+    return chosen[:limit]
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        dns_prober: DNSProber | None = None,
+        dialer: Dialer | None = None,
+        tls_contexts: TLSContexts | None = None,
+        clock_factory: Callable[[], Clock] = MonotonicClock,
+        address_gate: Callable[[str, int], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        # Called before an address is first dialled in a measurement: the daemon's
+        # retest spacing (the GFW's residual blocking of a triggered triple).
+        self.address_gate = address_gate
+        self.dns = dns_prober or NetworkDNSProber(config.dns)
+        self.dialer = dialer or SocketDialer()
+        self.tls = tls_contexts or TLSContexts.create(config.ca_file)
+        self.clock_factory = clock_factory
+
+    async def measure(self, domain: str) -> Measurement:
+        """Measure one (already validated, ASCII) domain."""
+        cfg = self.config
+        clock = self.clock_factory()
+        m = Measurement(
+            measurement_id=str(uuid.uuid4()),
+            domain=domain,
+            port=cfg.port,
+            scheme=cfg.scheme,
+            started_at=utc_now_rfc3339(),
+            software=dict(SOFTWARE),
+            decoy_sni=cfg.decoy_sni if cfg.scheme == "https" else None,
+        )
+        flows: dict[str, asyncio.Task[_AddressResult]] = {}
+        async with asyncio.TaskGroup() as tg:
+
+            def dial_new(obs: DNSObservation) -> None:
+                # Dial as soon as any answer names an address: TCP answers come
+                # back long before the UDP queries finish their late-answer window.
+                for ip in select_addresses([obs], cfg.max_addresses, cfg.lab_networks):
+                    if ip not in flows and len(flows) < cfg.max_addresses:
+                        flows[ip] = tg.create_task(self._address_flow(domain, ip, clock))
+
+            queries = [
+                tg.create_task(self._query(q, domain, clock, dial_new)) for q in self._plan()
+            ]
+        m.dns = [query.result() for query in queries]
+        # Report in answer order (first answers, then late ones), whatever order they came in.
+        for ip in select_addresses(m.dns, sys.maxsize, cfg.lab_networks):
+            if ip not in flows:
+                continue
+            result = flows[ip].result()
+            m.tcp += result.tcp
+            m.tls += result.tls
+            m.http += result.http
+        m.hints = compute_hints(m.dns, m.tls, cfg.lab_networks)
+        m.runtime = clock.elapsed()
+        return m
+
+    def _plan(self) -> list[tuple[Endpoint, str, str, bool]]:
+        """Every DNS query of a measurement: (resolver, transport, type, injection sink)."""
+        plan = [
+            (ep, transport, qtype, False)
+            for ep in self.config.resolvers
+            for transport in TRANSPORTS
+            for qtype in QUERY_TYPES
+        ]
+        plan += [
+            (ep, "udp", qtype, True) for ep in self.config.injection_sinks for qtype in QUERY_TYPES
+        ]
+        return plan
+
+    async def _query(
+        self,
+        planned: tuple[Endpoint, str, str, bool],
+        domain: str,
+        clock: Clock,
+        on_answer: Callable[[DNSObservation], None],
+    ) -> DNSObservation:
+        endpoint, transport, qtype, sink = planned
+        obs = await self.dns.query(endpoint, transport, domain, qtype, clock, injection_sink=sink)
+        on_answer(obs)
+        return obs
+
+    async def _connect(self, ip: str, clock: Clock) -> tuple[TCPObservation, Stream | None]:
+        obs = TCPObservation(t0=clock.elapsed(), t=0.0, ip=ip, port=self.config.port)
+        try:
+            stream = await self.dialer.connect(ip, self.config.port, self.config.timeout)
+        except NETWORK_ERRORS as exc:
+            obs.fail(classify(exc, Operation.CONNECT))
+            obs.t = clock.elapsed()
+            return obs, None
+        obs.t = clock.elapsed()
+        return obs, stream
+
+    async def _address_flow(self, domain: str, ip: str, clock: Clock) -> _AddressResult:
+        cfg = self.config
+        out = _AddressResult()
+        if self.address_gate is not None:
+            await self.address_gate(ip, cfg.port)
+        tcp_obs, stream = await self._connect(ip, clock)
+        out.tcp.append(tcp_obs)
+        if stream is None:
+            return out
+        if cfg.scheme != "https":
+            try:
+                out.http += await fetch_instance_api(
+                    stream,
+                    scheme=cfg.scheme,
+                    domain=domain,
+                    ip=ip,
+                    port=cfg.port,
+                    settings=cfg.http,
+                    clock=clock,
+                )
+            finally:
+                stream.close()
+            return out
+        try:
+            decoy_obs, _ = await tls_handshake(
+                stream,
+                ip=ip,
+                port=cfg.port,
+                sni=cfg.decoy_sni,
+                contexts=self.tls,
+                decoy=True,
+                timeout=cfg.timeout,
+                clock=clock,
+            )
+            out.tls.append(decoy_obs)
+        finally:
+            stream.close()
+        # A fresh connection for the instance's name: the decoy's is spent.
+        second_tcp, stream = await self._connect(ip, clock)
+        if stream is None:
+            failed = TLSObservation(
+                t0=second_tcp.t0,
+                t=second_tcp.t,
+                ip=ip,
+                port=cfg.port,
+                sni=domain,
+                failure=second_tcp.failure,
+                failed_operation=second_tcp.failed_operation,
+            )
+            out.tls.append(failed)
+            return out
+        try:
+            tls_obs, tls_stream = await tls_handshake(
+                stream,
+                ip=ip,
+                port=cfg.port,
+                sni=domain,
+                contexts=self.tls,
+                decoy=False,
+                timeout=cfg.timeout,
+                clock=clock,
+            )
+            out.tls.append(tls_obs)
+            if tls_stream is not None:
+                out.http += await fetch_instance_api(
+                    tls_stream,
+                    scheme="https",
+                    domain=domain,
+                    ip=ip,
+                    port=cfg.port,
+                    settings=cfg.http,
+                    clock=clock,
+                )
+        finally:
+            stream.close()
+        return out
+
+    async def measure_all(
+        self,
+        domains: Iterable[str],
+        concurrency: int,
+        on_result: Callable[[Result], None],
+    ) -> None:
+        """Measure every domain with at most *concurrency* at once, reporting each result."""
+        pending = iter(domains)
+        stopped = False
+
+        async def worker() -> None:
+            nonlocal stopped
+            for domain in pending:
+                if stopped:
+                    return
+                try:
+                    result: Result = await self.measure(domain)
+                except Exception as exc:  # our bug: report it for this domain, go on
+                    result = DomainError(domain, exc)
+                if stopped:
+                    return
+                try:
+                    on_result(result)
+                except StopMeasuring:
+                    stopped = True  # the others finish what they hold, then stop
+                    return
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(max(1, concurrency)):
+                tg.create_task(worker())
