@@ -31,8 +31,8 @@ from collector.core.errors import CollectorError
 from collector.core.settings import CollectorSettings, Mode
 from collector.services.probes import ProbeService
 from collector.services.targets import TargetService
-from probe_agent.cli import parse_duration
 from probe_agent.protocol.errors import InvalidOptionError
+from probe_agent.protocol.inputs import parse_duration
 
 app = typer.Typer(
     name="blockwatch-collector",

@@ -29,10 +29,16 @@ from collector.core.models import ProbeKeyRow, ProbeRow, ServiceKeyRow, TargetRo
 from collector.core.settings import CollectorSettings
 from collector.services.geo import Network, NetworkSource
 from collector.services.ingest import IngestService
-from probe_agent.cli.options import Scheme, engine_config
-from probe_agent.daemon.round import measurement_document
-from probe_agent.measure.engine import DEFAULT_DECOY_SNI, Engine, EngineConfig, Result
+from probe_agent.measure.engine import (
+    DEFAULT_DECOY_SNI,
+    Engine,
+    EngineConfig,
+    Result,
+    Scheme,
+    engine_config,
+)
 from probe_agent.measure.observations import Measurement
+from probe_agent.protocol.document import measurement_document
 from probe_agent.protocol.envelope import Purpose, fingerprint, public_bytes, sign
 
 log = logging.getLogger("blockwatch.collector.control")

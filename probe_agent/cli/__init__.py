@@ -35,12 +35,10 @@ from probe_agent.cli.options import (
     LabNetworkOption,
     PortOption,
     ResolverOption,
-    Scheme,
     SchemeOption,
     StateDirOption,
     TimeoutOption,
     bounded_concurrency,
-    engine_config,
 )
 from probe_agent.cli.options import env as _env
 from probe_agent.cli.render import build_table, to_json_line
@@ -50,7 +48,9 @@ from probe_agent.measure.engine import (
     Engine,
     EngineConfig,
     Result,
+    Scheme,
     StopMeasuring,
+    engine_config,
 )
 from probe_agent.measure.observations import Measurement
 from probe_agent.measure.parallel import (
@@ -64,6 +64,7 @@ from probe_agent.protocol.inputs import (
     normalize_domain,
     parse_collector_url,
     parse_declared,
+    parse_duration,
 )
 from probe_agent.state.identity import DEFAULT_STATE_DIR, key_id, load_or_create_key
 
@@ -396,21 +397,6 @@ def parse_proxy_url(text: str) -> str:
         raise InvalidOptionError(f"invalid proxy {text!r}: give the port")
     # socks5h (curl's spelling of "the proxy resolves names") is what socks5 does here.
     return text.strip().replace("socks5h://", "socks5://", 1)
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``30s``, ``5m``, ``2h`` -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    value = text.strip().lower()
-    factor = units.get(value[-1:])
-    number = value[:-1] if factor is not None else value
-    try:
-        seconds = float(number) * (factor or 1)
-    except ValueError:
-        raise InvalidOptionError(f"invalid duration {text!r}: use e.g. 30s, 5m, 1h") from None
-    if not 0 < seconds <= 86400:
-        raise InvalidOptionError(f"invalid duration {text!r}: between 0 and 24 h")
-    return seconds
 
 
 def _is_loopback_url(url: str) -> bool:

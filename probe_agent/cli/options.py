@@ -8,28 +8,14 @@ drift apart.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from probe_agent.measure.dns import DNSSettings
-from probe_agent.measure.engine import EngineConfig
-from probe_agent.measure.http import HTTPSettings
+from probe_agent.measure.engine import EngineConfig, Scheme
 from probe_agent.measure.parallel import fd_bounded_concurrency, raise_fd_limit
-from probe_agent.protocol.inputs import (
-    normalize_domain,
-    parse_endpoint,
-    parse_network,
-    system_resolvers,
-)
-
-
-class Scheme(StrEnum):
-    HTTPS = "https"
-    HTTP = "http"
 
 
 def env(name: str) -> str:
@@ -86,38 +72,6 @@ StateDirOption = Annotated[
         file_okay=False,
     ),
 ]
-
-
-def engine_config(
-    *,
-    resolver: list[str] | None,
-    injection_sink: list[str] | None,
-    ca_file: Path | None,
-    port: int,
-    scheme: Scheme,
-    timeout: float,
-    decoy_sni: str,
-    lab_network: list[str] | None,
-) -> EngineConfig:
-    """The engine's configuration from its options; raises InvalidInputError."""
-    resolvers = (
-        tuple(parse_endpoint(r) for r in resolver) if resolver else tuple(system_resolvers())
-    )
-    sinks = tuple(parse_endpoint(s) for s in injection_sink or ())
-    decoy = normalize_domain(decoy_sni)
-    lab_networks = tuple(parse_network(n) for n in lab_network or ())
-    return EngineConfig(
-        resolvers=resolvers,
-        injection_sinks=sinks,
-        port=port,
-        scheme=scheme.value,
-        decoy_sni=decoy,
-        timeout=timeout,
-        ca_file=str(ca_file) if ca_file else None,
-        lab_networks=lab_networks,
-        dns=DNSSettings(timeout=timeout),
-        http=HTTPSettings(timeout=timeout),
-    )
 
 
 def bounded_concurrency(concurrency: int, config: EngineConfig) -> int:

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from probe_agent.daemon import privacy
 from probe_agent.daemon.client import (
@@ -32,8 +31,8 @@ from probe_agent.daemon.client import (
     CollectorClient,
     ItemResult,
 )
-from probe_agent.measure.clock import utc_now_rfc3339
 from probe_agent.measure.engine import DomainError, Engine, EngineConfig, Result
+from probe_agent.protocol.document import measurement_document
 from probe_agent.protocol.envelope import Purpose, sign
 from probe_agent.protocol.errors import CollectorError, CollectorUnreachable
 from probe_agent.protocol.inputs import DeclaredNetwork
@@ -182,18 +181,6 @@ async def _check_in(
     if checkin.status != identity.state.status or checkin.probe_id != identity.state.probe_id:
         identity.record(probe_id=checkin.probe_id, status=checkin.status)
     return checkin
-
-
-def measurement_document(
-    measurement: dict[str, Any], declared: DeclaredNetwork | None, via_proxy: bool
-) -> dict[str, Any]:
-    """The signed payload of a measurement (docs/api.md ``POST /measurements``)."""
-    return {
-        "measurement": measurement,
-        "signed_at": utc_now_rfc3339(),
-        "declared": declared.to_json() if declared else None,
-        "via_proxy": via_proxy,
-    }
 
 
 async def _measure_and_sign(

@@ -25,6 +25,8 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
 
 from probe_agent import __version__
 from probe_agent.measure.clock import Clock, MonotonicClock, utc_now_rfc3339
@@ -41,7 +43,13 @@ from probe_agent.measure.observations import (
     TLSObservation,
 )
 from probe_agent.measure.tls import TLSContexts, tls_handshake
-from probe_agent.protocol.inputs import Endpoint
+from probe_agent.protocol.inputs import (
+    Endpoint,
+    normalize_domain,
+    parse_endpoint,
+    parse_network,
+    system_resolvers,
+)
 
 SOFTWARE = {"name": "blockwatch-probe", "version": __version__}
 QUERY_TYPES = ("A", "AAAA")
@@ -304,3 +312,40 @@ class Engine:
         async with asyncio.TaskGroup() as tg:
             for _ in range(max(1, concurrency)):
                 tg.create_task(worker())
+
+
+class Scheme(StrEnum):
+    HTTPS = "https"
+    HTTP = "http"
+
+
+def engine_config(
+    *,
+    resolver: list[str] | None,
+    injection_sink: list[str] | None,
+    ca_file: Path | None,
+    port: int,
+    scheme: Scheme,
+    timeout: float,
+    decoy_sni: str,
+    lab_network: list[str] | None,
+) -> EngineConfig:
+    """The engine's configuration from its options; raises InvalidInputError."""
+    resolvers = (
+        tuple(parse_endpoint(r) for r in resolver) if resolver else tuple(system_resolvers())
+    )
+    sinks = tuple(parse_endpoint(s) for s in injection_sink or ())
+    decoy = normalize_domain(decoy_sni)
+    lab_networks = tuple(parse_network(n) for n in lab_network or ())
+    return EngineConfig(
+        resolvers=resolvers,
+        injection_sinks=sinks,
+        port=port,
+        scheme=scheme.value,
+        decoy_sni=decoy,
+        timeout=timeout,
+        ca_file=str(ca_file) if ca_file else None,
+        lab_networks=lab_networks,
+        dns=DNSSettings(timeout=timeout),
+        http=HTTPSettings(timeout=timeout),
+    )

@@ -205,3 +205,18 @@ def parse_collector_url(raw: str) -> str:
     if port == 0:
         raise InvalidOptionError(f"invalid collector URL {raw!r}: port must be 1-65535")
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")).rstrip("/")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``5m``, ``2h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = text.strip().lower()
+    factor = units.get(value[-1:])
+    number = value[:-1] if factor is not None else value
+    try:
+        seconds = float(number) * (factor or 1)
+    except ValueError:
+        raise InvalidOptionError(f"invalid duration {text!r}: use e.g. 30s, 5m, 1h") from None
+    if not 0 < seconds <= 86400:
+        raise InvalidOptionError(f"invalid duration {text!r}: between 0 and 24 h")
+    return seconds

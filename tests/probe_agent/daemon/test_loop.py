@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from probe_agent.cli import parse_duration
 from probe_agent.daemon.loop import FIRST_BACKOFF, AddressSpacer, next_wait
+from probe_agent.protocol.inputs import parse_duration
 from probe_agent.state.spool import Spool
 from tests.support.fake_collector import FakeCollector
 from tests.support.simnet import SimInstance, SimulatedNetwork
