@@ -1,6 +1,6 @@
 """The rules' predicates: what the control saw, which steps are residue, what each rule finds.
 
-Called by ``collector.analysis.verdict.analyze``, which decides in DESIGN.md's
+Called by ``collector.analysis.verdict.analyze``, which decides in docs/methodology.md's
 order; every function here is pure and reads only the typed views of
 ``collector.analysis.reading``. docs/methodology.md gives each rule's reason and
 source.

@@ -1,6 +1,6 @@
 """The verdict's vocabulary: flags, reason ids, the rule version, the analysis context.
 
-A verdict (DESIGN.md "Verdict rules") is a set of combinable flags, not one
+A verdict (docs/methodology.md) is a set of combinable flags, not one
 value: a measurement can show DNS poisoning and SNI filtering at once. Each
 verdict carries the ids of the rules that fired (``Reason``) and the version of
 the rules (``RULES_VERSION``) that produced it, so that the detector's events

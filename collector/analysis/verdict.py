@@ -1,13 +1,13 @@
 """The per-measurement verdict: a pure function of the probe's observations and the control's.
 
-In the data flow (DESIGN.md) this sits between ingestion and the detector: the
+In the data flow (docs/architecture.md) this sits between ingestion and the detector: the
 collector stores a probe's signed measurement, matches it with the control
 vantage's measurements of the same domain, and calls ``analyze``; the detector
 turns verdicts over time into block events. ``analyze`` does no I/O, never
 mutates its inputs and never raises on malformed input (missing or mistyped
 fields read as absent): the same inputs always give the same verdict.
 
-The order of decision (DESIGN.md "Verdict rules", docs/methodology.md):
+The order of decision (docs/methodology.md):
 
 1. no control: unknown; the probe's whole round without DNS (``Context.
    vantage_dns_failing``) and this measurement too: unknown;

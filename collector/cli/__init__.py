@@ -1,6 +1,6 @@
 """``blockwatch-collector``: serve, migrate, and administer targets and probes.
 
-Every option also reads ``BLOCKWATCH_<OPTION>`` (DESIGN.md "Public interfaces").
+Every option also reads ``BLOCKWATCH_<OPTION>`` (docs/architecture.md, "Public interfaces").
 Administration commands work on the database directly, through the same
 services as the API.
 """

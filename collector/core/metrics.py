@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the collector, declared once, here (STYLE.md 11).
+"""Every Prometheus metric of the collector, declared once, here (CONTRIBUTING.md 11).
 
 Labels come only from fixed sets: statuses, rejection reasons (the error codes
 of docs/api.md), roles; never a domain, an address or a probe id.

@@ -1,4 +1,4 @@
-"""``blockwatch-probe``: the volunteer's command line (DESIGN.md "Public interfaces").
+"""``blockwatch-probe``: the volunteer's command line (docs/architecture.md, "Public interfaces").
 
 Every option also reads ``BLOCKWATCH_<OPTION>`` from the environment. Invalid
 input exits with status 2 before any packet is sent; a domain the engine could

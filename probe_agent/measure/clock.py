@@ -1,6 +1,6 @@
 """Clocks: monotonic seconds since a measurement started (``t0``/``t``) and wall time.
 
-Behind a protocol so that tests can drive time (STYLE.md 12).
+Behind a protocol so that tests can drive time (CONTRIBUTING.md 12).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ and probe-cli's netxlite, which added the DNS, unreachable and TLS ones) or
 ``unknown_failure: <text>`` with every IP address scrubbed, so that no other module
 ever invents a failure string and no address leaks through an error message.
 
-Classification order (STYLE.md 1): exception type first, then errno, then the
+Classification order (CONTRIBUTING.md 1): exception type first, then errno, then the
 OpenSSL verification code, and the message text only as a last resort.
 """
 
@@ -145,7 +145,7 @@ def _from_message(text: str) -> Failure | None:
 
 
 # The probe's own machine ran short (descriptors, memory, buffers): not evidence
-# about the network, so never a failure string (STYLE.md 4).
+# about the network, so never a failure string (CONTRIBUTING.md 4).
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 

@@ -2,7 +2,7 @@
 
 A ``Stream`` is the smallest interface the steps need (send, recv, close). The
 real dialer opens one connection to one address (no happy eyeballs, no pool:
-STYLE.md 3), so that every address gets its own connect, its own timeout and its
+CONTRIBUTING.md 3), so that every address gets its own connect, its own timeout and its
 own failure. TLS (``tlsprobe``) wraps a ``Stream`` in another ``Stream`` and HTTP
 (``httpprobe``) speaks over either, so one connection carries the TCP connect,
 the TLS handshake and the HTTP round trip of one address, as in OONI's

@@ -1,7 +1,7 @@
 """Observation records: the flat, per-step output of the measurement engine.
 
 One measurement of one domain is a list of DNS round trips, TCP connects, TLS
-handshakes and HTTP round trips (STYLE.md 2, after probe-cli's measurexlite), each
+handshakes and HTTP round trips (CONTRIBUTING.md 2, after probe-cli's measurexlite), each
 recorded whether the step worked or not, each with ``t0``/``t`` in seconds since
 the measurement started (monotonic clock). ``Measurement.to_dict`` is the JSON
 shape documented in docs/measurement-format.md and relied on by the collector.

@@ -1,4 +1,4 @@
-"""Fakes for the probe's protocols (STYLE.md 12): clock, streams, dialer, DNS prober.
+"""Fakes for the probe's protocols (CONTRIBUTING.md 12): clock, streams, dialer, DNS prober.
 
 ``TLSPeerStream`` is a real TLS server (an ``ssl.SSLObject`` over memory BIOs)
 behind the ``Stream`` interface: the engine's TLS and HTTP code runs unchanged

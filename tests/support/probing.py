@@ -82,7 +82,7 @@ def tls_obs(m: Measurement, *, decoy: bool) -> TLSObservation:
 
 
 async def assert_no_lingering_tasks() -> None:
-    """Fail when any task but the current one is still alive (STYLE.md 13)."""
+    """Fail when any task but the current one is still alive (CONTRIBUTING.md 13)."""
     for _ in range(3):  # let tasks that are finishing run their last step
         await asyncio.sleep(0)
     current = asyncio.current_task()

@@ -2,7 +2,7 @@
 
 Where this sits in the data flow: every server in ``tests.support`` handles each
 connection in its own task; ``stop`` cancels and awaits them all, so that a test
-ends with no lingering task and no unclosed socket (STYLE.md 13).
+ends with no lingering task and no unclosed socket (CONTRIBUTING.md 13).
 """
 
 from __future__ import annotations

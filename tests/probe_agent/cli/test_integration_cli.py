@@ -2,7 +2,7 @@
 
 The command runs as a subprocess with ``--resolver`` on loopback (``run_probe``
 refuses anything else); every address the simulated network hands out is on
-127.0.0.0/8. Checks the public interface of DESIGN.md: one JSON line per
+127.0.0.0/8. Checks the public interface of docs/architecture.md: one JSON line per
 domain, exit status 0 when every domain was measured, 2 for invalid input with
 nothing on stdout, and the human table.
 """

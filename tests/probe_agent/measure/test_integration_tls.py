@@ -66,7 +66,7 @@ async def test_healthy_instance(tmp_path: Path) -> None:
     assert (real.sni, real.failure, real.cert_valid) == (DOMAIN, None, True)
     assert real.version is not None
     assert real.cipher is not None
-    assert decoy.t <= real.t0  # the decoy goes first (DESIGN.md, residual blocking)
+    assert decoy.t <= real.t0  # the decoy goes first (docs/methodology.md, residual blocking)
     der, cert = _leaf(net)
     info = real.certificate
     assert info is not None
@@ -115,7 +115,7 @@ async def test_sni_filter_resets_only_the_instance_name(tmp_path: Path) -> None:
     assert real.failure == Failure.CONNECTION_RESET
     assert real.failed_operation == Operation.TLS_HANDSHAKE
     assert Hint.TLS_SNI_BLOCKED in m.hints
-    # The filter saw the decoy first, then the instance's name (DESIGN.md: order matters).
+    # The filter saw the decoy first, then the instance's name (docs/methodology.md: order matters).
     assert seen == [DEFAULT_DECOY_SNI, DOMAIN]
     assert m.http == []
 
