@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, select
 
 from collector.core.models import MeasurementRow
 from collector.core.settings import CollectorSettings
-from probe_agent.protocol.envelope import Envelope, Purpose, verify
+from probe_agent.protocol.envelope import Envelope, Purpose, public_bytes, verify
 from tests.collector.helpers import ADMIN, TestProbe, enroll, error_code, measurement, tamper, token
 
 
@@ -59,7 +59,7 @@ def test_accept_and_store_verifiable_evidence(
     verify(
         kept,
         Purpose.MEASUREMENT,
-        __import__("probe_agent.protocol.envelope").envelope.public_bytes(probe.key),
+        public_bytes(probe.key),
     )
     assert kept.payload == Envelope.from_json(envelope).payload
 
