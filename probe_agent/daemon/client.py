@@ -38,7 +38,6 @@ from aiohttp_socks import ProxyConnector
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from probe_agent import __version__
-from probe_agent.measure.clock import utc_now_rfc3339
 from probe_agent.measure.engine import SOFTWARE
 from probe_agent.protocol.envelope import (
     Envelope,
@@ -55,6 +54,7 @@ from probe_agent.protocol.errors import (
     InvalidOptionError,
 )
 from probe_agent.protocol.inputs import DeclaredNetwork, normalize_domain
+from probe_agent.protocol.times import utc_now_rfc3339
 
 API_PREFIX = "/api/v1"
 MAX_BATCH = 100  # the collector takes up to 500; 100 keeps one lost answer cheap

@@ -1,4 +1,6 @@
-"""Clocks: monotonic seconds since a measurement started (``t0``/``t``) and wall time.
+"""The monotonic clock of a measurement: seconds since it started (``t0``/``t``).
+
+Wall-clock times are formatted in ``probe_agent.protocol.times``.
 
 Behind a protocol so that tests can drive time (CONTRIBUTING.md 12).
 """
@@ -6,7 +8,6 @@ Behind a protocol so that tests can drive time (CONTRIBUTING.md 12).
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -24,8 +25,3 @@ class MonotonicClock:
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self._start, 6)
-
-
-def utc_now_rfc3339() -> str:
-    """Wall-clock time as RFC 3339 UTC with a ``Z`` suffix, to the millisecond."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from probe_agent import __version__
-from probe_agent.measure.clock import Clock, MonotonicClock, utc_now_rfc3339
+from probe_agent.measure.clock import Clock, MonotonicClock
 from probe_agent.measure.dns import DNSProber, DNSSettings, NetworkDNSProber
 from probe_agent.measure.failures import NETWORK_ERRORS, Operation, classify
 from probe_agent.measure.hints import Network, compute_hints, is_bogon, is_forged
@@ -50,6 +50,7 @@ from probe_agent.protocol.inputs import (
     parse_network,
     system_resolvers,
 )
+from probe_agent.protocol.times import utc_now_rfc3339
 
 SOFTWARE = {"name": "blockwatch-probe", "version": __version__}
 QUERY_TYPES = ("A", "AAAA")

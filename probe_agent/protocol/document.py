@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from probe_agent.measure.clock import utc_now_rfc3339
 from probe_agent.protocol.inputs import DeclaredNetwork
+from probe_agent.protocol.times import utc_now_rfc3339
 
 
 def measurement_document(

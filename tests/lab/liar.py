@@ -15,11 +15,11 @@ import uuid
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from probe_agent.daemon.client import CollectorClient
-from probe_agent.measure.clock import utc_now_rfc3339
 from probe_agent.measure.hints import forged_pool
 from probe_agent.protocol.document import measurement_document
 from probe_agent.protocol.envelope import Purpose, sign
 from probe_agent.protocol.inputs import DeclaredNetwork
+from probe_agent.protocol.times import utc_now_rfc3339
 
 
 def fake_measurement(domain: str, real_ip: str) -> dict[str, object]:

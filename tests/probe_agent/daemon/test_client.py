@@ -27,10 +27,10 @@ from probe_agent.daemon.client import (
     CollectorClient,
     _describe,
 )
-from probe_agent.measure.clock import utc_now_rfc3339
 from probe_agent.protocol.envelope import Envelope, Purpose, sign
 from probe_agent.protocol.errors import CollectorError, CollectorUnreachable, InvalidOptionError
 from probe_agent.protocol.inputs import DeclaredNetwork
+from probe_agent.protocol.times import utc_now_rfc3339
 from probe_agent.state.identity import key_id
 from tests.support.fake_collector import FakeCollector
 from tests.support.pki import TestPKI

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from probe_agent.cli import EXIT_INVALID_INPUT, app
 from probe_agent.daemon.client import ERR_BAD_RESPONSE, CollectorClient
 from probe_agent.daemon.rotation import NEW_KEY_FILE, OLD_KEY_FILE, _pem, rotate_key
-from probe_agent.measure.clock import utc_now_rfc3339
 from probe_agent.protocol.envelope import Envelope, Purpose, sign
 from probe_agent.protocol.errors import CollectorError
+from probe_agent.protocol.times import utc_now_rfc3339
 from probe_agent.state.identity import KEY_FILE, STATE_FILE, Identity, key_id, load_or_create_key
 from probe_agent.state.spool import SPOOL_FILE, Spool
 from tests.support.fake_collector import FakeCollector, error_body
