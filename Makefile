@@ -1,58 +1,82 @@
 # Blockwatch: `make demo` shows the main job, `make test` runs every check.
 # Everything the targets need is installed here, into .venv (Python) or with
-# apt-get (Debian packages), so both work on a fresh clone.
+# apt-get (Debian packages), so both work on a fresh clone. Each target
+# installs only what it needs: the demo runs on loopback with the collector's
+# Python packages alone; the tests add the dev tools and the Debian packages of
+# the lab and the container tests.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: all venv debs test lint typecheck unit demo bench lab clean
+.PHONY: all venv debs lab-debs test lint imports typecheck unit demo bench lab clean
 
-# Debian packages the tests need: iproute2 and iptables for the lab's namespaces
-# and censors; podman, runc and debootstrap to build and run the probe's container.
-DEBS := iproute2 iptables podman runc debootstrap
-DEB_BINS := ip iptables iptables-restore podman runc debootstrap
+# Debian packages: iproute2 and iptables for the lab's namespaces and censors;
+# podman, runc and debootstrap to build and run the probe's container image.
+LAB_DEBS := iproute2 iptables
+LAB_BINS := ip iptables iptables-restore
+CONTAINER_DEBS := podman runc debootstrap
+CONTAINER_BINS := podman runc debootstrap
 
 all: test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# The probe and the collector (what `make demo` runs).
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[collector]'
+	touch $(RUN_STAMP)
+
+# Plus the checks: ruff, mypy, pytest, import-linter, hypothesis, schemathesis...
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[collector,dev]'
-	touch $(STAMP)
+	touch $(RUN_STAMP) $(DEV_STAMP)
 
-venv: $(STAMP)
+venv: $(DEV_STAMP)
 
 # apt-get only when something is missing, so that a machine that has it all
-# (or has no root) is not touched.
-debs:
-	@missing=0; for b in $(DEB_BINS); do command -v $$b >/dev/null || missing=1; done; \
+# (or has no root) is not touched. $(1): packages, $(2): the commands they bring.
+define apt_install
+	@missing=0; for b in $(2); do command -v $$b >/dev/null || missing=1; done; \
 	if [ $$missing = 1 ]; then \
-	  echo "installing $(DEBS) with apt-get"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS); \
+	  echo "installing $(1) with apt-get"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1); \
 	fi
+endef
 
-lint: $(STAMP)
+lab-debs:
+	$(call apt_install,$(LAB_DEBS),$(LAB_BINS))
+
+debs: lab-debs
+	$(call apt_install,$(CONTAINER_DEBS),$(CONTAINER_BINS))
+
+lint: $(DEV_STAMP) imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+# The import rules of docs/architecture.md ("Rooms and their doors"), as contracts.
+imports: $(DEV_STAMP)
+	$(BIN)/lint-imports
+
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy bench
 
-unit: $(STAMP) debs
+unit: $(DEV_STAMP) debs
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
-demo: $(STAMP) debs
+demo: $(RUN_STAMP)
 	$(BIN)/python -m demo.demo
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/bench_measure.py
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_probe.py
@@ -60,7 +84,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_alerts.py
 
 # The censorship lab, for exploring by hand (root, or an unprivileged user namespace).
-lab: $(STAMP) debs
+lab: $(DEV_STAMP) lab-debs
 	$(BIN)/python -m tests.lab up
 
 clean:
