@@ -10,11 +10,6 @@ from tests.lab.scenarios import CATALOGUE, Scenario
 pytestmark = pytest.mark.lab
 
 
-def test_catalogue_is_large_enough() -> None:
-    assert len(CATALOGUE) >= 15
-    assert len({s.name for s in CATALOGUE}) == len(CATALOGUE)
-
-
 @pytest.mark.parametrize("scenario", CATALOGUE, ids=[s.name for s in CATALOGUE])
 def test_scenario(fresh_lab: Lab, scenario: Scenario) -> None:
     scenario.setup(fresh_lab)
