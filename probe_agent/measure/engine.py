@@ -31,8 +31,8 @@ from pathlib import Path
 from probe_agent import __version__
 from probe_agent.measure.clock import Clock, MonotonicClock
 from probe_agent.measure.dns import DNSProber, DNSSettings, NetworkDNSProber
-from probe_agent.measure.failures import NETWORK_ERRORS, Operation, classify
-from probe_agent.measure.hints import Network, compute_hints, is_bogon, is_forged
+from probe_agent.measure.failures import NETWORK_ERRORS, classify
+from probe_agent.measure.hints import compute_hints
 from probe_agent.measure.http import HTTPSettings, fetch_instance_api
 from probe_agent.measure.netio import Dialer, SocketDialer, Stream
 from probe_agent.measure.observations import (
@@ -43,6 +43,7 @@ from probe_agent.measure.observations import (
     TLSObservation,
 )
 from probe_agent.measure.tls import TLSContexts, tls_handshake
+from probe_agent.protocol.addresses import IPNetwork, is_bogon, is_forged
 from probe_agent.protocol.inputs import (
     Endpoint,
     normalize_domain,
@@ -51,6 +52,7 @@ from probe_agent.protocol.inputs import (
     system_resolvers,
 )
 from probe_agent.protocol.times import utc_now_rfc3339
+from probe_agent.protocol.vocabulary import Operation
 
 SOFTWARE = {"name": "blockwatch-probe", "version": __version__}
 QUERY_TYPES = ("A", "AAAA")
@@ -69,7 +71,7 @@ class EngineConfig:
     ca_file: str | None = None
     max_addresses: int = 8
     # Networks treated as globally routable (tests and demos on loopback).
-    lab_networks: tuple[Network, ...] = ()
+    lab_networks: tuple[IPNetwork, ...] = ()
     dns: DNSSettings = field(default_factory=DNSSettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
 
@@ -97,7 +99,7 @@ class _AddressResult:
 
 
 def select_addresses(
-    dns: Iterable[DNSObservation], limit: int, lab_networks: tuple[Network, ...] = ()
+    dns: Iterable[DNSObservation], limit: int, lab_networks: tuple[IPNetwork, ...] = ()
 ) -> list[str]:
     """Addresses worth dialling, in answer order: first answers, then late ones."""
     chosen: list[str] = []
@@ -207,81 +209,85 @@ class Engine:
         return obs, stream
 
     async def _address_flow(self, domain: str, ip: str, clock: Clock) -> _AddressResult:
-        cfg = self.config
+        """One address's steps: TCP, then the decoy handshake, a new connection, the
+        instance's handshake and HTTP over it (``https``), or HTTP alone (``http``)."""
         out = _AddressResult()
         if self.address_gate is not None:
-            await self.address_gate(ip, cfg.port)
+            await self.address_gate(ip, self.config.port)
         tcp_obs, stream = await self._connect(ip, clock)
         out.tcp.append(tcp_obs)
         if stream is None:
             return out
-        if cfg.scheme != "https":
+        if self.config.scheme != "https":
             try:
-                out.http += await fetch_instance_api(
-                    stream,
-                    scheme=cfg.scheme,
-                    domain=domain,
-                    ip=ip,
-                    port=cfg.port,
-                    settings=cfg.http,
-                    clock=clock,
-                )
+                out.http += await self._fetch_api(stream, self.config.scheme, domain, ip, clock)
             finally:
                 stream.close()
             return out
         try:
-            decoy_obs, _ = await tls_handshake(
-                stream,
-                ip=ip,
-                port=cfg.port,
-                sni=cfg.decoy_sni,
-                contexts=self.tls,
-                decoy=True,
-                timeout=cfg.timeout,
-                clock=clock,
+            decoy_obs, _ = await self._handshake(
+                stream, ip, self.config.decoy_sni, clock, decoy=True
             )
             out.tls.append(decoy_obs)
         finally:
             stream.close()
-        # A fresh connection for the instance's name: the decoy's is spent.
-        second_tcp, stream = await self._connect(ip, clock)
+        tls_obs, http_obs = await self._instance_handshake(domain, ip, clock)
+        out.tls.append(tls_obs)
+        out.http += http_obs
+        return out
+
+    async def _instance_handshake(
+        self, domain: str, ip: str, clock: Clock
+    ) -> tuple[TLSObservation, list[HTTPObservation]]:
+        """The handshake with the instance's name on a fresh connection (the decoy's is
+        spent), then the API round trip over it when the handshake worked."""
+        tcp_obs, stream = await self._connect(ip, clock)
         if stream is None:
-            failed = TLSObservation(
-                t0=second_tcp.t0,
-                t=second_tcp.t,
+            # No ClientHello was sent: the handshake reports the connect's failure.
+            return TLSObservation(
+                t0=tcp_obs.t0,
+                t=tcp_obs.t,
                 ip=ip,
-                port=cfg.port,
+                port=self.config.port,
                 sni=domain,
-                failure=second_tcp.failure,
-                failed_operation=second_tcp.failed_operation,
-            )
-            out.tls.append(failed)
-            return out
+                failure=tcp_obs.failure,
+                failed_operation=tcp_obs.failed_operation,
+            ), []
         try:
-            tls_obs, tls_stream = await tls_handshake(
-                stream,
-                ip=ip,
-                port=cfg.port,
-                sni=domain,
-                contexts=self.tls,
-                decoy=False,
-                timeout=cfg.timeout,
-                clock=clock,
-            )
-            out.tls.append(tls_obs)
-            if tls_stream is not None:
-                out.http += await fetch_instance_api(
-                    tls_stream,
-                    scheme="https",
-                    domain=domain,
-                    ip=ip,
-                    port=cfg.port,
-                    settings=cfg.http,
-                    clock=clock,
-                )
+            tls_obs, tls_stream = await self._handshake(stream, ip, domain, clock, decoy=False)
+            if tls_stream is None:
+                return tls_obs, []
+            return tls_obs, await self._fetch_api(tls_stream, "https", domain, ip, clock)
         finally:
             stream.close()
-        return out
+
+    async def _handshake(
+        self, stream: Stream, ip: str, sni: str, clock: Clock, *, decoy: bool
+    ) -> tuple[TLSObservation, Stream | None]:
+        # The caller says which handshake this is: an instance may be named like the decoy.
+        return await tls_handshake(
+            stream,
+            ip=ip,
+            port=self.config.port,
+            sni=sni,
+            contexts=self.tls,
+            decoy=decoy,
+            timeout=self.config.timeout,
+            clock=clock,
+        )
+
+    async def _fetch_api(
+        self, stream: Stream, scheme: str, domain: str, ip: str, clock: Clock
+    ) -> list[HTTPObservation]:
+        return await fetch_instance_api(
+            stream,
+            scheme=scheme,
+            domain=domain,
+            ip=ip,
+            port=self.config.port,
+            settings=self.config.http,
+            clock=clock,
+        )
 
     async def measure_all(
         self,
