@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 
 from collector.analysis.model import Context, Reason, Trigger
 from collector.analysis.reading import HTTPStep, Observed, Step, TLSStep, canonical_ip, shift
-from probe_agent.measure.failures import Failure, Operation
-from probe_agent.measure.hints import SNI_BLOCK_FAILURES, is_bogon, is_forged
+from probe_agent.protocol.addresses import is_bogon, is_forged
+from probe_agent.protocol.vocabulary import SNI_BLOCK_FAILURES, Failure, Operation
 
 Address = tuple[str, int]
 

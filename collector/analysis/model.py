@@ -10,12 +10,13 @@ docs/methodology.md explains every rule id.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from probe_agent.protocol.addresses import IPNetwork
 
 # Bump whenever any rule changes (a rule added, removed or changed in what it
 # reads or concludes), even when no golden verdict changes: verdicts stored with
@@ -80,9 +81,6 @@ def _no_asn(ip: str) -> int | None:
     return None
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
 @dataclass(frozen=True, slots=True)
 class Trigger:
     """An SNI trigger: the instance-SNI handshake to (ip, port) was reset, timed out
@@ -107,7 +105,7 @@ class Context:
     """
 
     asn_of: Callable[[str], int | None] = _no_asn
-    lab_networks: tuple[Network, ...] = ()
+    lab_networks: tuple[IPNetwork, ...] = ()
     residual_seconds: float = 180.0
     triggers: tuple[Trigger, ...] = ()
     # Set by the caller when most of the same probe's measurements of the same round

@@ -37,7 +37,7 @@ from collector.analysis.evidence import (
 )
 from collector.analysis.model import REASON_FLAGS, Context, Flag, Reason, Trigger, Verdict
 from collector.analysis.reading import Observed, Record, read, shift
-from probe_agent.measure.failures import Failure
+from probe_agent.protocol.vocabulary import Failure
 
 _DEFAULT_CONTEXT = Context()
 # Evidence that holds without a working control, yet is not enough to block on when

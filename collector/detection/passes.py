@@ -71,7 +71,7 @@ from collector.detection.machine import (
     evaluate,
 )
 from collector.services.geo import Geolocator
-from probe_agent.measure.hints import FORGED_POOL_VERSION
+from probe_agent.protocol.addresses import FORGED_POOL_VERSION
 from probe_agent.protocol.inputs import parse_network
 
 log = logging.getLogger("blockwatch.collector.detection")

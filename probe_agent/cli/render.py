@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from rich.table import Table
 from rich.text import Text
 
-from probe_agent.measure.failures import Failure
 from probe_agent.measure.observations import (
     DNSObservation,
     HTTPObservation,
@@ -21,6 +20,7 @@ from probe_agent.measure.observations import (
     TCPObservation,
     TLSObservation,
 )
+from probe_agent.protocol.vocabulary import Failure
 
 
 def to_json_line(m: Measurement) -> str:

@@ -25,17 +25,11 @@ import dns.rcode
 import dns.rdatatype
 
 from probe_agent.measure.clock import Clock
-from probe_agent.measure.failures import (
-    NETWORK_ERRORS,
-    Failure,
-    FailureInfo,
-    Operation,
-    classify,
-    dns_failure,
-)
+from probe_agent.measure.failures import NETWORK_ERRORS, FailureInfo, classify, dns_failure
 from probe_agent.measure.netio import Dialer, SocketDialer, recv_exactly
 from probe_agent.measure.observations import DNSObservation
 from probe_agent.protocol.inputs import Endpoint
+from probe_agent.protocol.vocabulary import Failure, Operation
 
 MAX_UDP_RESPONSES = 16  # an answer flood beyond this is counted, not kept
 

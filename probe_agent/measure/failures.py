@@ -2,10 +2,10 @@
 
 Every network primitive in the probe (DNS, TCP, TLS, HTTP) catches what the network
 did to it and passes the exception here, together with the operation that was under
-way. Out comes one of OONI's failure strings (ooni/spec data-formats/df-007-errors.md
-and probe-cli's netxlite, which added the DNS, unreachable and TLS ones) or
-``unknown_failure: <text>`` with every IP address scrubbed, so that no other module
-ever invents a failure string and no address leaks through an error message.
+way. Out comes one of the ``Failure`` strings of ``probe_agent.protocol.vocabulary``
+(OONI's) or ``unknown_failure: <text>`` with every IP address scrubbed, so that no
+other module ever invents a failure string and no address leaks through an error
+message.
 
 Classification order (CONTRIBUTING.md 1): exception type first, then errno, then the
 OpenSSL verification code, and the message text only as a last resort.
@@ -19,7 +19,6 @@ import os
 import re
 import ssl
 from dataclasses import dataclass
-from enum import StrEnum
 
 import dns.exception
 import dns.message
@@ -27,40 +26,7 @@ import dns.name
 import h11
 
 from probe_agent.protocol.errors import LocalResourceError
-
-
-class Failure(StrEnum):
-    """The closed set of failure strings the probe emits (besides ``unknown_failure``)."""
-
-    CONNECTION_REFUSED = "connection_refused"
-    CONNECTION_RESET = "connection_reset"
-    CONNECTION_ABORTED = "connection_aborted"
-    GENERIC_TIMEOUT = "generic_timeout_error"
-    EOF = "eof_error"
-    HOST_UNREACHABLE = "host_unreachable"
-    NETWORK_UNREACHABLE = "network_unreachable"
-    DNS_NXDOMAIN = "dns_nxdomain_error"
-    DNS_NO_ANSWER = "dns_no_answer"
-    DNS_REFUSED = "dns_refused_error"
-    DNS_SERVFAIL = "dns_servfail_error"
-    SSL_INVALID_HOSTNAME = "ssl_invalid_hostname"
-    SSL_UNKNOWN_AUTHORITY = "ssl_unknown_authority"
-    SSL_INVALID_CERTIFICATE = "ssl_invalid_certificate"
-    SSL_FAILED_HANDSHAKE = "ssl_failed_handshake"
-
-
-UNKNOWN_FAILURE_PREFIX = "unknown_failure: "
-
-
-class Operation(StrEnum):
-    """The step that was under way when a failure happened (OONI's ``failed_operation``)."""
-
-    RESOLVE = "resolve"
-    CONNECT = "connect"
-    TLS_HANDSHAKE = "tls_handshake"
-    WRITE = "write"
-    READ = "read"
-    HTTP_TRANSACTION = "http_transaction"
+from probe_agent.protocol.vocabulary import UNKNOWN_FAILURE_PREFIX, Failure, Operation
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,83 +15,18 @@ patterns hold whatever the instance does, so the probe can say them on its own:
   unknown authority or for another name (interception, or a misconfiguration the
   collector tells apart with its control).
 
-The set is closed (``Hint``) and documented in docs/measurement-format.md.
+The set is closed (``probe_agent.protocol.vocabulary.Hint``) and documented in
+docs/measurement-format.md. What counts as forged or bogon is decided by
+``probe_agent.protocol.addresses``, which the collector's analysis uses too.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
-from enum import StrEnum
-from functools import cache
-from importlib import resources
 
-from probe_agent.measure.failures import Failure, Operation
 from probe_agent.measure.observations import DNSObservation, TLSObservation
-
-
-class Hint(StrEnum):
-    DNS_FORGED_IP = "dns_forged_ip"
-    DNS_BOGON = "dns_bogon"
-    DNS_DUPLICATE_ANSWERS = "dns_duplicate_answers"
-    DNS_INJECTION = "dns_injection"
-    TLS_SNI_BLOCKED = "tls_sni_blocked"
-    TLS_MITM = "tls_mitm"
-
-
-FORGED_POOL_FILES = (
-    "gfw-forged-ips-v4.txt",
-    "gfw-forged-ips-v6.txt",
-    "ooni-cn-dns-poison-v4.txt",
-)
-# Bump when the shipped pool files change; the collector records it with each event.
-FORGED_POOL_VERSION = "wallbleed-eca232e9+ooni-9"
-
-# Failures of the instance-SNI handshake that an SNI filter causes.
-SNI_BLOCK_FAILURES = frozenset(
-    {Failure.CONNECTION_RESET.value, Failure.GENERIC_TIMEOUT.value, Failure.EOF.value}
-)
-MITM_FAILURES = frozenset({Failure.SSL_UNKNOWN_AUTHORITY.value, Failure.SSL_INVALID_HOSTNAME.value})
-
-
-@cache
-def forged_pool() -> frozenset[str]:
-    """Every address in the shipped forged-answer pools, in canonical form."""
-    found: set[str] = set()
-    data = resources.files("probe_agent.protocol") / "data"
-    for name in FORGED_POOL_FILES:
-        for raw in (data / name).read_text(encoding="utf-8").splitlines():
-            entry = raw.strip()
-            if entry and not entry.startswith("#"):
-                found.add(ipaddress.ip_address(entry).compressed)
-    return frozenset(found)
-
-
-def is_forged(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).compressed in forged_pool()
-    except ValueError:
-        return False
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def is_bogon(ip: str, lab_networks: Iterable[Network] = ()) -> bool:
-    """True for addresses that are not globally routable (RFC 6890 special purpose).
-
-    *lab_networks* are treated as routable: tests and the demo run their
-    "internet" on loopback, where every address would otherwise be a bogon.
-    """
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    if any(addr in net for net in lab_networks):
-        return False
-    return not addr.is_global
+from probe_agent.protocol.addresses import IPNetwork, is_bogon, is_forged
+from probe_agent.protocol.vocabulary import MITM_FAILURES, SNI_BLOCK_FAILURES, Hint, Operation
 
 
 def _dns_answers(observations: Iterable[DNSObservation]) -> Iterable[str]:
@@ -103,7 +38,7 @@ def _dns_answers(observations: Iterable[DNSObservation]) -> Iterable[str]:
 def compute_hints(
     dns: list[DNSObservation],
     tls: list[TLSObservation],
-    lab_networks: Iterable[Network] = (),
+    lab_networks: Iterable[IPNetwork] = (),
 ) -> list[str]:
     """The hints these observations show, in ``Hint`` order. Pure: reads, never writes."""
     found: set[Hint] = set()

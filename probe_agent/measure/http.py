@@ -19,9 +19,10 @@ from typing import Any
 import h11
 
 from probe_agent.measure.clock import Clock
-from probe_agent.measure.failures import NETWORK_ERRORS, Operation, classify
+from probe_agent.measure.failures import NETWORK_ERRORS, classify
 from probe_agent.measure.netio import Stream
 from probe_agent.measure.observations import HTTPObservation
+from probe_agent.protocol.vocabulary import Operation
 
 API_PATHS = ("/api/v2/instance", "/api/v1/instance", "/.well-known/nodeinfo")
 # Headers worth keeping as evidence: a block page names its server or redirects.

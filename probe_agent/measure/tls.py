@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from probe_agent.measure.clock import Clock
-from probe_agent.measure.failures import NETWORK_ERRORS, Operation, classify
+from probe_agent.measure.failures import NETWORK_ERRORS, classify
 from probe_agent.measure.netio import RECV_CHUNK, Stream
 from probe_agent.measure.observations import CertificateInfo, TLSObservation
+from probe_agent.protocol.vocabulary import Operation
 
 # OpenSSL refuses certificate chains above its own limit (100 KiB by default); this
 # bounds what we buffer before it gets the chance, against a peer that streams junk.

@@ -15,7 +15,7 @@ import uuid
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from probe_agent.daemon.client import CollectorClient
-from probe_agent.measure.hints import forged_pool
+from probe_agent.protocol.addresses import forged_pool
 from probe_agent.protocol.document import measurement_document
 from probe_agent.protocol.envelope import Purpose, sign
 from probe_agent.protocol.inputs import DeclaredNetwork

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from probe_agent.measure.failures import Failure
-from probe_agent.measure.hints import Hint, is_forged
+from probe_agent.protocol.addresses import is_forged
+from probe_agent.protocol.vocabulary import Failure, Hint
 from tests.lab import topology as topo
 from tests.lab.censor import Policy
 

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from probe_agent.measure.engine import DEFAULT_DECOY_SNI, SOFTWARE, DomainError, Result
-from probe_agent.measure.failures import Failure
-from probe_agent.measure.hints import Hint
 from probe_agent.measure.http import API_PATHS
 from probe_agent.measure.observations import Measurement
+from probe_agent.protocol.vocabulary import Failure, Hint
 from tests.support.dns_server import DNSBehaviour, InjectorServer
 from tests.support.probing import (
     PROBE,

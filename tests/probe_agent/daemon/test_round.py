@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from probe_agent.cli import EXIT_INVALID_INPUT, app
 from probe_agent.daemon.round import EXIT_INCOMPLETE, EXIT_OK, RunOptions, run_once
-from probe_agent.measure.hints import Hint
 from probe_agent.protocol.envelope import Envelope, Purpose, public_bytes, verify
 from probe_agent.protocol.inputs import DeclaredNetwork
+from probe_agent.protocol.vocabulary import Hint
 from probe_agent.state.identity import KEY_FILE, STATE_FILE, key_id, load_or_create_key, load_state
 from tests.support.fake_collector import FakeCollector
 from tests.support.probing import assert_no_lingering_tasks, loopback_engine, run_probe

@@ -7,8 +7,8 @@ import dns.rdatatype
 import dns.rrset
 
 from probe_agent.measure.dns import DNSSettings, NetworkDNSProber, _Inbox
-from probe_agent.measure.failures import UNKNOWN_FAILURE_PREFIX, Failure
 from probe_agent.measure.observations import DNSObservation
+from probe_agent.protocol.vocabulary import UNKNOWN_FAILURE_PREFIX, Failure
 
 QNAME = "alive.bar."
 

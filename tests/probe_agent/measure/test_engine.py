@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from probe_agent.measure.engine import DomainError, Engine, EngineConfig, Result, select_addresses
-from probe_agent.measure.failures import Failure
-from probe_agent.measure.hints import Hint
 from probe_agent.measure.http import HTTPSettings
 from probe_agent.measure.tls import TLSContexts
 from probe_agent.protocol.inputs import Endpoint
+from probe_agent.protocol.vocabulary import Failure, Hint
 from tests.probe_agent.fakes import (
     FakeClock,
     FakeDialer,

@@ -13,14 +13,12 @@ import pytest
 from probe_agent.measure.failures import (
     NETWORK_ERRORS,
     SCRUBBED,
-    UNKNOWN_FAILURE_PREFIX,
-    Failure,
-    Operation,
     classify,
     dns_failure,
     is_unknown,
     scrub_ips,
 )
+from probe_agent.protocol.vocabulary import UNKNOWN_FAILURE_PREFIX, Failure, Operation
 
 
 def _cert_error(code: int) -> ssl.SSLCertVerificationError:

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
-from probe_agent.measure.failures import Failure
-from probe_agent.measure.hints import (
-    FORGED_POOL_FILES,
-    Hint,
-    compute_hints,
-    forged_pool,
-    is_bogon,
-    is_forged,
-)
+from probe_agent.measure.hints import compute_hints
 from probe_agent.measure.observations import DNSObservation, TLSObservation
+from probe_agent.protocol.addresses import FORGED_POOL_FILES, forged_pool, is_bogon, is_forged
+from probe_agent.protocol.vocabulary import Failure, Hint
 
 
 def dns(answers: list[str], late: list[str] | None = None, *, sink: bool = False) -> DNSObservation:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from probe_agent.measure.failures import UNKNOWN_FAILURE_PREFIX, Failure
 from probe_agent.measure.http import API_PATHS, HTTPSettings, fetch_instance_api, identify
+from probe_agent.protocol.vocabulary import UNKNOWN_FAILURE_PREFIX, Failure
 from tests.probe_agent.fakes import FakeClock, ScriptedStream
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from probe_agent.measure.failures import UNKNOWN_FAILURE_PREFIX, Failure, Operation
-from probe_agent.measure.hints import Hint
 from probe_agent.protocol.inputs import parse_endpoint
+from probe_agent.protocol.vocabulary import UNKNOWN_FAILURE_PREFIX, Failure, Hint, Operation
 from tests.support.dns_server import FORGED_A, FORGED_AAAA, DNSBehaviour, InjectorServer
 from tests.support.probing import (
     assert_no_lingering_tasks,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from probe_agent.measure.failures import UNKNOWN_FAILURE_PREFIX, Failure, Operation
 from probe_agent.measure.http import API_PATHS, HTTPSettings
 from probe_agent.measure.observations import Measurement
+from probe_agent.protocol.vocabulary import UNKNOWN_FAILURE_PREFIX, Failure, Operation
 from tests.support.probing import assert_no_lingering_tasks, loopback_engine
 from tests.support.simnet import STEP_TIMEOUT, SimInstance, SimulatedNetwork
 from tests.support.tls_servers import ServerBehaviour

@@ -18,10 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from probe_agent.measure.engine import DEFAULT_DECOY_SNI
-from probe_agent.measure.failures import Failure, Operation
-from probe_agent.measure.hints import Hint
 from probe_agent.measure.http import API_PATHS
 from probe_agent.measure.observations import Measurement
+from probe_agent.protocol.vocabulary import Failure, Hint, Operation
 from tests.support.probing import assert_no_lingering_tasks, loopback_engine, tls_obs
 from tests.support.simnet import STEP_TIMEOUT, SimInstance, SimulatedNetwork
 from tests.support.tls_servers import WRONG_NAME, ServerBehaviour
