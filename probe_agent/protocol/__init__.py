@@ -1,1 +1,8 @@
-"""TODO"""
+"""What the probe and the collector share: the wire format and its vocabulary.
+
+``envelope`` (the signed envelope, the one wire format), ``document`` (the
+signed measurement document), ``inputs`` (validation of names, endpoints,
+networks, durations), ``errors`` (the probe's exception tree), ``times`` (the
+RFC 3339 format of every time on the wire). Nothing here imports another room
+of the probe: the collector may import all of it.
+"""
