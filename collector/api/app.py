@@ -173,5 +173,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app_from_env() -> FastAPI:
-    """The app from ``BLOCKWATCH_*`` alone: what each ``serve --workers N`` process runs."""
-    return create_app(CollectorSettings())
+    """What each ``serve --workers N`` process runs: the app of the settings ``serve``
+    exported (or, run by hand under uvicorn, of ``BLOCKWATCH_*`` alone)."""
+    return create_app(CollectorSettings.from_environment())

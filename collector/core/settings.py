@@ -1,23 +1,38 @@
 """The collector's settings: one pydantic-settings class, read from ``BLOCKWATCH_*``.
 
+Every setting is declared here once: type, default, bounds and help text (the
+field's ``description``). Fields marked ``Cli(...)`` are also options of
+``blockwatch-collector serve``, derived from this class by
+``collector/cli/options.py``; the others are settings only (environment).
 Built once by the CLI (command-line options override the environment) and
 handed to the app, which provides it to routes through a dependency; never
-instantiated at import time. It refuses to start with a placeholder admin token
-unless the collector runs in the lab or demo mode.
+instantiated at import time. ``serve --workers N`` hands the built settings to
+its worker processes whole (``export`` / ``from_environment``). It refuses to
+start with a placeholder admin token unless the collector runs in the lab or
+demo mode.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+import pydantic_core
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from probe_agent.protocol.errors import InvalidOptionError
+from probe_agent.protocol.inputs import parse_duration
 
 PLACEHOLDER_TOKENS = frozenset(
     {"", "changeme", "change-me", "admin", "secret", "password", "token", "test", "xxx"}
 )
 MIN_ADMIN_TOKEN_LENGTH = 24
+# Private: `serve --workers N` puts the settings it built here for its workers.
+WORKER_SETTINGS_VARIABLE = "_BLOCKWATCH_WORKER_SETTINGS"
 
 
 class Mode(StrEnum):
@@ -26,64 +41,182 @@ class Mode(StrEnum):
     DEMO = "demo"  # `make demo`
 
 
+@dataclass(frozen=True)
+class Cli:
+    """Marks a setting as an option of ``serve``.
+
+    ``flag`` and ``env`` default to ``--field-name`` and ``BLOCKWATCH_FIELD_NAME``;
+    ``negate``: a switch that sets the field False (``--no-detector``);
+    ``repeat``: a repeatable option, its values joined with commas.
+    """
+
+    flag: str | None = None
+    env: str | None = None
+    negate: bool = False
+    repeat: bool = False
+
+
+def _seconds(value: object) -> object:
+    # Strings are durations (90, 30s, 5m, 2h, at most a day), as on the probe's command
+    # line; numbers go on to the field's own checks.
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_duration(value)
+    except InvalidOptionError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _seconds_or_zero(value: object) -> object:
+    if isinstance(value, str) and value.strip() in {"0", "0s"}:
+        return 0.0
+    return _seconds(value)
+
+
+Duration = Annotated[float, BeforeValidator(_seconds)]
+DurationOrZero = Annotated[float, BeforeValidator(_seconds_or_zero)]
+DURATION_VALIDATORS = (_seconds, _seconds_or_zero)
+
+
 class CollectorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BLOCKWATCH_", extra="ignore")
 
-    database_url: str = "sqlite:///./blockwatch.db"
-    mode: Mode = Mode.PRODUCTION
-    admin_token: SecretStr = SecretStr("")
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=1, le=65535)
-    open_enrollment: bool = False
-    # Check-in and control prober interval, seconds.
-    measure_interval: float = Field(300.0, gt=0)
-    retest_spacing: float = Field(180.0, ge=0)
-    # Signed documents: how far in the future (clock skew) and how old they may be.
-    max_future_skew: float = Field(300.0, ge=0)
-    max_age: float = Field(8 * 86400.0, gt=0)
-    max_batch_items: int = Field(500, ge=1, le=10_000)
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    # Requests per minute per probe key on check-in and submission (0: no limit).
-    probe_rate_limit: int = Field(120, ge=0)
-    geoip_country_db: Path | None = None
-    geoip_asn_db: Path | None = None
-    # Reverse proxies whose X-Forwarded-For is believed (CIDRs, comma-separated).
-    trusted_proxies: str = ""
-    ca_file: Path | None = None
-    no_control: bool = False
-    webhook_allow_private: bool = False
-    # CIDRs alerts and verification may reach although not public (labs, tests).
-    webhook_allowlist: str = ""
+    database_url: Annotated[str, Cli()] = Field(
+        "sqlite:///./blockwatch.db",
+        description="sqlite:///./blockwatch.db (default) or postgresql://user@host/db",
+    )
+    mode: Annotated[Mode, Cli()] = Field(
+        Mode.PRODUCTION,
+        description="production, or lab and demo (tests, the censorship lab, the demo: a weak "
+        "admin token is accepted, and no control prober runs without named resolvers).",
+    )
+    admin_token: Annotated[SecretStr, Cli()] = Field(
+        SecretStr(""),
+        description="Bearer token for the admin API (a random secret, 24 characters at least).",
+    )
+    host: Annotated[str, Cli()] = Field("127.0.0.1", description="Where to listen.")
+    port: Annotated[int, Cli()] = Field(8080, ge=1, le=65535, description="Where to listen.")
+    workers: Annotated[int, Cli()] = Field(
+        1, ge=1, le=64, description="Processes serving the API (one per core on a busy collector)."
+    )
+    open_enrollment: Annotated[bool, Cli()] = Field(
+        False,
+        description="Probes enroll without a token (labs, demos); otherwise they need a token "
+        "or wait for approval.",
+    )
+    measure_interval: Annotated[Duration, Cli()] = Field(
+        300.0,
+        gt=0,
+        description="Control prober's interval, handed to probes too (90, 30s, 5m). Default 5m.",
+    )
+    retest_spacing: float = Field(
+        180.0, ge=0, description="Least time between two measurements of one address and port."
+    )
+    max_future_skew: float = Field(
+        300.0, ge=0, description="How far in the future (clock skew) a signed document may be."
+    )
+    max_age: float = Field(8 * 86400.0, gt=0, description="How old a signed document may be.")
+    max_batch_items: int = Field(500, ge=1, le=10_000, description="Envelopes in one batch.")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Request body limit.")
+    probe_rate_limit: int = Field(
+        120, ge=0, description="Requests per minute per probe key on check-in and submission "
+        "(0: no limit).",
+    )  # fmt: skip
+    geoip_country_db: Path | None = Field(None, description="MaxMind-format country .mmdb.")
+    geoip_asn_db: Path | None = Field(None, description="MaxMind-format ASN .mmdb.")
+    trusted_proxies: str = Field(
+        "",
+        description="Reverse proxies whose X-Forwarded-For is believed (CIDRs, comma-separated).",
+    )
+    ca_file: Annotated[Path | None, Cli()] = Field(
+        None,
+        description="CA bundle the control prober validates instance certificates with (labs).",
+    )
+    no_control: Annotated[bool, Cli()] = Field(False, description="Run no control prober.")
+    webhook_allow_private: Annotated[bool, Cli()] = Field(
+        False,
+        description="Alerts and ownership checks may reach any address, private ones too (labs).",
+    )
+    webhook_allowlist: str = Field(
+        "", description="CIDRs alerts and verification may reach although not public (labs, tests)."
+    )
     # Alerts: the base URL events link to, the least time between two updates of one
     # event to one subscriber, and each request's timeout.
-    public_url: str = ""
-    alert_update_interval: float = Field(600.0, ge=0)
-    alert_timeout: float = Field(10.0, gt=0, le=120)
-    alert_interval: float = Field(1.0, gt=0)
-    # The control prober: the collector's own, uncensored vantage. Resolvers as
-    # "ip[:port]", comma-separated; empty means the system resolver in production
-    # and no control prober in the lab and demo modes (nothing may leave the machine).
-    control_resolvers: str = ""
-    control_port: int = Field(443, ge=1, le=65535)  # the instances' HTTPS port (labs change it)
-    control_concurrency: int = Field(64, ge=1, le=4096)
-    control_timeout: float = Field(10.0, gt=0, le=120)
-    control_cc: str = Field("ZZ", pattern=r"^[A-Z]{2}$")
-    # Networks treated as globally routable by the analysis and the control (labs).
-    lab_networks: str = ""
-    # The detector (docs/methodology.md, "Block events"). Durations in seconds;
-    # None means "derived from measure_interval".
-    # Run the detector (and the control prober) in `serve`; API-only tests turn it off.
-    detector: bool = True
-    detect_interval: float = Field(15.0, gt=0)
-    detect_window: float | None = Field(None, gt=0)
-    control_window: float | None = Field(None, gt=0)
-    control_wait: float | None = Field(None, gt=0)
-    open_min_probes: int = Field(2, ge=1)
-    stay_min_probes: int = Field(1, ge=1)
-    close_min_probes: int = Field(2, ge=1)
-    collapse_ratio: float = Field(0.5, gt=0, lt=1)
-    residual_seconds: float = Field(180.0, ge=0)
-    analysis_batch: int = Field(5000, ge=1)
+    public_url: str = Field("", description="The collector's public base URL (alerts link to it).")
+    alert_update_interval: float = Field(600.0, ge=0, description="Seconds between updates.")
+    alert_timeout: float = Field(10.0, gt=0, le=120, description="Each alert request's timeout.")
+    alert_interval: float = Field(1.0, gt=0, description="How often due messages are looked for.")
+    # The control prober: the collector's own, uncensored vantage. Empty resolvers mean
+    # the system resolver in production and no control prober in the lab and demo modes
+    # (nothing may leave the machine).
+    control_resolvers: Annotated[str, Cli(flag="--control-resolver", repeat=True)] = Field(
+        "",
+        description="Resolver IP[:PORT] of the control prober, repeatable. Default: the system's "
+        "(in production; the lab and demo modes need it named, or run no control).",
+    )
+    control_port: Annotated[int, Cli()] = Field(
+        443, ge=1, le=65535, description="Instances' HTTPS port (443)."
+    )
+    control_concurrency: Annotated[int, Cli()] = Field(
+        64, ge=1, le=4096, description="Domains the control prober measures at once."
+    )
+    control_timeout: Annotated[float, Cli()] = Field(10.0, ge=0.1, le=120, description="Seconds.")
+    control_cc: str = Field(
+        "ZZ", pattern=r"^[A-Z]{2}$", description="The country of the control's measurements."
+    )
+    lab_networks: Annotated[str, Cli(flag="--lab-network", repeat=True)] = Field(
+        "", description="CIDR treated as globally routable (labs), repeatable."
+    )
+    # The detector (docs/methodology.md, "Block events"). None means "derived from
+    # measure_interval". API-only replicas and tests turn the detector off.
+    detector: Annotated[
+        bool, Cli(flag="--no-detector", env="BLOCKWATCH_NO_DETECTOR", negate=True)
+    ] = Field(
+        True,
+        description="Serve the API only: no detector, no control prober "
+        "(another replica runs them).",
+    )
+    detect_interval: Annotated[Duration, Cli()] = Field(
+        15.0, gt=0, description="Time between detection passes (15s)."
+    )
+    detect_window: Annotated[Duration | None, Cli()] = Field(
+        None, gt=0, description="Sliding window of the detector (default: 3 measure intervals)."
+    )
+    control_window: Annotated[Duration | None, Cli()] = Field(
+        None,
+        gt=0,
+        description="Greatest time between a measurement and its control (default: 1 interval).",
+    )
+    control_wait: Annotated[Duration | None, Cli()] = Field(
+        None,
+        gt=0,
+        description="How long a failed measurement waits for a control taken after it "
+        "(default: 1 interval + 60s), then is unknown.",
+    )
+    open_min_probes: Annotated[int, Cli()] = Field(
+        2, ge=1, description="Probes that open an event (2)."
+    )
+    stay_min_probes: Annotated[int, Cli()] = Field(
+        1, ge=1, description="Blocked probes that keep one open (1)."
+    )
+    close_min_probes: Annotated[int, Cli()] = Field(
+        2, ge=1, description="Probes of the affected networks that must say ok to close it (2)."
+    )
+    collapse_ratio: Annotated[float, Cli()] = Field(
+        0.5,
+        ge=0.01,
+        le=0.99,
+        description="Reporting probes, as a share of their peak, that is reported as a collapse.",
+    )
+    residual_seconds: Annotated[
+        DurationOrZero, Cli(flag="--residual", env="BLOCKWATCH_RESIDUAL")
+    ] = Field(
+        180.0,
+        ge=0,
+        description="How long after an SNI trigger a probe's failures on that address are "
+        "residue (the GFW's 90-180s; default 180s).",
+    )
+    analysis_batch: int = Field(5000, ge=1, description="Measurements analysed at once.")
 
     @field_validator("database_url")
     @classmethod
@@ -111,6 +244,21 @@ class CollectorSettings(BaseSettings):
         if self.stay_min_probes > self.open_min_probes:
             raise ValueError("stay_min_probes may not exceed open_min_probes (hysteresis)")
         return self
+
+    def export(self) -> str:
+        """These settings as JSON, secrets in clear: for worker processes, never for logs."""
+        values: dict[str, Any] = {
+            name: value.get_secret_value() if isinstance(value, SecretStr) else value
+            for name, value in self.model_dump().items()
+        }
+        return pydantic_core.to_json(values).decode()
+
+    @classmethod
+    def from_environment(cls) -> CollectorSettings:
+        """The settings a ``serve`` parent exported, or else ``BLOCKWATCH_*`` alone."""
+        exported = os.environ.get(WORKER_SETTINGS_VARIABLE)
+        # Every field is in the export, so no BLOCKWATCH_* variable overrides any of them.
+        return cls.model_validate_json(exported) if exported else cls()
 
     @property
     def window_seconds(self) -> float:

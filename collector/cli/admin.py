@@ -1,0 +1,201 @@
+"""``blockwatch-collector probes`` and ``subscriptions``: the operator's administration.
+
+Each command works on the database directly, through the same services as the
+API (as the operator: no enrollment token or ownership challenge is asked for).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from collector.cli.common import fail, invalid, sessions, short_time
+from collector.cli.options import DatabaseUrl, admin_settings
+from collector.core.clock import SystemClock
+from collector.core.db import session_scope
+from collector.core.errors import CollectorError
+from collector.services.probes import ProbeService
+
+probes_app = typer.Typer(no_args_is_help=True, help="Probe enrollment tokens and probes.")
+subscriptions_app = typer.Typer(
+    no_args_is_help=True, help="Alert subscriptions (operators: active at once)."
+)
+
+
+@probes_app.command("token")
+def probes_token(
+    uses: Annotated[int, typer.Option(min=1, help="How many probes may enroll with it.")] = 1,
+    expires: Annotated[float, typer.Option(help="Hours until it expires.")] = 24.0,
+    role: Annotated[str, typer.Option(help="probe or control.")] = "probe",
+    note: Annotated[str | None, typer.Option()] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Print a new enrollment token (shown once; only its hash is stored)."""
+    settings = admin_settings(database_url)
+    try:
+        with sessions(settings) as factory, session_scope(factory) as session:
+            token, _ = ProbeService(settings, SystemClock()).create_token(
+                session, uses=uses, expires_in=expires * 3600, role=role, note=note
+            )
+    except CollectorError as exc:
+        raise fail(exc) from None
+    typer.echo(token)
+
+
+@probes_app.command("list")
+def probes_list(
+    as_json: Annotated[bool, typer.Option("--json")] = False, database_url: DatabaseUrl = None
+) -> None:
+    """List the probes."""
+    from collector.api.routes.probes import probe_out  # noqa: PLC0415
+
+    settings = admin_settings(database_url)
+    with sessions(settings) as factory, session_scope(factory) as session:
+        probes = [probe_out(p) for p in ProbeService(settings, SystemClock()).all(session)]
+    if as_json:
+        typer.echo(json.dumps([p.model_dump(mode="json") for p in probes]))
+        return
+    table = Table("probe", "status", "role", "network", "last check-in", "spool")
+    for p in probes:
+        network = f"{p.cc} AS{p.asn} ({p.network_source})" if p.cc else "-"
+        seen = p.last_checkin_at.isoformat(timespec="seconds") if p.last_checkin_at else "-"
+        table.add_row(p.probe_id, p.status, p.role, network, seen, str(p.spool_depth))
+    Console().print(table)
+
+
+def _probe_action(action: str, probe_id: str, database_url: str | None) -> None:
+    settings = admin_settings(database_url)
+    try:
+        with sessions(settings) as factory, session_scope(factory) as session:
+            service = ProbeService(settings, SystemClock())
+            probe = getattr(service, action)(session, probe_id)
+            typer.echo(f"{probe.id}: {probe.status}")
+    except CollectorError as exc:
+        raise fail(exc) from None
+
+
+@probes_app.command("revoke")
+def probes_revoke(probe_id: str, database_url: DatabaseUrl = None) -> None:
+    """Revoke a probe: its keys sign nothing the collector accepts any more."""
+    _probe_action("revoke", probe_id, database_url)
+
+
+@probes_app.command("approve")
+def probes_approve(probe_id: str, database_url: DatabaseUrl = None) -> None:
+    """Approve a probe waiting in the enrollment queue."""
+    _probe_action("approve", probe_id, database_url)
+
+
+@subscriptions_app.command("add")
+def subscriptions_add(
+    domain: Annotated[str | None, typer.Argument(help="The domain (or use --group).")] = None,
+    group: Annotated[str | None, typer.Option(help="A whole instance group.")] = None,
+    channel: Annotated[
+        str, typer.Option(help="webhook, slack, discord, matrix, ntfy, mastodon.")
+    ] = "webhook",
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(help="Channel setting KEY=VALUE, repeatable (url=https://..., room_id=...)."),
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Subscribe (as the operator: no ownership challenge). Prints the secrets once."""
+    from collector.services.subscriptions import SubscriptionService  # noqa: PLC0415
+
+    values = _channel_settings(setting or [])
+    settings = admin_settings(database_url)
+    try:
+        with sessions(settings) as factory, session_scope(factory) as session:
+            row, token = SubscriptionService(settings).create(
+                session, domain=domain, group=group, channel=channel, channel_settings=values,
+                admin=True,
+            )  # fmt: skip
+            sub_id, secret = row.id, row.secret
+    except CollectorError as exc:
+        raise fail(exc) from None
+    typer.echo(f"subscription {sub_id} (active)")
+    typer.echo(f"management token: {token}")
+    if secret:
+        typer.echo(f"signing secret: {secret}")
+
+
+def _channel_settings(items: list[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise invalid(f"--setting {item!r}: expected KEY=VALUE")
+        values[key.strip()] = value
+    return values
+
+
+@subscriptions_app.command("list")
+def subscriptions_list(
+    as_json: Annotated[bool, typer.Option("--json")] = False, database_url: DatabaseUrl = None
+) -> None:
+    """Every subscription, with its state and last error (secrets never shown)."""
+    from collector.services.subscriptions import (  # noqa: PLC0415
+        SubscriptionService,
+        subscription_json,
+    )
+
+    settings = admin_settings(database_url)
+    with sessions(settings) as factory, session_scope(factory) as session:
+        subs = [
+            subscription_json(r, settings)
+            for r in SubscriptionService(settings).owned(session, None, admin=True)
+        ]
+    if as_json:
+        typer.echo(json.dumps(subs))
+        return
+    table = Table("id", "domain/group", "channel", "state", "last delivery", "last error")
+    for sub in subs:
+        target = sub["domain"] or f"group {sub['group']}"
+        seen = short_time(sub["last_delivery_at"])
+        table.add_row(
+            sub["id"], target, sub["channel"], sub["state"], seen, sub["last_error"] or "-"
+        )
+    Console().print(table)
+
+
+def _subscription_action(action: str, sub_id: str, database_url: str | None) -> None:
+    from collector.services.subscriptions import SubscriptionService  # noqa: PLC0415
+
+    settings = admin_settings(database_url)
+    try:
+        with sessions(settings) as factory, session_scope(factory) as session:
+            service = SubscriptionService(settings)
+            row = service.get(session, sub_id, None, admin=True)
+            if action == "pause":
+                service.pause(row)
+            elif action == "resume":
+                service.resume(row)
+            elif action == "rotate":
+                typer.echo(f"new signing secret: {service.rotate(row)}")
+            else:
+                service.delete(session, row)
+    except CollectorError as exc:
+        raise fail(exc) from None
+    done = {"pause": "paused", "resume": "resumed", "rotate": "rotated", "delete": "deleted"}
+    typer.echo(f"{sub_id}: {done[action]}")
+
+
+def _subscription_command(action: str, doc: str) -> None:
+    def command(sub_id: str, database_url: DatabaseUrl = None) -> None:
+        _subscription_action(action, sub_id, database_url)
+
+    command.__doc__ = doc
+    subscriptions_app.command(action)(command)
+
+
+for _action, _doc in (
+    ("pause", "Stop deliveries for a while (they wait, and go out on resume)."),
+    ("resume", "Resume a paused, failing or disabled subscription."),
+    ("rotate", "A new webhook signing secret (printed once)."),
+    ("delete", "Delete a subscription and its pending deliveries."),
+):
+    _subscription_command(_action, _doc)
