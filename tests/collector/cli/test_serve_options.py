@@ -285,3 +285,51 @@ def test_help_shows_the_texts() -> None:
         assert text in shown, flag
     for option in OPTIONS:
         assert option.flag in shown
+
+
+def test_workers_receive_equal_settings(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worker rebuilds the very settings serve built, from the flags and the variables."""
+    url = f"sqlite:///{tmp_path}/w.db"
+    args = ["--database-url", url, "--mode", "lab", "--admin-token", TOKEN, "--workers", "2",
+            "--measure-interval", "2m", "--no-detector", "--control-resolver", "192.0.2.1:53",
+            "--control-resolver", "192.0.2.2", "--residual", "0"]  # fmt: skip
+    env = {"BLOCKWATCH_PUBLIC_URL": "https://bw.example", "BLOCKWATCH_CONTROL_CC": "DE"}
+    before = {k for k in os.environ if k.startswith("BLOCKWATCH_")}
+    result = serve(args, env)
+    assert result.exit_code == 0, result.output
+    # serve exported no BLOCKWATCH_* variable of its own: the settings travel whole.
+    assert {k for k in os.environ if k.startswith("BLOCKWATCH_")} <= before | set(env)
+    for name, text in env.items():
+        monkeypatch.setenv(name, text)
+    expected = CollectorSettings(
+        database_url=url, mode=Mode.LAB, admin_token=TOKEN, workers=2, measure_interval=120,
+        detector=False, control_resolvers="192.0.2.1:53,192.0.2.2", residual_seconds=0,
+        public_url="https://bw.example", control_cc="DE",
+    )  # fmt: skip
+    # A variable set after serve started does not change what the workers get.
+    monkeypatch.setenv("BLOCKWATCH_PORT", "1234")
+    app_module.create_app_from_env()
+    assert served.settings[-1] == expected
+    assert served.settings[-1].admin_token.get_secret_value() == TOKEN
+    assert TOKEN not in result.output
+    assert TOKEN not in repr(served.settings[-1])
+
+
+def test_a_worker_run_by_hand_reads_blockwatch_variables(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BLOCKWATCH_MODE", "lab")
+    monkeypatch.setenv("BLOCKWATCH_PORT", "1234")
+    app_module.create_app_from_env()
+    assert served.settings[-1].port == 1234
+
+
+def test_a_settings_error_names_its_option_or_variable(served: Served) -> None:
+    flag = serve(["--mode", "lab", "--measure-interval", "0"])
+    assert flag.exit_code == 2
+    assert "--measure-interval" in flag.output
+    variable = serve([], {"BLOCKWATCH_MODE": "lab", "BLOCKWATCH_CONTROL_CC": "china"})
+    assert variable.exit_code == 2
+    assert "BLOCKWATCH_CONTROL_CC" in variable.output
