@@ -4,8 +4,8 @@ The collector issues a challenge token; the subscriber publishes it in a DNS TXT
 record ``_blockwatch.<domain>`` or in a file
 ``https://<domain>/.well-known/blockwatch.txt``. Both are looked up with the
 control's resolvers (the collector's own view of the internet), the file through
-the guarded resolver (no private ranges unless allowlisted), with a timeout and
-a size cap.
+``collector.netsafety``'s guarded resolver (no private ranges unless allowlisted,
+exactly the checked addresses dialled), with a timeout and a size cap.
 """
 
 from __future__ import annotations
@@ -16,12 +16,8 @@ import dns.exception
 import dns.resolver
 
 from collector.core.settings import CollectorSettings
-from collector.netsafety import (
-    MAX_RESPONSE_BYTES,
-    GuardedResolver,
-    Network,
-    UnsafeDestination,
-)
+from collector.netsafety import MAX_RESPONSE_BYTES, GuardedResolver, UnsafeDestination
+from probe_agent.protocol.addresses import IPNetwork
 from probe_agent.protocol.inputs import parse_endpoint
 
 TXT_PREFIX = "_blockwatch."
@@ -61,7 +57,7 @@ def file_url(settings: CollectorSettings, domain: str) -> str:
 class _DnsGuardedResolver(GuardedResolver):
     """The guarded resolver, resolving with the control's resolvers."""
 
-    def __init__(self, allow: tuple[Network, ...], settings: CollectorSettings, timeout: float):
+    def __init__(self, allow: tuple[IPNetwork, ...], settings: CollectorSettings, timeout: float):
         super().__init__(allow)
         self.dns = _resolver(settings, timeout)
 
@@ -76,7 +72,11 @@ class _DnsGuardedResolver(GuardedResolver):
 
 
 async def file_has(
-    settings: CollectorSettings, domain: str, token: str, allow: tuple[Network, ...], timeout: float
+    settings: CollectorSettings,
+    domain: str,
+    token: str,
+    allow: tuple[IPNetwork, ...],
+    timeout: float,
 ) -> bool:
     import ssl  # noqa: PLC0415
 
@@ -97,7 +97,7 @@ async def file_has(
 
 
 async def owns(
-    settings: CollectorSettings, domain: str, token: str, allow: tuple[Network, ...]
+    settings: CollectorSettings, domain: str, token: str, allow: tuple[IPNetwork, ...]
 ) -> str | None:
     """``"txt"`` or ``"file"`` when the domain shows the token; None otherwise."""
     timeout = settings.alert_timeout

@@ -21,7 +21,8 @@ Every domain goes through ``probe_agent.protocol.inputs.normalize_domain`` (IDNA
 punycode). A bad entry is skipped with its reason and never stops the import;
 duplicates are merged. ``fetch_directory`` refuses, unless told otherwise, hosts
 that are or resolve to non-public addresses, and connects to exactly the
-addresses it checked (no DNS-rebinding window).
+addresses it checked (no DNS-rebinding window): the guard is
+``collector.netsafety``'s, the one of every outbound request.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import ipaddress
 import json
 import re
 import socket
@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from collector import __version__
+from collector.netsafety import GuardedResolver, Unresolvable, UnsafeDestination
+from probe_agent.protocol.addresses import ALL_ADDRESSES, IPAddress
 from probe_agent.protocol.errors import InvalidDomainError
 from probe_agent.protocol.inputs import normalize_domain
 
@@ -59,7 +60,6 @@ _EXPECTED = (
     "with 'domain' (joinmastodon servers API, Fediverse Observer)"
 )
 
-_IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 # (raw value, language tags, why it cannot be imported or None)
 _RawEntry: TypeAlias = tuple[str, list[str], str | None]
 
@@ -280,103 +280,20 @@ def _primary(tag: str) -> str:
 # -- fetching ------------------------------------------------------------------------------
 
 
-def _refusal_reason(address: _IPAddress) -> str | None:
-    """Why *address* must not be fetched from (None: a public address)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is not None:
-            return _refusal_reason(embedded)
-    checks = (
-        ("loopback", address.is_loopback),
-        ("link-local", address.is_link_local),
-        ("unspecified", address.is_unspecified),
-        ("multicast", address.is_multicast),
-        ("reserved", address.is_reserved),
-        ("private", address.is_private),
-        ("non-public", not address.is_global),  # e.g. 100.64.0.0/10 (carrier-grade NAT)
-    )
-    return next((name for name, hit in checks if hit), None)
-
-
-class _PinnedResolver(AbstractResolver):
-    """Answers aiohttp with exactly the addresses ``fetch_directory`` checked, and nothing else."""
-
-    def __init__(self) -> None:
-        self._pinned: dict[str, list[_IPAddress]] = {}
-
-    @staticmethod
-    def _key(host: str) -> str:
-        return host.rstrip(".").lower()
-
-    def __contains__(self, host: str) -> bool:
-        return self._key(host) in self._pinned
-
-    def pin(self, host: str, addresses: list[_IPAddress]) -> None:
-        self._pinned[self._key(host)] = addresses
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        addresses = self._pinned.get(self._key(host))
-        if addresses is None:  # every host is checked before its request: a bug if reached
-            raise RefusedAddressError(f"{host}: not checked before connecting")
-        results = [
-            ResolveResult(
-                hostname=host,
-                host=str(ip),
-                port=port,
-                family=socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
-                proto=socket.IPPROTO_TCP,
-                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-            )
-            for ip in addresses
-        ]
-        if family in (socket.AF_INET, socket.AF_INET6):
-            results = [r for r in results if r["family"] == family]
-        if not results:
-            raise OSError(f"{host}: no checked address of family {family!r}")
-        return results
-
-    async def close(self) -> None:
-        return None
-
-
-async def _resolve(host: str, port: int) -> list[_IPAddress]:
+async def _check_host(resolver: GuardedResolver, host: str) -> list[IPAddress]:
+    """Resolve *host* once, check every address it has and pin them (``collector.netsafety``)."""
     try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
-    try:
-        # Without the root's dot: "localhost." is not in /etc/hosts and would go to DNS.
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host.rstrip("."), port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )
+        return await resolver.check(host)
+    except Unresolvable as exc:
+        raise FetchError(f"cannot resolve {host}: no address") from exc
+    except UnsafeDestination as exc:
+        shown = host if host == str(exc.address) else f"{host} ({exc.address})"
+        raise RefusedAddressError(
+            f"refusing to fetch from {shown}: a {exc.reason} address; "
+            "only public addresses are fetched from unless private ones are allowed"
+        ) from exc
     except socket.gaierror as exc:
         raise FetchError(f"cannot resolve {host}: {exc.strerror}") from exc
-    addresses: list[_IPAddress] = []
-    for info in infos:
-        # Drop an IPv6 zone ("fe80::1%eth0"): link-local is refused anyway.
-        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if ip not in addresses:
-            addresses.append(ip)
-    if not addresses:
-        raise FetchError(f"cannot resolve {host}: no address")
-    return addresses
-
-
-async def _check_host(host: str, port: int, *, allow_private: bool) -> list[_IPAddress]:
-    """Resolve *host* once and check every address it has."""
-    addresses = await _resolve(host, port)
-    if not allow_private:
-        for ip in addresses:
-            reason = _refusal_reason(ip)
-            if reason is not None:
-                shown = host if host == str(ip) else f"{host} ({ip})"
-                raise RefusedAddressError(
-                    f"refusing to fetch from {shown}: a {reason} address; "
-                    "only public addresses are fetched from unless private ones are allowed"
-                )
-    return addresses
 
 
 def _http_url(url: URL) -> tuple[str, int]:
@@ -399,19 +316,14 @@ async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
 
 
 async def _get(
-    session: aiohttp.ClientSession,
-    resolver: _PinnedResolver,
-    url: URL,
-    *,
-    max_bytes: int,
-    allow_private: bool,
+    session: aiohttp.ClientSession, resolver: GuardedResolver, url: URL, *, max_bytes: int
 ) -> bytes:
     # Redirects are followed here, not by aiohttp, so that every hop's host is
     # checked; aiohttp would also dial an IP literal without asking any resolver.
     for _ in range(MAX_REDIRECTS + 1):
-        host, port = _http_url(url)
-        if host not in resolver:
-            resolver.pin(host, await _check_host(host, port, allow_private=allow_private))
+        host, _port = _http_url(url)
+        if resolver.pinned(host) is None:
+            await _check_host(resolver, host)
         async with session.get(url, allow_redirects=False) as resp:
             if resp.status in _REDIRECT_STATUSES:
                 location = resp.headers.get("Location", "")
@@ -447,7 +359,7 @@ async def fetch_directory(
     """
     parsed = URL(url)
     _http_url(parsed)
-    resolver = _PinnedResolver()
+    resolver = GuardedResolver(ALL_ADDRESSES if allow_private else ())
     # trust_env=False: an environment proxy would connect to the host for us,
     # past the address check.
     connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
@@ -465,9 +377,7 @@ async def fetch_directory(
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as session,
         ):
-            return await _get(
-                session, resolver, parsed, max_bytes=max_bytes, allow_private=allow_private
-            )
+            return await _get(session, resolver, parsed, max_bytes=max_bytes)
     except TimeoutError as exc:
         raise FetchError(f"{url}: no complete answer within {timeout:g} s") from exc
     except aiohttp.ClientError as exc:
