@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -19,8 +19,7 @@ from collector.core.db import session_scope
 from collector.core.errors import Unauthorized
 from collector.core.settings import CollectorSettings
 from collector.services.geo import Network, resolve_network
-
-NetworkOf = Callable[[tuple[str, int] | None, bool], Network]
+from collector.services.ingest import NetworkOf
 
 
 def get_settings(request: Request) -> CollectorSettings:

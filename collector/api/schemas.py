@@ -7,6 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from collector.services.auth import envelope_from
+from probe_agent.protocol.envelope import Envelope
+
 Domain = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 
 
@@ -18,6 +21,12 @@ class EnvelopeIn(BaseModel):
     key_id: Annotated[str, StringConstraints(min_length=64, max_length=64)]
     payload: Annotated[str, StringConstraints(max_length=4 * 1024 * 1024)]
     signature: Annotated[str, StringConstraints(max_length=200)]
+
+    def envelope(self) -> Envelope:
+        """The protocol's envelope, decoded once here for the services: the rest of
+        the format (hex key id, base64, signature length) is checked by its one
+        definition, with the error codes it has always answered."""
+        return envelope_from(self.model_dump())
 
 
 class BatchIn(BaseModel):

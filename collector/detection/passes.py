@@ -70,6 +70,7 @@ from collector.detection.machine import (
     Vote,
     evaluate,
 )
+from collector.services.events import event_json, json_list
 from collector.services.geo import Geolocator
 from probe_agent.protocol.addresses import FORGED_POOL_VERSION
 from probe_agent.protocol.inputs import parse_network
@@ -97,11 +98,40 @@ def params_from(settings: CollectorSettings) -> Params:
 
 @dataclass
 class PassStats:
-    analysed: int = 0
+    analyzed: int = 0
     postponed: int = 0
     keys: int = 0
     changes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+
+    @property
+    def analysed(self) -> int:
+        """The former spelling (bench/bench_detection.py reads it)."""
+        return self.analyzed
+
+
+@dataclass
+class _Evidence:
+    """What a batch is judged against, read once per batch."""
+
+    controls: defaultdict[str, list[_Control]]
+    triggers: defaultdict[str, list[Trigger]]
+    vantage_failing: set[int]
+
+
+@dataclass
+class _Judged:
+    """One analyzed batch: verdict rows to insert, measurements that wait for a
+    control, the domains whose controls they wait for, and the keys to detect."""
+
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    postponed: list[int] = field(default_factory=list)
+    wanted: set[str] = field(default_factory=set)
+    touched: set[Key] = field(default_factory=set)
+
+    @property
+    def size(self) -> int:
+        return len(self.verdicts) + len(self.postponed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +200,12 @@ class Detector:
         parsed: dict[int, Observed] = {}  # control documents, read once per pass
         while True:
             with session_scope(sessions) as session:
-                done, postponed = self._analyse(session, now, touched, wanted, parsed)
-            stats.analysed += done
-            stats.postponed += postponed
-            if done + postponed < self.settings.analysis_batch:
+                batch = self._analyze_batch(session, now, parsed)
+            stats.analyzed += len(batch.verdicts)
+            stats.postponed += len(batch.postponed)
+            touched |= batch.touched
+            wanted |= batch.wanted
+            if batch.size < self.settings.analysis_batch:
                 break
         if wanted and self.request_control is not None:
             self.request_control(wanted)
@@ -186,16 +218,24 @@ class Detector:
 
     # -- 1. analysis ---------------------------------------------------------------
 
-    def _analyse(
-        self,
-        session: Session,
-        now: datetime,
-        touched: set[Key],
-        wanted: set[str],
-        parsed: dict[int, Observed],
-    ) -> tuple[int, int]:
+    def _analyze_batch(
+        self, session: Session, now: datetime, parsed: dict[int, Observed]
+    ) -> _Judged:
+        """The next batch of the queue: read, judged, its verdicts written.
+        *parsed* caches control documents across the pass's batches."""
+        rows = self._queued(session, now)
+        if not rows:
+            return _Judged()
+        docs = {row.measurement_pk: _observed(row.payload) for row in rows}
+        evidence = self._evidence(session, rows, docs, parsed)
+        judged = self._judge_batch(rows, docs, evidence, now)
+        self._write_verdicts(session, judged, now)
+        return judged
+
+    def _queued(self, session: Session, now: datetime) -> Sequence[Any]:
+        """The queue's due measurements, oldest first, one batch."""
         m = MeasurementRow
-        rows = session.execute(
+        return session.execute(
             select(
                 AnalysisQueueRow.measurement_pk,
                 m.measurement_id,
@@ -211,68 +251,66 @@ class Detector:
             .order_by(AnalysisQueueRow.measurement_pk)
             .limit(self.settings.analysis_batch)
         ).all()
-        if not rows:
-            return 0, 0
-        docs = {row.measurement_pk: _observed(row.payload) for row in rows}
+
+    def _evidence(
+        self,
+        session: Session,
+        rows: Sequence[Any],
+        docs: dict[int, Observed],
+        parsed: dict[int, Observed],
+    ) -> _Evidence:
         window = timedelta(seconds=self.settings.control_window_seconds)
         earliest = min(row.started_at for row in rows)
         latest = max(row.started_at for row in rows)
-        controls = self._controls(session, {row.domain for row in rows}, earliest - window,
-                                  latest + window, parsed)  # fmt: skip
-        triggers = self._triggers(session, rows, docs, earliest)
-        failing = _vantage_failing(rows, docs)
+        domains = {row.domain for row in rows}
+        return _Evidence(
+            controls=self._controls(session, domains, earliest - window, latest + window, parsed),
+            triggers=self._triggers(session, rows, docs, earliest),
+            vantage_failing=_vantage_failing(rows, docs),
+        )
+
+    def _judge_batch(
+        self, rows: Sequence[Any], docs: dict[int, Observed], evidence: _Evidence, now: datetime
+    ) -> _Judged:
+        window = timedelta(seconds=self.settings.control_window_seconds)
         wait = timedelta(seconds=self.settings.control_wait_seconds)
-        verdicts: list[dict[str, Any]] = []
-        postponed: list[int] = []
+        judged = _Judged()
         for row in rows:
             doc = docs[row.measurement_pk]
             own = sni_triggers(doc)
-            others = tuple(t for t in triggers[row.probe_id] if t not in own)
-            ctx = replace(
-                self.context, triggers=others, vantage_dns_failing=row.measurement_pk in failing
-            )
-            verdict, used = self._judge(doc, row.started_at, controls[row.domain], window, ctx)
+            others = tuple(t for t in evidence.triggers[row.probe_id] if t not in own)
+            failing = row.measurement_pk in evidence.vantage_failing
+            ctx = replace(self.context, triggers=others, vantage_dns_failing=failing)
+            verdict, used = self._judge(doc, row.started_at, evidence.controls[row.domain],
+                                        window, ctx)  # fmt: skip
             if verdict is None:
                 if now - row.started_at < wait:
-                    postponed.append(row.measurement_pk)
-                    wanted.add(row.domain)
+                    judged.postponed.append(row.measurement_pk)
+                    judged.wanted.add(row.domain)
                     continue
                 verdict, used = analyze(doc, [], ctx), []
-            verdicts.append(
-                {
-                    "measurement_pk": row.measurement_pk,
-                    "measurement_id": row.measurement_id,
-                    "probe_id": row.probe_id,
-                    "domain": row.domain,
-                    "cc": row.cc,
-                    "asn": row.asn,
-                    "started_at": row.started_at,
-                    "flags": ",".join(sorted(verdict.flags)),
-                    "blocked": verdict.blocked,
-                    "reasons": json.dumps(list(verdict.reasons)),
-                    "triggers": json.dumps([[t.ip, t.port, t.at.isoformat()] for t in own]),
-                    "controls": json.dumps([c.measurement_id for c in used]),
-                    "rule_version": verdict.rule_version,
-                    "analyzed_at": now,
-                }
-            )
-            touched.add((row.domain, row.cc))
-            for flag in verdict.flags:
-                metrics.VERDICTS.labels(flag=str(flag)).inc()
-        if verdicts:
-            session.execute(insert(VerdictRow), verdicts)
-            done = [v["measurement_pk"] for v in verdicts]
+            judged.verdicts.append(_verdict_row(row, verdict, own, used, now))
+            judged.touched.add((row.domain, row.cc))
+        return judged
+
+    def _write_verdicts(self, session: Session, judged: _Judged, now: datetime) -> None:
+        """Insert the verdicts and leave the queue; the postponed retry a little later."""
+        if judged.verdicts:
+            for verdict in judged.verdicts:
+                for flag in filter(None, verdict["flags"].split(",")):
+                    metrics.VERDICTS.labels(flag=flag).inc()
+            session.execute(insert(VerdictRow), judged.verdicts)
+            done = [v["measurement_pk"] for v in judged.verdicts]
             session.execute(
                 delete(AnalysisQueueRow).where(AnalysisQueueRow.measurement_pk.in_(done))
             )
-        if postponed:
+        if judged.postponed:
             retry = now + timedelta(seconds=min(self.settings.detect_interval, 30.0) / 2)
             session.execute(
                 update(AnalysisQueueRow)
-                .where(AnalysisQueueRow.measurement_pk.in_(postponed))
+                .where(AnalysisQueueRow.measurement_pk.in_(judged.postponed))
                 .values(not_before=retry)
             )
-        return len(verdicts), len(postponed)
 
     def _judge(
         self,
@@ -553,9 +591,26 @@ def _vantage_failing(rows: Sequence[Any], docs: dict[int, Observed]) -> set[int]
     return found
 
 
-def _loads(text: str | None) -> list[Any]:
-    value = json.loads(text) if text else []
-    return value if isinstance(value, list) else []
+def _verdict_row(
+    row: Any, verdict: Verdict, own: Sequence[Trigger], used: Sequence[_Control], now: datetime
+) -> dict[str, Any]:
+    """The ``verdicts`` row of one judged measurement."""
+    return {
+        "measurement_pk": row.measurement_pk,
+        "measurement_id": row.measurement_id,
+        "probe_id": row.probe_id,
+        "domain": row.domain,
+        "cc": row.cc,
+        "asn": row.asn,
+        "started_at": row.started_at,
+        "flags": ",".join(sorted(verdict.flags)),
+        "blocked": verdict.blocked,
+        "reasons": json.dumps(list(verdict.reasons)),
+        "triggers": json.dumps([[t.ip, t.port, t.at.isoformat()] for t in own]),
+        "controls": json.dumps([c.measurement_id for c in used]),
+        "rule_version": verdict.rule_version,
+        "analyzed_at": now,
+    }
 
 
 def _key_state(row: DetectorStateRow | None, event_row: EventRow | None) -> KeyState:
@@ -569,10 +624,10 @@ def _key_state(row: DetectorStateRow | None, event_row: EventRow | None) -> KeyS
             updated_at=event_row.updated_at,
             last_blocked_at=event_row.last_blocked_at,
             scope=event_row.scope,
-            asns=tuple(int(a) for a in _loads(event_row.asns)),
-            methods=tuple(str(m) for m in _loads(event_row.methods)),
-            probe_ids=tuple(str(p) for p in _loads(event_row.probe_ids)),
-            evidence=tuple(str(e) for e in _loads(event_row.evidence)),
+            asns=tuple(int(a) for a in json_list(event_row.asns)),
+            methods=tuple(str(m) for m in json_list(event_row.methods)),
+            probe_ids=tuple(str(p) for p in json_list(event_row.probe_ids)),
+            evidence=tuple(str(e) for e in json_list(event_row.evidence)),
             reporting_probes=event_row.reporting_probes,
             volume_collapse_at=event_row.volume_collapse_at,
         )
@@ -600,35 +655,6 @@ def _write_event(row: EventRow, event: Event) -> None:
     row.closed_at = event.closed_at
     row.reporting_probes = event.reporting_probes
     row.volume_collapse_at = event.volume_collapse_at
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
-def event_json(row: EventRow) -> dict[str, Any]:
-    """An event as ``GET /api/v1/events`` shows it (docs/api.md)."""
-    return {
-        "id": row.id,
-        "domain": row.domain,
-        "cc": row.cc,
-        "asns": _loads(row.asns),
-        "methods": _loads(row.methods),
-        "scope": row.scope,
-        "state": row.state,
-        "started_at": _iso(row.started_at),
-        "detected_at": _iso(row.detected_at),
-        "updated_at": _iso(row.updated_at),
-        "ended_at": _iso(row.ended_at),
-        "closed_at": _iso(row.closed_at),
-        "probes": len(_loads(row.probe_ids)),
-        "reporting_probes": row.reporting_probes,
-        "volume_collapse_at": _iso(row.volume_collapse_at),
-        "evidence": _loads(row.evidence),
-        "revision": row.revision,
-        "rule_version": row.rule_version,
-        "forged_pool_version": row.forged_pool_version,
-    }
 
 
 def _save_networks(

@@ -1,4 +1,9 @@
-"""Reading block events and per-network status (what the detector wrote)."""
+"""Block events and per-network status as the API shows them (what the detector wrote).
+
+The event document (``event_json``) is defined here, once: ``GET /api/v1/events``
+answers it, and the detection pass stores it as each event change's snapshot,
+which the outbox sends to subscribers (docs/api.md).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ from sqlalchemy.orm import Session
 
 from collector.core.errors import NotFound, Unprocessable
 from collector.core.models import EventRow, NetworkStateRow, TargetRow
-from collector.detection.passes import event_json
 from collector.services.targets import TargetService, normalize
 
 STATES = ("open", "closed")
@@ -19,6 +23,41 @@ STATES = ("open", "closed")
 
 def _iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    return _iso(value) if value is not None else None
+
+
+def json_list(text: str | None) -> list[Any]:
+    """A JSON list column (asns, methods, probe_ids, evidence): empty when unset."""
+    value = json.loads(text) if text else []
+    return value if isinstance(value, list) else []
+
+
+def event_json(row: EventRow) -> dict[str, Any]:
+    """An event as ``GET /api/v1/events`` shows it (docs/api.md)."""
+    return {
+        "id": row.id,
+        "domain": row.domain,
+        "cc": row.cc,
+        "asns": json_list(row.asns),
+        "methods": json_list(row.methods),
+        "scope": row.scope,
+        "state": row.state,
+        "started_at": _iso_or_none(row.started_at),
+        "detected_at": _iso_or_none(row.detected_at),
+        "updated_at": _iso_or_none(row.updated_at),
+        "ended_at": _iso_or_none(row.ended_at),
+        "closed_at": _iso_or_none(row.closed_at),
+        "probes": len(json_list(row.probe_ids)),
+        "reporting_probes": row.reporting_probes,
+        "volume_collapse_at": _iso_or_none(row.volume_collapse_at),
+        "evidence": json_list(row.evidence),
+        "revision": row.revision,
+        "rule_version": row.rule_version,
+        "forged_pool_version": row.forged_pool_version,
+    }
 
 
 def network_json(row: NetworkStateRow) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Ingestion: a batch of signed measurements in, one answer per item out.
 
-For each item: parse the envelope, find its key, verify the signature over the
-exact payload bytes, then parse and validate the document, check its time
-window and the key's standing. Accepted items are inserted together with
+For each item (``collector.services.auth``): decode the envelope, find its key,
+verify the signature over the exact payload bytes, then parse and validate the
+document, check its time window and the key's standing. Accepted items are inserted together with
 ``ON CONFLICT (measurement_id) DO NOTHING ... RETURNING``: whatever the database
 did not return was already there (a resubmission, a replay) and is answered
 ``duplicate``, even when two replicas race on the same item. One commit per
@@ -25,25 +25,24 @@ from sqlalchemy.orm import Session
 
 from collector.core import metrics
 from collector.core.clock import Clock
-from collector.core.errors import CollectorError, Unauthorized
+from collector.core.errors import CollectorError
 from collector.core.models import AnalysisQueueRow, MeasurementRow, ProbeKeyRow
 from collector.core.settings import CollectorSettings
+from collector.services.auth import authenticate, envelope_from
 from collector.services.documents import MeasurementDocument
 from collector.services.geo import Network
-from collector.services.probes import (
-    check_signature,
-    check_window,
-    envelope_from,
-    key_usable,
-    parse_document,
-)
-from probe_agent.protocol.envelope import Purpose
+from probe_agent.protocol.envelope import Envelope, Purpose
 
+# Where the caller is: *network_of(declared, via_proxy)*, one request's closure over
+# its address (collector.api.deps.get_network_of), used by ingest and check-in.
 NetworkOf = Callable[[tuple[str, int] | None, bool], Network]
 
 
 @dataclass
-class ItemResult:
+class IngestOutcome:
+    """What became of one item of a batch (named apart from the probe's ItemResult,
+    probe_agent.daemon.client, which reads the JSON this writes)."""
+
     index: int
     status: str  # accepted | duplicate | rejected
     measurement_id: str | None = None
@@ -59,6 +58,9 @@ class ItemResult:
         if self.code is not None:
             out["error"] = {"code": self.code, "message": self.message}
         return out
+
+
+ItemResult = IngestOutcome  # the former name
 
 
 TABLE = cast(Table, MeasurementRow.__table__)
@@ -114,8 +116,10 @@ class IngestService:
         self.settings = settings
         self.clock = clock
 
-    def ingest(self, session: Session, items: list[Any], network_of: NetworkOf) -> list[ItemResult]:
-        results = [ItemResult(index=i, status="rejected") for i in range(len(items))]
+    def ingest(
+        self, session: Session, items: list[Any], network_of: NetworkOf
+    ) -> list[IngestOutcome]:
+        results = [IngestOutcome(index=i, status="rejected") for i in range(len(items))]
         envelopes = {}
         for i, item in enumerate(items):
             try:
@@ -145,33 +149,30 @@ class IngestService:
             metrics.MEASUREMENTS.labels(status=result.status).inc()
         return results
 
-    def _reject(self, result: ItemResult, exc: CollectorError) -> None:
+    def _reject(self, result: IngestOutcome, exc: CollectorError) -> None:
         result.status, result.code, result.message = "rejected", exc.code, exc.message
         metrics.REJECTIONS.labels(reason=metrics.reason(exc.code)).inc()
 
     def _accept(
-        self, envelope: Any, key: ProbeKeyRow | None, network_of: NetworkOf, now: Any
+        self, envelope: Envelope, key: ProbeKeyRow | None, network_of: NetworkOf, now: datetime
     ) -> dict[str, Any]:
-        if key is None:
-            raise Unauthorized("no probe has this key", "err_unknown_key")
-        check_signature(envelope, Purpose.MEASUREMENT, key.public_key)
-        doc = parse_document(envelope, MeasurementDocument)
-        check_window(doc, self.settings, now)
-        key_usable(key.probe, key, doc.signed_at)
+        signer, doc = authenticate(
+            envelope, key, Purpose.MEASUREMENT, MeasurementDocument, self.settings, now
+        )
         declared = (doc.declared.cc.upper(), doc.declared.asn) if doc.declared else None
         network = network_of(declared, doc.via_proxy)
         m = doc.measurement
         return {
             "measurement_id": m.measurement_id,
-            "probe_id": key.probe_id,
-            "key_id": key.key_id,
+            "probe_id": signer.probe.id,
+            "key_id": signer.key.key_id,
             "domain": m.domain,
             "started_at": m.started_at,
             "received_at": now,
             "cc": network.cc,
             "asn": network.asn,
             "network_source": str(network.source),
-            "role": key.probe.role,
+            "role": signer.probe.role,
             "hints": json.dumps(m.hints),
             # Level 1: most of the gain (JSON compresses ~4x) at a fifth of level 6's CPU.
             "payload": zlib.compress(envelope.payload, 1),
@@ -179,7 +180,7 @@ class IngestService:
         }
 
     def _store(
-        self, session: Session, rows: dict[int, dict[str, Any]], results: list[ItemResult]
+        self, session: Session, rows: dict[int, dict[str, Any]], results: list[IngestOutcome]
     ) -> None:
         # Within one batch the first of two items with the same id wins.
         first: dict[str, int] = {}
@@ -199,7 +200,7 @@ class IngestService:
                 result = session.connection().execute(statement, unique)
                 stored = {mid: pk for pk, mid in result}
             # Probes' measurements wait for the detector's pass (controls are matched
-            # to them there); a control's are read by that matching, not analysed.
+            # to them there); a control's are read by that matching, not analyzed.
             queued = [
                 {"measurement_pk": stored[row["measurement_id"]], "not_before": row["received_at"]}
                 for row in unique

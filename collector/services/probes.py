@@ -1,8 +1,9 @@
-"""Probe identity: enrollment, authentication of signed documents, check-in, rotation.
+"""Probe identity: enrollment, check-in, key rotation, and their administration.
 
-Every probe request is an envelope. The signature is checked against the key the
-collector holds (or, for enrollment, the key the document carries) before
-anything is written; only then is the document parsed and acted on. Tokens are
+Every probe request is an envelope, decoded by the route. The signature is
+checked (``collector.services.auth``) against the key the collector holds (or,
+for enrollment, the key the document carries) before anything is written; only
+then is the document parsed and acted on. Tokens are
 stored as SHA-256 hashes and consumed with a conditional UPDATE, so two probes
 racing for the last use of a token cannot both win.
 """
@@ -12,17 +13,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from datetime import timedelta
+from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from collector.core.clock import Clock
 from collector.core.errors import (
-    ENVELOPE_ERRORS,
     BadRequest,
     Conflict,
     Forbidden,
@@ -32,6 +30,8 @@ from collector.core.errors import (
 )
 from collector.core.models import ProbeKeyRow, ProbeRow, TargetRow, TokenRow
 from collector.core.settings import CollectorSettings
+from collector.services import auth
+from collector.services.auth import Authenticated, check_signature, check_window, parse_document
 from collector.services.documents import (
     CheckinDocument,
     EnrollDocument,
@@ -40,11 +40,12 @@ from collector.services.documents import (
     parse_public_key,
 )
 from collector.services.geo import Network
-from probe_agent.protocol.envelope import Envelope, EnvelopeError, Purpose, fingerprint, verify
+from collector.services.ingest import NetworkOf
+from probe_agent.protocol.envelope import Envelope, EnvelopeError, Purpose, fingerprint
 
 TOKEN_PREFIX = "bwt_"  # noqa: S105 (a prefix, not a secret)
 ROLES = ("probe", "control")
-Doc = TypeVar("Doc", bound=BaseModel)
+Signed = TypeVar("Signed", bound=SignedDocument)
 
 
 def hash_token(token: str) -> str:
@@ -53,54 +54,6 @@ def hash_token(token: str) -> str:
 
 def new_probe_id() -> str:
     return "p_" + secrets.token_hex(8)
-
-
-def envelope_from(data: Any) -> Envelope:
-    try:
-        return Envelope.from_json(data)
-    except EnvelopeError as exc:
-        raise ENVELOPE_ERRORS[exc.code](str(exc), exc.code) from exc
-
-
-def check_signature(envelope: Envelope, purpose: Purpose, public_key: bytes) -> None:
-    try:
-        verify(envelope, purpose, public_key)
-    except EnvelopeError as exc:
-        raise ENVELOPE_ERRORS[exc.code](str(exc), exc.code) from exc
-
-
-def parse_document(envelope: Envelope, model: type[Doc]) -> Doc:
-    try:
-        return model.model_validate_json(envelope.payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        code = "err_invalid_domain" if where.endswith("domain") else "err_malformed_payload"
-        raise Unprocessable(f"payload {where}: {first.get('msg')}", code) from exc
-
-
-def check_window(doc: SignedDocument, settings: CollectorSettings, now: datetime) -> None:
-    if doc.signed_at > now + timedelta(seconds=settings.max_future_skew):
-        raise Unprocessable("signed_at is in the future", "err_timestamp_out_of_window")
-    if doc.signed_at < now - timedelta(seconds=settings.max_age):
-        raise Unprocessable("signed_at is too old", "err_timestamp_out_of_window")
-
-
-@dataclass(frozen=True)
-class Authenticated:
-    probe: ProbeRow
-    key: ProbeKeyRow
-    signed_at: datetime
-
-
-def key_usable(probe: ProbeRow, key: ProbeKeyRow, signed_at: datetime) -> None:
-    """Raise unless this key may sign a document dated *signed_at*."""
-    if probe.status == "revoked" or key.status == "revoked":
-        raise Forbidden("this probe's key is revoked", "err_revoked_key")
-    if key.status == "retired" and (key.retired_at is None or signed_at >= key.retired_at):
-        raise Forbidden("this key was retired by a rotation", "err_revoked_key")
-    if probe.status == "pending":
-        raise Forbidden("the probe waits for approval", "err_probe_pending")
 
 
 class ProbeService:
@@ -152,8 +105,7 @@ class ProbeService:
 
     # -- enrollment -----------------------------------------------------------
 
-    def enroll(self, session: Session, data: Any) -> tuple[ProbeRow, ProbeKeyRow, bool]:
-        envelope = envelope_from(data)
+    def enroll(self, session: Session, envelope: Envelope) -> tuple[ProbeRow, ProbeKeyRow, bool]:
         # The document names its own key: parse just enough to find it, verify, then trust.
         try:
             claimed = envelope.payload_json()
@@ -202,30 +154,21 @@ class ProbeService:
     # -- authentication -------------------------------------------------------
 
     def authenticate(
-        self, session: Session, envelope: Envelope, purpose: Purpose, model: type[Doc]
-    ) -> tuple[Authenticated, Doc]:
+        self, session: Session, envelope: Envelope, purpose: Purpose, model: type[Signed]
+    ) -> tuple[Authenticated, Signed]:
         key = session.get(ProbeKeyRow, envelope.key_id)
-        if key is None:
-            raise Unauthorized("no probe has this key", "err_unknown_key")
-        check_signature(envelope, purpose, key.public_key)
-        doc = parse_document(envelope, model)
-        assert isinstance(doc, SignedDocument)
-        check_window(doc, self.settings, self.clock.now())
-        key_usable(key.probe, key, doc.signed_at)
-        return Authenticated(key.probe, key, doc.signed_at), doc
+        return auth.authenticate(envelope, key, purpose, model, self.settings, self.clock.now())
 
     # -- check-in -------------------------------------------------------------
 
     def checkin(
-        self, session: Session, data: Any, network_of: Any
+        self, session: Session, envelope: Envelope, network_of: NetworkOf
     ) -> tuple[ProbeRow, Network, list[TargetRow]]:
         """*network_of(declared, via_proxy) -> Network* geolocates the caller, then forgets it."""
-        auth, doc = self.authenticate(
-            session, envelope_from(data), Purpose.CHECKIN, CheckinDocument
-        )
+        signer, doc = self.authenticate(session, envelope, Purpose.CHECKIN, CheckinDocument)
         declared = (doc.declared.cc.upper(), doc.declared.asn) if doc.declared else None
-        network: Network = network_of(declared, doc.via_proxy)
-        probe = auth.probe
+        network = network_of(declared, doc.via_proxy)
+        probe = signer.probe
         probe.last_checkin_at = self.clock.now()
         probe.last_cc, probe.last_asn = network.cc, network.asn
         probe.last_network_source = str(network.source)
@@ -243,9 +186,8 @@ class ProbeService:
 
     # -- rotation -------------------------------------------------------------
 
-    def rotate(self, session: Session, data: Any) -> tuple[ProbeRow, ProbeKeyRow]:
-        envelope = envelope_from(data)
-        auth, doc = self.authenticate(session, envelope, Purpose.ROTATE, RotateDocument)
+    def rotate(self, session: Session, envelope: Envelope) -> tuple[ProbeRow, ProbeKeyRow]:
+        signer, doc = self.authenticate(session, envelope, Purpose.ROTATE, RotateDocument)
         new_key = parse_public_key(doc.new_public_key)
         try:
             new_signature = base64.b64decode(doc.new_key_signature, validate=True)
@@ -257,17 +199,17 @@ class ProbeService:
         if session.get(ProbeKeyRow, proof.key_id) is not None:
             raise Conflict("that key is already enrolled", "err_conflict")
         now = self.clock.now()
-        auth.key.status, auth.key.retired_at = "retired", now
+        signer.key.status, signer.key.retired_at = "retired", now
         key = ProbeKeyRow(
             key_id=proof.key_id,
-            probe_id=auth.probe.id,
+            probe_id=signer.probe.id,
             public_key=new_key,
             status="active",
             created_at=now,
         )
         session.add(key)
         session.flush()
-        return auth.probe, key
+        return signer.probe, key
 
     # -- administration -------------------------------------------------------
 

@@ -52,7 +52,7 @@ def enroll(
     settings: SettingsDep,
     clock: ClockDep,
 ) -> EnrollOut:
-    probe, key, created = ProbeService(settings, clock).enroll(session, body.model_dump())
+    probe, key, created = ProbeService(settings, clock).enroll(session, body.envelope())
     if not created:
         response.status_code = status.HTTP_200_OK
     metrics.ENROLLMENTS.labels(status=probe.status).inc()
@@ -70,7 +70,7 @@ def checkin(
 ) -> CheckinOut:
     request.app.state.rate_limiter.check(body.key_id)
     probe, network, targets = ProbeService(settings, clock).checkin(
-        session, body.model_dump(), network_of
+        session, body.envelope(), network_of
     )
     metrics.CHECKINS.labels(role=probe.role).inc()
     return CheckinOut(
@@ -91,7 +91,7 @@ def checkin(
 def rotate(
     body: EnvelopeIn, session: SessionDep, settings: SettingsDep, clock: ClockDep
 ) -> RotateOut:
-    probe, key = ProbeService(settings, clock).rotate(session, body.model_dump())
+    probe, key = ProbeService(settings, clock).rotate(session, body.envelope())
     return RotateOut(probe_id=probe.id, key_id=key.key_id, status=probe.status)
 
 

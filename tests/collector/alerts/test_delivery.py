@@ -28,8 +28,8 @@ from collector.core.db import make_engine, make_session_factory, migrate, sessio
 from collector.core.errors import Unprocessable
 from collector.core.models import DeliveryRow, EventChangeRow, EventRow, SubscriptionRow
 from collector.core.settings import CollectorSettings
-from collector.detection.passes import event_json
 from collector.netsafety import GuardedResolver, UnsafeDestination, parse_allowlist
+from collector.services.events import event_json
 from collector.services.subscriptions import SubscriptionService
 from collector.services.targets import TargetService
 from tests.collector.conftest import FakeClock
