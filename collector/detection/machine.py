@@ -213,57 +213,50 @@ def _merge_evidence(old: Sequence[str], new: Iterable[str], limit: int) -> tuple
     return tuple(merged[:head] + merged[len(merged) - (limit - head) :])
 
 
-def evaluate(state: KeyState, votes: Sequence[Vote], params: Params, now: datetime) -> Outcome:
-    """One step of the machine for one key. *votes* may hold more than the window."""
+@dataclass(frozen=True, slots=True)
+class _Tally:
+    """The window's votes, counted once for whichever branch follows."""
+
+    window: list[Vote]
+    ballots: dict[str, Vote]  # one per probe
+    networks: tuple[NetworkView, ...]
+    blocked_asns: frozenset[int]
+    measured_asns: frozenset[int]  # blocked or ok
+    blocked_ballots: list[Vote]  # the blocked votes of blocked networks
+
+
+def _tally(votes: Sequence[Vote], params: Params, now: datetime) -> _Tally:
     since = now - params.window
     window = [v for v in votes if since <= v.started_at <= now + params.window]
     ballots = _latest_per_probe(window)
     networks = _network_views(ballots)
-    blocked_asns = {n.asn for n in networks if n.state is NetworkState.BLOCKED}
-    measured_asns = {n.asn for n in networks if n.state in (NetworkState.BLOCKED, NetworkState.OK)}
-    blocked_ballots = [v for v in ballots.values() if v.blocked and v.asn in blocked_asns]
-    active = len(ballots)
+    blocked = frozenset(n.asn for n in networks if n.state is NetworkState.BLOCKED)
+    measured = frozenset(
+        n.asn for n in networks if n.state in (NetworkState.BLOCKED, NetworkState.OK)
+    )
+    return _Tally(
+        window=window,
+        ballots=ballots,
+        networks=networks,
+        blocked_asns=blocked,
+        measured_asns=measured,
+        blocked_ballots=[v for v in ballots.values() if v.blocked and v.asn in blocked],
+    )
 
-    # Volume: how many probes report, against the peak.
+
+def evaluate(state: KeyState, votes: Sequence[Vote], params: Params, now: datetime) -> Outcome:
+    """One step of the machine for one key. *votes* may hold more than the window."""
+    tally = _tally(votes, params, now)
+    active = len(tally.ballots)
     peak = max(state.peak_probes, active)
-    collapsed_at = state.collapsed_at
-    collapsing = peak >= params.open_min_probes and active <= peak * params.collapse_ratio
-    if collapsing and collapsed_at is None:
-        collapsed_at = now
-    elif not collapsing:
-        collapsed_at = None
-    last_vote_at = max((v.started_at for v in window), default=state.last_vote_at)
+    collapsed_at = _collapse(state.collapsed_at, active, peak, params, now)
+    last_vote_at = max((v.started_at for v in tally.window), default=state.last_vote_at)
 
-    event = state.event
-    change: Change | None = None
-    if event is None or not event.open:
-        event = None
-        if len(blocked_ballots) >= params.open_min_probes:
-            # First blocked evidence: the earliest blocked verdict of the probes that agree.
-            agreeing = {v.probe_id for v in blocked_ballots}
-            first = min(v.started_at for v in window if v.blocked and v.probe_id in agreeing)
-            evidence = sorted(
-                (v for v in window if v.blocked and v.probe_id in agreeing),
-                key=lambda v: v.started_at,
-            )
-            event = Event(
-                started_at=first,
-                detected_at=now,
-                updated_at=now,
-                last_blocked_at=max(v.started_at for v in blocked_ballots),
-                scope="national" if blocked_asns >= measured_asns else "regional",
-                asns=tuple(sorted(blocked_asns)),
-                methods=tuple(sorted(_agreed_methods(blocked_ballots, params))),
-                probe_ids=tuple(sorted(agreeing)),
-                evidence=_merge_evidence(
-                    (), (v.measurement_id for v in evidence), params.max_evidence
-                ),
-                reporting_probes=active,
-                volume_collapse_at=collapsed_at,
-            )
-            change = Change.OPENED
+    change: Change | None
+    if state.event is None or not state.event.open:
+        event, change = _open(tally, active, collapsed_at, params, now)
     else:
-        event, change = _advance(event, window, ballots, networks, blocked_ballots, params, now)
+        event, change = _advance(state.event, tally, params, now)
         if change is not Change.CLOSED:
             event, collapse_change = _watch_volume(event, active, collapsed_at)
             change = change or collapse_change
@@ -280,8 +273,47 @@ def evaluate(state: KeyState, votes: Sequence[Vote], params: Params, now: dateti
             last_vote_at=last_vote_at,
         ),
         change=change,
-        networks=networks,
+        networks=tally.networks,
     )
+
+
+def _collapse(
+    collapsed_at: datetime | None, active: int, peak: int, params: Params, now: datetime
+) -> datetime | None:
+    """Volume: when the probes reporting fell to the collapse ratio of the peak, if so."""
+    collapsing = peak >= params.open_min_probes and active <= peak * params.collapse_ratio
+    if not collapsing:
+        return None
+    return collapsed_at if collapsed_at is not None else now
+
+
+def _open(
+    tally: _Tally, active: int, collapsed_at: datetime | None, params: Params, now: datetime
+) -> tuple[Event | None, Change | None]:
+    """No open event: open one when enough blocked probes agree, else none."""
+    blocked_ballots = tally.blocked_ballots
+    if len(blocked_ballots) < params.open_min_probes:
+        return None, None
+    # First blocked evidence: the earliest blocked verdict of the probes that agree.
+    agreeing = {v.probe_id for v in blocked_ballots}
+    evidence = sorted(
+        (v for v in tally.window if v.blocked and v.probe_id in agreeing),
+        key=lambda v: v.started_at,
+    )
+    event = Event(
+        started_at=min(v.started_at for v in evidence),
+        detected_at=now,
+        updated_at=now,
+        last_blocked_at=max(v.started_at for v in blocked_ballots),
+        scope="national" if tally.blocked_asns >= tally.measured_asns else "regional",
+        asns=tuple(sorted(tally.blocked_asns)),
+        methods=tuple(sorted(_agreed_methods(blocked_ballots, params))),
+        probe_ids=tuple(sorted(agreeing)),
+        evidence=_merge_evidence((), (v.measurement_id for v in evidence), params.max_evidence),
+        reporting_probes=active,
+        volume_collapse_at=collapsed_at,
+    )
+    return event, Change.OPENED
 
 
 def _watch_volume(
@@ -295,18 +327,12 @@ def _watch_volume(
 
 
 def _advance(
-    event: Event,
-    window: list[Vote],
-    ballots: dict[str, Vote],
-    networks: tuple[NetworkView, ...],
-    blocked_ballots: list[Vote],
-    params: Params,
-    now: datetime,
+    event: Event, tally: _Tally, params: Params, now: datetime
 ) -> tuple[Event, Change | None]:
     """An open event: grow it, keep it, or close it."""
-    blocked_asns = {n.asn for n in networks if n.state is NetworkState.BLOCKED}
-    measured = {n.asn for n in networks if n.state in (NetworkState.BLOCKED, NetworkState.OK)}
-    asns = set(event.asns) | blocked_asns
+    window, ballots, blocked_ballots = tally.window, tally.ballots, tally.blocked_ballots
+    measured = tally.measured_asns
+    asns = set(event.asns) | tally.blocked_asns
     methods = set(event.methods) | _agreed_methods(blocked_ballots, params)
     probe_ids = set(event.probe_ids) | {v.probe_id for v in blocked_ballots}
     # A late measurement may show the block began earlier than thought.
