@@ -63,7 +63,7 @@ from probe_agent.measure.observations import (  # noqa: E402
     TLSObservation,
 )
 from probe_agent.protocol.envelope import Envelope, Purpose, sign  # noqa: E402
-from probe_agent.state.spool import DEFAULT_BATCH, SPOOL_FILE, Spool  # noqa: E402
+from probe_agent.state.spool import DEFAULT_BATCH, SPOOL_FILE, Spool, measurement_id_of  # noqa: E402
 
 REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -227,7 +227,7 @@ def bench_spool(n: int, root: Path, deadline: Deadline) -> dict[str, Any]:
     with Spool(state) as spool:
         t0 = time.perf_counter()
         for j, (envelope, started) in enumerate(items):
-            spool.put(envelope, started)
+            spool.put(envelope, started, measurement_id_of(envelope))
             if j % 500 == 0:
                 deadline.left()
         put_s = time.perf_counter() - t0

@@ -21,7 +21,7 @@ import sys
 import urllib.parse
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -67,6 +67,10 @@ from probe_agent.protocol.inputs import (
     parse_duration,
 )
 from probe_agent.state.identity import DEFAULT_STATE_DIR, key_id, load_or_create_key
+
+if TYPE_CHECKING:  # imported where used: `measure` starts faster without aiohttp
+    from probe_agent.daemon.loop import DaemonOptions
+    from probe_agent.daemon.round import RunOptions
 
 app = typer.Typer(
     name="blockwatch-probe",
@@ -321,25 +325,12 @@ def run(
     """Check in with the collector, measure the targets it hands out, sign and submit."""
     # The collector client pulls in aiohttp: only `run` needs it, and `measure`
     # (which may fork workers) starts faster and smaller without it.
-    from probe_agent.daemon.client import ssl_context  # noqa: PLC0415
-    from probe_agent.daemon.loop import DaemonOptions, run_daemon  # noqa: PLC0415
+    from probe_agent.daemon.round import RunOptions  # noqa: PLC0415
 
-    logging.getLogger("blockwatch").setLevel(log_level.value.upper())
-    if log_level is LogLevel.DEBUG:
-        Console(stderr=True).print(
-            "[yellow]warning:[/] --log-level debug writes the measured domains and addresses "
-            "to the log: anyone who reads it learns what this probe measured"
-        )
-    from probe_agent.daemon.round import RunOptions, run_once  # noqa: PLC0415
-
-    try:
-        daemon = DaemonOptions(
-            interval=parse_duration(interval) if interval else None,
-            retest_spacing=parse_duration(retest_spacing) if retest_spacing else None,
-        )
-        collectors = tuple(parse_collector_url(url) for url in collector or ())
-        if not collectors:
-            raise InvalidOptionError("no collector given: pass --collector URL")
+    _set_log_level(log_level)
+    try:  # every option is checked before anything is sent
+        daemon = _daemon_options(interval, retest_spacing)
+        collectors = _collectors(collector)
         declared = parse_declared(cc, asn)
         proxy_url = parse_proxy_url(proxy) if proxy else None
         config = engine_config(
@@ -352,15 +343,10 @@ def run(
             decoy_sni=decoy_sni,
             lab_network=lab_network,
         )
-        ssl_context(config.ca_file)  # a bad bundle is invalid input, not a failed round
+        _check_ca_file(config.ca_file)
     except InvalidInputError as exc:
         raise _fail(str(exc)) from None
-    for position, url in enumerate(collectors, 1):
-        if url.startswith("http://") and not _is_loopback_url(url):
-            Console(stderr=True).print(
-                f"[yellow]warning:[/] collector {position} is plain http: anyone on the path "
-                "can read the measurements and see that this machine runs a probe"
-            )
+    _warn_plain_http(collectors)
     options = RunOptions(
         collectors=collectors,
         state_dir=state_dir,
@@ -372,11 +358,60 @@ def run(
         proxy=proxy_url,
         role=role.value,
     )
+    raise typer.Exit(_start(options, None if once else daemon))
+
+
+def _set_log_level(log_level: LogLevel) -> None:
+    logging.getLogger("blockwatch").setLevel(log_level.value.upper())
+    if log_level is LogLevel.DEBUG:
+        Console(stderr=True).print(
+            "[yellow]warning:[/] --log-level debug writes the measured domains and addresses "
+            "to the log: anyone who reads it learns what this probe measured"
+        )
+
+
+def _collectors(collector: list[str] | None) -> tuple[str, ...]:
+    """The ``--collector`` URLs, parsed; at least one (``run`` and ``rotate-key``)."""
+    collectors = tuple(parse_collector_url(url) for url in collector or ())
+    if not collectors:
+        raise InvalidOptionError("no collector given: pass --collector URL")
+    return collectors
+
+
+def _check_ca_file(ca_file: str | None) -> None:
+    """A bad ``--ca-file`` bundle is invalid input, not a failed round."""
+    from probe_agent.daemon.client import ssl_context  # noqa: PLC0415
+
+    ssl_context(ca_file)
+
+
+def _daemon_options(interval: str | None, retest_spacing: str | None) -> DaemonOptions:
+    from probe_agent.daemon.loop import DaemonOptions  # noqa: PLC0415
+
+    return DaemonOptions(
+        interval=parse_duration(interval) if interval else None,
+        retest_spacing=parse_duration(retest_spacing) if retest_spacing else None,
+    )
+
+
+def _warn_plain_http(collectors: tuple[str, ...]) -> None:
+    for position, url in enumerate(collectors, 1):
+        if url.startswith("http://") and not _is_loopback_url(url):
+            Console(stderr=True).print(
+                f"[yellow]warning:[/] collector {position} is plain http: anyone on the path "
+                "can read the measurements and see that this machine runs a probe"
+            )
+
+
+def _start(options: RunOptions, daemon: DaemonOptions | None) -> int:
+    """One round (no *daemon*: ``--once``) or the daemon; the exit status."""
+    from probe_agent.daemon.loop import run_daemon  # noqa: PLC0415
+    from probe_agent.daemon.round import run_once  # noqa: PLC0415
+
     try:
-        status = asyncio.run(run_once(options) if once else run_daemon(options, daemon))
+        return asyncio.run(run_once(options) if daemon is None else run_daemon(options, daemon))
     except IdentityError as exc:
         raise _fail(str(exc)) from None
-    raise typer.Exit(status)
 
 
 PROXY_SCHEMES = ("socks5", "socks5h", "socks4", "http")
@@ -451,16 +486,13 @@ def rotate_key(
 ) -> None:
     """Replace the probe's key with a new one, once the collector accepted it (stop the daemon
     first)."""
-    from probe_agent.daemon.client import ssl_context  # noqa: PLC0415
     from probe_agent.daemon.rotation import rotate_key as rotate  # noqa: PLC0415
     from probe_agent.daemon.round import describe  # noqa: PLC0415
-    from probe_agent.protocol.errors import CollectorError, CollectorUnreachable  # noqa: PLC0415
+    from probe_agent.protocol.errors import CollectorRefused, CollectorUnreachable  # noqa: PLC0415
 
     try:
-        collectors = tuple(parse_collector_url(url) for url in collector or ())
-        if not collectors:
-            raise InvalidOptionError("no collector given: pass --collector URL")
-        ssl_context(str(ca_file) if ca_file else None)
+        collectors = _collectors(collector)
+        _check_ca_file(str(ca_file) if ca_file else None)
     except InvalidInputError as exc:
         raise _fail(str(exc)) from None
     try:
@@ -480,7 +512,7 @@ def rotate_key(
             highlight=False,
         )
         raise typer.Exit(1) from None
-    except CollectorError as exc:
+    except CollectorRefused as exc:
         Console(stderr=True).print(
             f"[bold red]error:[/] {describe(exc)}; the key is unchanged", highlight=False
         )

@@ -11,7 +11,7 @@ connection error, a timeout or a 5xx moves on to the next one; any other answer
 collector's side (the same key enrolls to the same probe, a measurement id is
 stored once), so trying the next URL after a lost answer is safe. Library
 exceptions (aiohttp, ssl, OSError, timeouts) are translated here, at this one
-boundary, into ``CollectorUnreachable`` or ``CollectorError``.
+boundary, into ``CollectorUnreachable`` or ``CollectorRefused``.
 
 Privacy: the requests carry the signed documents and nothing else: no cookies,
 no proxy or credentials from the environment, no redirect followed, and nothing
@@ -48,7 +48,7 @@ from probe_agent.protocol.envelope import (
     sign,
 )
 from probe_agent.protocol.errors import (
-    CollectorError,
+    CollectorRefused,
     CollectorUnreachable,
     InvalidDomainError,
     InvalidOptionError,
@@ -124,14 +124,14 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _error_from(status: int, data: Any) -> CollectorError:
-    """``{"error": {"code", "message"}}`` as a CollectorError (or err_bad_response)."""
+def _error_from(status: int, data: Any) -> CollectorRefused:
+    """``{"error": {"code", "message"}}`` as a CollectorRefused (or err_bad_response)."""
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
         code, message = error.get("code"), error.get("message")
         if isinstance(code, str) and code:
-            return CollectorError(status, code, message if isinstance(message, str) else "")
-    return CollectorError(status, ERR_BAD_RESPONSE, f"HTTP {status} without an error body")
+            return CollectorRefused(status, code, message if isinstance(message, str) else "")
+    return CollectorRefused(status, ERR_BAD_RESPONSE, f"HTTP {status} without an error body")
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -145,7 +145,7 @@ def _retry_after(headers: Any) -> float | None:
 def _field(data: dict[str, Any], name: str, kind: type, status: int) -> Any:
     value = data.get(name)
     if not isinstance(value, kind):
-        raise CollectorError(status, ERR_BAD_RESPONSE, f"the answer lacks a valid {name!r}")
+        raise CollectorRefused(status, ERR_BAD_RESPONSE, f"the answer lacks a valid {name!r}")
     return value
 
 
@@ -153,7 +153,7 @@ def _seconds(data: dict[str, Any], name: str, status: int) -> float:
     """A positive duration; ``300`` or ``300.0`` (a JSON number is a JSON number)."""
     value = data.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
-        raise CollectorError(status, ERR_BAD_RESPONSE, f"the answer lacks a valid {name!r}")
+        raise CollectorRefused(status, ERR_BAD_RESPONSE, f"the answer lacks a valid {name!r}")
     return float(value)
 
 
@@ -184,12 +184,12 @@ def _parse_results(status: int, data: dict[str, Any], count: int, offset: int) -
     by_index: dict[int, ItemResult] = {}
     for item in items:
         if not isinstance(item, dict):
-            raise CollectorError(status, ERR_BAD_RESPONSE, "a result is not an object")
+            raise CollectorRefused(status, ERR_BAD_RESPONSE, "a result is not an object")
         index, state, mid = item.get("index"), item.get("status"), item.get("measurement_id")
         if type(index) is not int or not 0 <= index < count or index in by_index:
-            raise CollectorError(status, ERR_BAD_RESPONSE, "a result has a bad index")
+            raise CollectorRefused(status, ERR_BAD_RESPONSE, "a result has a bad index")
         if state not in ITEM_STATUSES:
-            raise CollectorError(status, ERR_BAD_RESPONSE, f"a result has status {state!r}")
+            raise CollectorRefused(status, ERR_BAD_RESPONSE, f"a result has status {state!r}")
         code = message = None
         if state == "rejected":
             error = _error_from(status, item)
@@ -198,7 +198,7 @@ def _parse_results(status: int, data: dict[str, Any], count: int, offset: int) -
             offset + index, mid if isinstance(mid, str) else None, state, code, message
         )
     if len(by_index) != count:
-        raise CollectorError(status, ERR_BAD_RESPONSE, f"{len(by_index)} results for {count}")
+        raise CollectorRefused(status, ERR_BAD_RESPONSE, f"{len(by_index)} results for {count}")
     return [by_index[i] for i in range(count)]
 
 
@@ -290,7 +290,7 @@ class CollectorClient:
         for name in ("probe_id", "status"):
             _field(data, name, str, status)
         if data.get("key_id", self.key_id) != self.key_id:
-            raise CollectorError(status, ERR_BAD_RESPONSE, "the answer names another key")
+            raise CollectorRefused(status, ERR_BAD_RESPONSE, "the answer names another key")
         return data
 
     async def checkin(
@@ -328,19 +328,19 @@ class CollectorClient:
         for name in ("probe_id", "status"):
             _field(data, name, str, status)
         if data.get("key_id") != new_key_id:
-            raise CollectorError(status, ERR_BAD_RESPONSE, "the answer names another key")
+            raise CollectorRefused(status, ERR_BAD_RESPONSE, "the answer names another key")
         return data
 
     async def submit(self, envelopes: Sequence[Envelope]) -> list[ItemResult]:
-        """``POST /measurements`` in batches of at most ``MAX_BATCH``; one result per envelope.
+        """``POST /measurements`` of one batch (at most ``MAX_BATCH``); one result per envelope.
 
-        Raises on the first batch that fails as a whole; the batches before it are
-        stored, and submitting them again answers ``duplicate``.
+        The caller makes the batches (the round: read from the spool, submit,
+        acknowledge); a collector refusing the body as too large (413) gets it
+        in halves, so that one lower limit of its own costs a few requests, not a round.
         """
-        results: list[ItemResult] = []
-        for start in range(0, len(envelopes), MAX_BATCH):
-            results += await self._submit_batch(envelopes[start : start + MAX_BATCH], start)
-        return results
+        if len(envelopes) > MAX_BATCH:
+            raise ValueError(f"a batch holds at most {MAX_BATCH} measurements")
+        return await self._submit_batch(envelopes, 0)
 
     async def _submit_batch(self, batch: Sequence[Envelope], offset: int) -> list[ItemResult]:
         body = json.dumps(
@@ -348,7 +348,7 @@ class CollectorClient:
         ).encode()
         try:
             status, data = await self._post("/measurements", body, may_compress=True)
-        except CollectorError as exc:
+        except CollectorRefused as exc:
             if exc.status != 413:
                 raise
             if len(batch) == 1:  # one measurement over the body limit: never storable
@@ -385,7 +385,7 @@ class CollectorClient:
             body = gzip.compress(body, compresslevel=6, mtime=0)
             headers["Content-Encoding"] = "gzip"
         failures: list[str] = []
-        server_error: CollectorError | None = None
+        server_error: CollectorRefused | None = None
         for i in self._order():
             try:
                 status, data, retry_after = await self._attempt(
@@ -405,7 +405,7 @@ class CollectorClient:
                 error.retry_after = retry_after
                 raise error
             if not isinstance(data, dict):
-                raise CollectorError(status, ERR_BAD_RESPONSE, "the answer is not a JSON object")
+                raise CollectorRefused(status, ERR_BAD_RESPONSE, "the answer is not a JSON object")
             return status, data
         log.debug("no collector answered %s: %s", path, "; ".join(failures))
         if server_error is not None:

@@ -1,14 +1,16 @@
 """The volunteer's daemon: one round every interval, until SIGTERM.
 
-Each round is ``runner.run_once`` (check in, measure, sign, spool, submit). The
-wait between rounds is the collector's interval (or ``--interval``) with
+Each round is ``round.run_round`` (check in, measure, sign, spool, submit),
+which answers its exit status and the schedule the collector handed out (or,
+when it could not be reached, the last one recorded). The
+wait between rounds is that interval (or ``--interval``; else 300 s) with
 +-10 % jitter, so that probes do not all knock at once; after a failed round
 the next attempt backs off exponentially with jitter (10 s doubling up to the
 interval), so a collector coming back is not stampeded and a blocked collector
 is not hammered. Measurements of failed rounds wait in the spool.
 
 Retests of one (address, port) are spaced at least ``retest_spacing`` apart
-(default 180 s, from check-in or ``--retest-spacing``): after an SNI trigger
+(default 180 s, from the round's schedule or ``--retest-spacing``): after an SNI trigger
 the GFW blocks the (client, server, port) triple for 120-180 s, and a probe
 measuring that triple again sooner would record the residue as a new block.
 
@@ -27,9 +29,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from probe_agent.daemon.round import RunOptions, flush_spool, run_once
+from probe_agent.daemon.round import RoundResult, RunOptions, flush_spool, run_round
 from probe_agent.measure.engine import Engine, EngineConfig
-from probe_agent.state.status import cached_schedule, read_status
+from probe_agent.state.status import DEFAULT_INTERVAL
 
 FIRST_BACKOFF = 10.0
 JITTER = 0.1
@@ -63,6 +65,18 @@ class DaemonOptions:
     retest_spacing: float | None = None  # overrides the collector's (default 180 s)
 
 
+def _follow(result: RoundResult, daemon: DaemonOptions, spacer: AddressSpacer) -> None:
+    """Space retests as the round's schedule says, unless ``--retest-spacing`` did."""
+    spacing = result.schedule.retest_spacing_seconds
+    if daemon.retest_spacing is None and spacing is not None:
+        spacer.spacing = spacing
+
+
+def _interval(result: RoundResult, daemon: DaemonOptions) -> float:
+    """``--interval``, else the round's schedule, else the collector's default."""
+    return daemon.interval or result.schedule.interval_seconds or DEFAULT_INTERVAL
+
+
 def next_wait(ok: bool, failures: int, interval: float, rng: random.Random) -> float:
     """Seconds until the next round: the interval with jitter, or a backoff after failures."""
     if ok:
@@ -92,7 +106,7 @@ async def run_daemon(
     failures = 0
     try:
         while not stop.is_set():
-            round_task = asyncio.create_task(run_once(options, make_engine=make_engine, **extra))
+            round_task = asyncio.create_task(run_round(options, make_engine=make_engine, **extra))
             stopping = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait(
                 {round_task, stopping}, return_when=asyncio.FIRST_COMPLETED
@@ -105,14 +119,12 @@ async def run_daemon(
             stopping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stopping
-            ok = round_task.result() == 0
-            failures = 0 if ok else failures + 1
-            spacing, _ = cached_schedule(options.state_dir)
-            if daemon.retest_spacing is None and spacing is not None:
-                spacer.spacing = spacing
-            interval = daemon.interval or read_status(options.state_dir).interval_seconds
+            result = round_task.result()
+            failures = 0 if result.ok else failures + 1
+            _follow(result, daemon, spacer)
+            wait = next_wait(result.ok, failures, _interval(result, daemon), rng)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), next_wait(ok, failures, interval, rng))
+                await asyncio.wait_for(stop.wait(), wait)
         # Stopping: what the spool holds goes now if the collector answers quickly.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(flush_spool(options, **extra), FLUSH_GRACE)

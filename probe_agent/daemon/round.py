@@ -1,13 +1,19 @@
-"""One round of the volunteer probe: check in, measure, sign, submit (``run --once``).
+"""One round of the volunteer probe: check in, measure, sign, spool, submit (``run --once``).
 
 Where this sits in the data flow: it joins the stages the other modules
 provide. ``identity`` gives the key (generated on first use) and whether it is
 enrolled; ``client`` enrolls it if not, checks in and gets the targets; the
 ``engine`` measures them with the same options as ``measure``; each
-measurement is signed the moment it is done (purpose ``measurement``) and the
-batch is submitted. The durable spool and the continuous daemon come next;
-until then a measurement that could not be submitted is lost with the round,
-and the exit status says so.
+measurement is signed the moment it is done (purpose ``measurement``) and put
+in the ``spool`` before anything is submitted; the spool is then emptied into
+the collector in batches of ``client.MAX_BATCH``, each acknowledged once stored
+(the batches are made here, and only here). ``status`` records the check-in,
+its schedule and the last error. When the collector cannot be reached, the
+last targets recorded are measured anyway and wait in the spool.
+
+``run_round`` answers a ``RoundResult``: the exit status and the schedule the
+check-in handed out (or the last one recorded), which the daemon
+(``daemon.loop``) waits by. ``run_once`` is its exit status.
 
 Exit status: 0 when every target was measured and every measurement stored
 (``accepted`` or ``duplicate``), 1 otherwise. What is printed (stderr) is
@@ -34,11 +40,17 @@ from probe_agent.daemon.client import (
 from probe_agent.measure.engine import DomainError, Engine, EngineConfig, Result
 from probe_agent.protocol.document import measurement_document
 from probe_agent.protocol.envelope import Purpose, sign
-from probe_agent.protocol.errors import CollectorError, CollectorUnreachable
+from probe_agent.protocol.errors import CollectorRefused, CollectorUnreachable
 from probe_agent.protocol.inputs import DeclaredNetwork
 from probe_agent.state.identity import Identity
 from probe_agent.state.spool import Spool
-from probe_agent.state.status import cached_schedule, record_checkin, record_error, record_schedule
+from probe_agent.state.status import (
+    Schedule,
+    cached_schedule,
+    record_checkin,
+    record_error,
+    record_schedule,
+)
 
 EXIT_OK, EXIT_INCOMPLETE = 0, 1
 ROLE = "probe"
@@ -70,6 +82,18 @@ class RunOptions:
     proxy: str | None = None
     # "control": an uncensored vantage adding control measurements (needs a control token).
     role: str = ROLE
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """How a round went: its exit status, and the schedule to keep until the next one."""
+
+    exit_status: int
+    schedule: Schedule  # the check-in's, else the last one recorded (fields may be None)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == EXIT_OK
 
 
 @dataclass(slots=True)
@@ -114,14 +138,14 @@ def _stderr(line: str) -> None:
     print(f"blockwatch-probe: {line}", file=sys.stderr, flush=True)
 
 
-def _code(error: CollectorError | CollectorUnreachable) -> str:
+def _code(error: CollectorRefused | CollectorUnreachable) -> str:
     """A short code for status (never a message: messages may name an address)."""
-    if isinstance(error, CollectorError):
+    if isinstance(error, CollectorRefused):
         return error.code.removeprefix("err_") or "collector_error"
     return "collector_unreachable"
 
 
-def describe(error: CollectorError | CollectorUnreachable) -> str:
+def describe(error: CollectorRefused | CollectorUnreachable) -> str:
     """A collector failure for the volunteer: advice and code, no address."""
     if isinstance(error, CollectorUnreachable):
         return str(error)
@@ -166,7 +190,7 @@ async def _check_in(
             spool_depth=depth,
             evicted=evicted,
         )
-    except CollectorError as exc:
+    except CollectorRefused as exc:
         # A collector restored from an old backup, or another one of the list,
         # may not know the key: enrolling again is idempotent (docs/api.md).
         if exc.code != "err_unknown_key":
@@ -206,14 +230,15 @@ async def _measure_and_sign(
         document = measurement_document(
             observations, options.declared, via_proxy=options.proxy is not None
         )
-        spool.put(sign(identity.key, Purpose.MEASUREMENT, document), result.started_at)
+        envelope = sign(identity.key, Purpose.MEASUREMENT, document)
+        spool.put(envelope, result.started_at, observations["measurement_id"])
 
     await engine.measure_all(targets, options.concurrency, on_result)
 
 
 async def _submit(
     client: CollectorClient, spool: Spool, summary: RoundSummary
-) -> CollectorError | CollectorUnreachable | None:
+) -> CollectorRefused | CollectorUnreachable | None:
     """Empty the spool batch by batch (this round's and any earlier round's leftovers).
 
     Stored (accepted or duplicate) items are acknowledged, refused ones dropped
@@ -222,7 +247,7 @@ async def _submit(
     while items := spool.batch(MAX_BATCH):
         try:
             results = await client.submit([item.envelope for item in items])
-        except (CollectorError, CollectorUnreachable) as exc:
+        except (CollectorRefused, CollectorUnreachable) as exc:
             summary.unsent = spool.depth()
             return exc
         summary.count(results)
@@ -236,13 +261,13 @@ async def _submit(
     return None
 
 
-async def run_once(
+async def run_round(
     options: RunOptions,
     *,
     report: Callable[[str], None] = _stderr,
     make_engine: Callable[[EngineConfig], Engine] = Engine,
-) -> int:
-    """One round; 0 when every target was measured and stored, 1 otherwise.
+) -> RoundResult:
+    """One round: its exit status and the schedule the collector handed out.
 
     *report* prints a line for the volunteer; *make_engine* lets tests measure
     with a dialer that refuses anything off loopback.
@@ -256,6 +281,28 @@ async def run_once(
         return await _round(options, identity, summary, spool, report, make_engine)
 
 
+async def run_once(
+    options: RunOptions,
+    *,
+    report: Callable[[str], None] = _stderr,
+    make_engine: Callable[[EngineConfig], Engine] = Engine,
+) -> int:
+    """One round (``run --once``); 0 when every target was measured and stored, 1 otherwise."""
+    result = await run_round(options, report=report, make_engine=make_engine)
+    return result.exit_status
+
+
+def _client(options: RunOptions, identity: Identity) -> CollectorClient:
+    return CollectorClient(  # the proxy, when given, carries every request
+        options.collectors,
+        identity.key,
+        timeout=options.collector_timeout,
+        # One --ca-file for both: a lab's CA signs the instances and the collector alike.
+        ca_file=options.engine.ca_file,
+        proxy=options.proxy,
+    )
+
+
 async def _round(
     options: RunOptions,
     identity: Identity,
@@ -263,40 +310,24 @@ async def _round(
     spool: Spool,
     report: Callable[[str], None],
     make_engine: Callable[[EngineConfig], Engine],
-) -> int:
-    async with CollectorClient(  # the proxy, when given, carries every request
-        options.collectors,
-        identity.key,
-        timeout=options.collector_timeout,
-        # One --ca-file for both: a lab's CA signs the instances and the collector alike.
-        ca_file=options.engine.ca_file,
-        proxy=options.proxy,
-    ) as client:
+) -> RoundResult:
+    async with _client(options, identity) as client:
         try:
             checkin = await _check_in(client, identity, options, spool)
-        except (CollectorError, CollectorUnreachable) as exc:
+        except (CollectorRefused, CollectorUnreachable) as exc:
             record_error(options.state_dir, _code(exc))
             report(f"error: {describe(exc)}")
-            _, cached = cached_schedule(options.state_dir)
-            if isinstance(exc, CollectorUnreachable) and cached:
+            cached = cached_schedule(options.state_dir)
+            if isinstance(exc, CollectorUnreachable) and cached.targets:
                 # The collector (or its domain) is out of reach: measure the last
                 # targets anyway and keep the evidence in the spool for later.
                 engine = make_engine(options.engine)
-                await _measure_and_sign(engine, options, identity, cached, summary, spool)
+                await _measure_and_sign(engine, options, identity, cached.targets, summary, spool)
                 report(f"{summary.measured} measurement(s) of the last targets kept in the spool")
-            return EXIT_INCOMPLETE
-        record_checkin(options.state_dir, datetime.now(UTC), checkin.interval_seconds)
-        record_schedule(options.state_dir, checkin.retest_spacing_seconds, checkin.targets)
-        if checkin.status != "active":
-            # docs/api.md answers a pending probe's check-in with 403 err_probe_pending;
-            # a collector answering 200 with another status gets the same treatment.
-            report(f"error: {_ADVICE.get('err_probe_pending')} (status {checkin.status})")
-            return EXIT_INCOMPLETE
-        skew = _skew_seconds(checkin.server_time)
-        if skew is not None and abs(skew) > CLOCK_SKEW_WARNING:
-            report(f"warning: this machine's clock is {skew:+.0f} s off the collector's")
-        if checkin.invalid_targets:
-            report(f"warning: skipped {checkin.invalid_targets} invalid target(s)")
+            return RoundResult(EXIT_INCOMPLETE, cached)
+        schedule = _record(options.state_dir, checkin)
+        if not _ready(checkin, report):
+            return RoundResult(EXIT_INCOMPLETE, schedule)
         summary.targets = len(checkin.targets)
         engine = make_engine(options.engine)
         await _measure_and_sign(engine, options, identity, checkin.targets, summary, spool)
@@ -305,7 +336,29 @@ async def _round(
             record_error(options.state_dir, _code(error))
             report(f"error: submitting: {describe(error)} ({summary.unsent} kept in the spool)")
     report(summary.line())
-    return EXIT_OK if summary.complete else EXIT_INCOMPLETE
+    return RoundResult(EXIT_OK if summary.complete else EXIT_INCOMPLETE, schedule)
+
+
+def _record(state_dir: Path, checkin: CheckIn) -> Schedule:
+    """Record the check-in (for ``status`` and the next outage); the schedule it handed out."""
+    record_checkin(state_dir, datetime.now(UTC), checkin.interval_seconds)
+    record_schedule(state_dir, checkin.retest_spacing_seconds, checkin.targets)
+    return Schedule(checkin.interval_seconds, checkin.retest_spacing_seconds, checkin.targets)
+
+
+def _ready(checkin: CheckIn, report: Callable[[str], None]) -> bool:
+    """Whether the probe may measure (active); warns of clock skew and skipped targets."""
+    if checkin.status != "active":
+        # docs/api.md answers a pending probe's check-in with 403 err_probe_pending;
+        # a collector answering 200 with another status gets the same treatment.
+        report(f"error: {_ADVICE.get('err_probe_pending')} (status {checkin.status})")
+        return False
+    skew = _skew_seconds(checkin.server_time)
+    if skew is not None and abs(skew) > CLOCK_SKEW_WARNING:
+        report(f"warning: this machine's clock is {skew:+.0f} s off the collector's")
+    if checkin.invalid_targets:
+        report(f"warning: skipped {checkin.invalid_targets} invalid target(s)")
+    return True
 
 
 async def flush_spool(options: RunOptions, *, report: Callable[[str], None] = _stderr) -> int:
@@ -315,13 +368,7 @@ async def flush_spool(options: RunOptions, *, report: Callable[[str], None] = _s
     with Spool(options.state_dir) as spool:
         if spool.depth() == 0:
             return EXIT_OK
-        async with CollectorClient(  # the proxy, when given, carries every request
-            options.collectors,
-            identity.key,
-            timeout=options.collector_timeout,
-            ca_file=options.engine.ca_file,
-            proxy=options.proxy,
-        ) as client:
+        async with _client(options, identity) as client:
             error = await _submit(client, spool, summary)
     if error is not None:
         report(f"error: submitting: {describe(error)} ({summary.unsent} kept in the spool)")

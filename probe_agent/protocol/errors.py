@@ -12,7 +12,7 @@ exceptions mean the measurement cannot be made or must not be submitted.
                                   the measurement is not submitted
     +-- IdentityError             the key or state file is unsafe or unreadable: exit 2
     +-- CollectorUnreachable      no collector URL answered at all (refused, timeout, TLS)
-    +-- CollectorError            a collector answered with an error (docs/api.md "Errors")
+    +-- CollectorRefused          a collector answered with an error (docs/api.md "Errors")
 """
 
 
@@ -48,8 +48,11 @@ class CollectorUnreachable(ProbeError):
     """No collector answered: every URL failed to connect, timed out or broke the connection."""
 
 
-class CollectorError(ProbeError):
+class CollectorRefused(ProbeError):
     """A collector answered ``{"error": {"code", "message"}}`` (or something not in docs/api.md).
+
+    Named apart from the collector's own ``collector.core.errors.CollectorError``
+    (the base of the errors it raises): this is the probe hearing one of them.
 
     ``code`` is the collector's stable code (``err_invalid_token``...), or
     ``err_bad_response`` (client side) when the answer is not what docs/api.md says.

@@ -1,33 +1,38 @@
-"""The probe's identity: its Ed25519 key and its enrollment state, in ``--state-dir``.
+"""The probe's identity: its Ed25519 key and its enrollment, in ``--state-dir``.
 
 Where this sits in the data flow: before anything is signed. The runner loads
 (or, the first time, generates) the key here, enrolls it with a collector and
 records what the collector answered in ``state.json``; the key id (the key's
 fingerprint, ``envelope.fingerprint``) is what the collector knows the probe by.
 
-Files, in a directory created with mode 0700 (default ``~/.local/state/blockwatch``):
+This module owns the key files, in a directory created with mode 0700 (default
+``~/.local/state/blockwatch``), all PKCS#8 PEM, mode 0600, written atomically
+(``files``):
 
-- ``key.pem``: the private key, PKCS#8 PEM, mode 0600. A key file that group or
-  others can access is refused, not silently fixed: someone may already have
-  copied it, and the volunteer should know (ssh refuses such keys too).
-- ``state.json``: ``probe_id``, ``status``, ``role``, the collector that enrolled
-  the probe and the key id it enrolled, mode 0600.
+- ``key.pem``: the private key. A key file that group or others can access is
+  refused, not silently fixed: someone may already have copied it, and the
+  volunteer should know (ssh refuses such keys too).
+- ``key.pem.new`` and ``key.pem.old``: a key rotation under way
+  (``daemon.rotation`` holds the conversation with the collector):
+  ``stage_new_key`` writes the new key before the collector is asked,
+  ``keep_old_key`` a copy of the current one, ``install_new_key`` puts the new
+  key in place once accepted, ``discard_rotation`` forgets both after a refusal.
 
-Both are written atomically (a temporary file opened 0600 from creation, fsync,
-rename, fsync of the directory), so a crash leaves the old file or the new one,
-never half of one, and the key is never readable by others even for an instant.
+It owns ``state.json`` too, mode 0600, for all of its fields: the enrollment
+(``probe_id``, ``status``, ``role``, the collector that enrolled the probe and
+the key id it enrolled) and what ``status`` records there (last check-in and
+its schedule, last error). Every change goes through ``update_state_fields``,
+which merges it into what the file holds: enrolling keeps the recorded
+check-in, and recording a check-in keeps the enrollment.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import os
-import secrets
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,16 +48,26 @@ from cryptography.hazmat.primitives.serialization import (
 
 from probe_agent.protocol.envelope import fingerprint, public_bytes
 from probe_agent.protocol.errors import IdentityError
+from probe_agent.state.files import (
+    atomic_create,
+    atomic_write,
+    ensure_state_dir,
+    fsync_directory,
+    read_regular,
+    remove,
+)
 
 DEFAULT_STATE_DIR = Path("~/.local/state/blockwatch")
 KEY_FILE = "key.pem"
+NEW_KEY_FILE = KEY_FILE + ".new"
+OLD_KEY_FILE = KEY_FILE + ".old"
 STATE_FILE = "state.json"
+FILES = (KEY_FILE, NEW_KEY_FILE, OLD_KEY_FILE, STATE_FILE)  # what `wipe` removes of ours
 STATE_VERSION = 1
-DIR_MODE = 0o700
-FILE_MODE = 0o600
-_MAX_FILE_BYTES = 64 * 1024  # a key is ~120 bytes, a state file a few hundred
-# Errnos of file systems without hard links (some FUSE and network mounts, vfat).
-_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
+MAX_KEY_BYTES = 64 * 1024  # a key is ~120 bytes
+# state.json keeps a check-in's targets (``status.record_schedule``); the collector
+# client reads answers of at most 4 MiB, so a recorded schedule fits this bound.
+MAX_STATE_BYTES = 4 * 1024 * 1024
 
 log = logging.getLogger("blockwatch.probe.identity")
 
@@ -62,117 +77,18 @@ def key_id(key: Ed25519PrivateKey) -> str:
     return fingerprint(public_bytes(key))
 
 
-def ensure_state_dir(state_dir: Path) -> Path:
-    """Create *state_dir* with mode 0700 if absent; refuse one that others can write to."""
-    directory = state_dir.expanduser()
-    try:
-        if not directory.exists():
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                directory.mkdir(mode=DIR_MODE)
-                directory.chmod(DIR_MODE)  # mkdir's mode is masked by the umask
-        st = directory.stat()
-    except OSError as exc:
-        raise IdentityError(f"cannot create the state directory {directory}: {exc}") from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise IdentityError(f"the state directory {directory} is not a directory")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        # Whoever can write here can replace key.pem with a key of their own.
-        raise IdentityError(
-            f"refusing the state directory {directory}: group or others can write to it "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 700 {directory}"
-        )
-    return directory
+def pem(key: Ed25519PrivateKey) -> bytes:
+    """*key* as the key files hold it: PKCS#8 PEM, unencrypted (the file's mode guards it)."""
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def load_key(path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 key in *path*; ``FileNotFoundError`` when there is none.
 
-
-def _write_temp(path: Path, data: bytes) -> Path:
-    """Write *data* to a new 0600 file next to *path*, fsync it, and return its name."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL: never reuse a file someone else prepared; the mode applies at creation,
-    # so the bytes are never readable by others (fchmod: the umask may remove bits).
-    fd = os.open(
-        temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
-    )
-    try:
-        try:
-            os.fchmod(fd, FILE_MODE)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return temp
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace *path* with *data* atomically; the file is mode 0600 from its creation."""
-    temp = _write_temp(path, data)
-    try:
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def atomic_create(path: Path, data: bytes) -> bool:
-    """Like ``atomic_write``, but never replace an existing *path*: False when it exists.
-
-    Two processes generating a key at once (``id`` and ``run`` started together)
-    must end up with one key, not each with its own: the hard link fails when the
-    name already exists, where a rename would silently replace the first key.
+    Raises ``IdentityError`` for a key others can access, unreadable or not Ed25519.
     """
-    temp = _write_temp(path, data)
     try:
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno not in _NO_LINKS:
-                raise
-            if path.exists():
-                return False
-            os.replace(temp, path)  # no hard links here: a plain rename will do
-    finally:
-        temp.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
-    return True
-
-
-def _read_file(path: Path, what: str, *, private: bool) -> bytes:
-    """Read a regular file; a *private* one must be accessible to its owner only.
-
-    Follows a symlink: Kubernetes mounts secrets as links into a ``..data`` directory.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as file:
-        st = os.fstat(file.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise IdentityError(f"the {what} {path} is not a regular file")
-        if private and st.st_mode & 0o077:
-            raise IdentityError(
-                f"refusing to use the {what} {path}: group or others can access it "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
-            )
-        return file.read(_MAX_FILE_BYTES)
-
-
-def _load_key(path: Path) -> Ed25519PrivateKey:
-    try:
-        data = _read_file(path, "key file", private=True)
+        data = read_regular(path, "key file", private=True, limit=MAX_KEY_BYTES)
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -188,22 +104,116 @@ def _load_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def read_key(directory: Path) -> Ed25519PrivateKey | None:
+    """The probe's key in *directory*, or None when it has none yet (nothing is created)."""
+    with contextlib.suppress(FileNotFoundError):
+        return load_key(directory / KEY_FILE)
+    return None
+
+
+def _write_key(path: Path, key: Ed25519PrivateKey) -> None:
+    try:
+        atomic_write(path, pem(key))
+    except OSError as exc:
+        raise IdentityError(f"cannot write {path}: {exc.strerror}") from exc
+
+
 def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
     """The probe's key from ``key.pem`` in *state_dir*, generated on first use."""
     directory = ensure_state_dir(state_dir)
     path = directory / KEY_FILE
     with contextlib.suppress(FileNotFoundError):
-        return _load_key(path)
+        return load_key(path)
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     try:
-        created = atomic_create(path, pem)
+        created = atomic_create(path, pem(key))
     except OSError as exc:
         raise IdentityError(f"cannot write the key file {path}: {exc.strerror}") from exc
     if not created:  # another process generated one first: use theirs
-        return _load_key(path)
+        return load_key(path)
     log.debug("generated a new probe key")
     return key
+
+
+# -- a key rotation's files (the conversation with the collector: daemon.rotation) --
+
+
+def stage_new_key(state_dir: Path) -> tuple[Ed25519PrivateKey, bool]:
+    """The new key of a rotation, saved as ``key.pem.new`` before the collector is asked.
+
+    Returns (key, resumed): an interrupted rotation's ``key.pem.new`` is used
+    again (its answer may have been lost after the collector accepted it).
+    """
+    path = ensure_state_dir(state_dir) / NEW_KEY_FILE
+    with contextlib.suppress(FileNotFoundError):
+        return load_key(path), True
+    key = Ed25519PrivateKey.generate()
+    _write_key(path, key)
+    return key, False
+
+
+def keep_old_key(state_dir: Path, key: Ed25519PrivateKey) -> None:
+    """Keep a copy of the current key as ``key.pem.old`` until the rotation succeeded."""
+    _write_key(ensure_state_dir(state_dir) / OLD_KEY_FILE, key)
+
+
+def install_new_key(state_dir: Path, enrollment: dict[str, str]) -> Ed25519PrivateKey:
+    """The collector accepted ``key.pem.new``: it becomes ``key.pem``, the old copy goes.
+
+    *enrollment* (``probe_id``, ``status``) is what the collector answered, if anything;
+    ``state.json`` gets the new key id with it.
+    """
+    directory = ensure_state_dir(state_dir)
+    new = load_key(directory / NEW_KEY_FILE)
+    os.replace(directory / NEW_KEY_FILE, directory / KEY_FILE)
+    fsync_directory(directory)
+    update_state_fields(directory, {**enrollment, "key_id": key_id(new)})
+    remove(directory, OLD_KEY_FILE)
+    return new
+
+
+def discard_rotation(state_dir: Path) -> None:
+    """The collector refused the rotation: forget ``key.pem.new`` and ``key.pem.old``."""
+    remove(ensure_state_dir(state_dir), NEW_KEY_FILE, OLD_KEY_FILE)
+
+
+# -- state.json: every field of it, the enrollment's and status's ------------------
+
+
+def read_state_fields(directory: Path) -> dict[str, Any]:
+    """The fields of ``state.json`` in *directory*; none when it is missing or unreadable.
+
+    An unreadable file is ignored with a warning: enrolling the same key again
+    is idempotent (docs/api.md) and a check-in records the rest, so starting
+    from an empty state loses nothing, refusing to run would.
+    """
+    path = directory / STATE_FILE
+    try:
+        raw = read_regular(path, "state file", private=False, limit=MAX_STATE_BYTES)
+        data = json.loads(raw)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, IdentityError) as exc:
+        log.warning(
+            "ignoring an unreadable %s (%s): enrolling again", STATE_FILE, type(exc).__name__
+        )
+        return {}
+    if not isinstance(data, dict):
+        log.warning("ignoring %s (not a JSON object): enrolling again", STATE_FILE)
+        return {}
+    return data
+
+
+def update_state_fields(state_dir: Path, changes: dict[str, Any]) -> None:
+    """Merge *changes* into ``state.json`` atomically, keeping every other field."""
+    directory = ensure_state_dir(state_dir)
+    path = directory / STATE_FILE
+    data = read_state_fields(directory) | changes
+    text = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+    try:
+        atomic_write(path, text)
+    except OSError as exc:
+        raise IdentityError(f"cannot write the state file {path}: {exc.strerror}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,48 +232,25 @@ class ProbeState:
     def to_json(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **dataclasses.asdict(self)}
 
+    @classmethod
+    def from_fields(cls, data: dict[str, Any]) -> ProbeState:
+        """The enrollment among the fields of ``state.json`` (a field not a string: absent)."""
+        values = {f.name: data.get(f.name) for f in dataclasses.fields(cls)}
+        return cls(**{k: v if isinstance(v, str) else None for k, v in values.items()})
+
 
 def load_state(state_dir: Path) -> ProbeState:
-    """The saved state, or an empty one (not enrolled) when there is none or it is unreadable."""
-    path = ensure_state_dir(state_dir) / STATE_FILE
-    try:
-        data = json.loads(_read_file(path, "state file", private=False))
-    except FileNotFoundError:
-        return ProbeState()
-    except (OSError, ValueError, IdentityError) as exc:
-        # Enrolling the same key again is idempotent (docs/api.md): re-enrolling
-        # from an empty state loses nothing, refusing to run would.
-        log.warning(
-            "ignoring an unreadable %s (%s): enrolling again", STATE_FILE, type(exc).__name__
-        )
-        return ProbeState()
-    if not isinstance(data, dict):
-        log.warning("ignoring %s (not a JSON object): enrolling again", STATE_FILE)
-        return ProbeState()
-    values = {f.name: data.get(f.name) for f in dataclasses.fields(ProbeState)}
-    return ProbeState(**{k: v if isinstance(v, str) else None for k, v in values.items()})
+    """The enrollment, or an empty one (not enrolled) when there is none or it is unreadable."""
+    return ProbeState.from_fields(read_state_fields(ensure_state_dir(state_dir)))
 
 
 def save_state(state_dir: Path, state: ProbeState) -> None:
-    """Write the identity fields, keeping what others keep there (last check-in, last error)."""
-    path = ensure_state_dir(state_dir) / STATE_FILE
-    merged: dict[str, object] = {}
-    try:
-        existing = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(existing, dict):
-            merged.update(existing)
-    except (OSError, ValueError):
-        pass
-    merged.update(state.to_json())
-    data = json.dumps(merged, indent=2, sort_keys=True).encode() + b"\n"
-    try:
-        atomic_write(path, data)
-    except OSError as exc:
-        raise IdentityError(f"cannot write the state file {path}: {exc.strerror}") from exc
+    """Write the enrollment, keeping what ``status`` records (last check-in, last error)."""
+    update_state_fields(state_dir, state.to_json())
 
 
 class Identity:
-    """The key and the state of one state directory, loaded together."""
+    """The key and the enrollment of one state directory, loaded together."""
 
     def __init__(self, state_dir: Path, key: Ed25519PrivateKey, state: ProbeState) -> None:
         self.state_dir = state_dir
@@ -281,6 +268,6 @@ class Identity:
         return self.state.enrolled_as(self.key_id)
 
     def record(self, **changes: str | None) -> None:
-        """Update the state (always for the current key) and save it atomically."""
+        """Update the enrollment (always for the current key) and save it atomically."""
         self.state = dataclasses.replace(self.state, key_id=self.key_id, **changes)
         save_state(self.state_dir, self.state)

@@ -1,8 +1,9 @@
 """The durable spool: signed measurements wait here, on disk, until a collector stores them.
 
-Where this sits in the data flow: between signing and submitting. The daemon
-``put``s each envelope the moment it is signed, *before* any attempt to submit
-it; it submits a ``batch`` (oldest first) and then ``ack``s what the collector
+Where this sits in the data flow: between signing and submitting. The round
+``put``s each envelope (with the measurement id it signed) the moment it is
+signed, *before* any attempt to submit it; it submits a ``batch`` (oldest
+first) and then ``ack``s what the collector
 answered ``accepted`` or ``duplicate`` (durably stored, docs/api.md) and
 ``reject``s what it refused for good. A process killed anywhere between ``put``
 and ``ack`` loses nothing: on restart the items are still here and are submitted
@@ -58,9 +59,11 @@ from typing import Self
 
 from probe_agent.protocol.envelope import Envelope
 from probe_agent.protocol.errors import ProbeError
-from probe_agent.state.identity import FILE_MODE, ensure_state_dir
+from probe_agent.state.files import FILE_MODE, ensure_state_dir
 
 SPOOL_FILE = "spool.db"
+# The database and SQLite's companions: what `wipe` removes of ours.
+FILES = (SPOOL_FILE, SPOOL_FILE + "-wal", SPOOL_FILE + "-shm", SPOOL_FILE + "-journal")
 SCHEMA_VERSION = 1
 TARGETS, ROUNDS_PER_DAY, DAYS = 200, 288, 7  # the default schedule: every 5 minutes
 ITEM_BUDGET = 2048  # bytes per stored measurement (see the module docstring)
@@ -104,8 +107,17 @@ class SpooledItem:
     envelope: Envelope
 
 
+def spool_exists(directory: Path) -> bool:
+    """Whether *directory* holds a spool (``Spool`` would create one)."""
+    return (directory / SPOOL_FILE).exists()
+
+
 def measurement_id_of(envelope: Envelope) -> str:
-    """The measurement id inside the signed payload (``{"measurement": {"measurement_id"}}``)."""
+    """The measurement id inside a signed payload (``{"measurement": {"measurement_id"}}``).
+
+    For a caller holding only the envelope (a benchmark, a test); the round
+    knows the id it signed and hands it to ``put``.
+    """
     try:
         document = json.loads(envelope.payload)
         mid = document["measurement"]["measurement_id"]
@@ -230,9 +242,15 @@ class Spool:
 
     # -- the API ------------------------------------------------------------------
 
-    def put(self, envelope: Envelope, measured_at: str) -> None:
-        """Store *envelope* durably (fsynced when this returns); a known measurement id: no-op."""
-        mid = measurement_id_of(envelope)
+    def put(self, envelope: Envelope, measured_at: str, measurement_id: str) -> None:
+        """Store *envelope* durably (fsynced when this returns); a known measurement id: no-op.
+
+        *measurement_id* is the one inside the signed payload: the caller signed
+        it, so the payload is not parsed again here.
+        """
+        if not MEASUREMENT_ID.match(measurement_id):
+            raise SpoolError("the measurement id is not 8-64 of [A-Za-z0-9-]")
+        mid = measurement_id
         when = _normalize_time(measured_at)
         payload = zlib.compress(envelope.payload, 6)
         size = len(payload) + len(envelope.signature) + len(envelope.key_id) + len(mid) + len(when)

@@ -1,11 +1,12 @@
 """The probe's health, for the volunteer and for a container HEALTHCHECK (``status``).
 
 Where this sits in the data flow: beside it, reading what the other parts
-leave in ``--state-dir``. The daemon calls ``record_checkin`` after each
-successful check-in and ``record_error`` with a short code when something
-fails; both update ``state.json`` in place (atomically, keeping the identity's
-fields). ``read_status`` joins them with the key's fingerprint, the enrollment
-and the spool's counters.
+leave in ``--state-dir``. The round calls ``record_checkin`` and
+``record_schedule`` after each successful check-in and ``record_error`` with a
+short code when something fails; all of them update ``state.json`` through
+``identity.update_state_fields`` (its one owner: atomically, keeping the
+enrollment). ``read_status`` joins them with the key's fingerprint, the
+enrollment and the spool's counters.
 
 What is recorded is chosen so that ``status`` can be pasted into a bug report:
 an error is a short code (``err_unknown_key``, ``collector_unreachable``), never a
@@ -15,44 +16,37 @@ Healthy: a check-in within ``HEALTHY_INTERVALS`` intervals (the interval last
 handed out by the collector, else ``DEFAULT_INTERVAL``), or a probe that never
 ran (no check-in and no error recorded yet: a container just started). A probe
 with errors and no check-in ever, or whose last check-in is older, is not.
-
-Caveat: ``identity.save_state`` (called when the probe enrolls) rewrites
-``state.json`` with the identity's fields only, dropping what is recorded here
-until the next check-in records it again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from probe_agent.protocol.times import rfc3339
+from probe_agent.state.files import ensure_state_dir
 from probe_agent.state.identity import (
-    KEY_FILE,
-    STATE_FILE,
-    _load_key,
-    atomic_write,
-    ensure_state_dir,
+    ProbeState,
     key_id,
-    load_state,
+    read_key,
+    read_state_fields,
+    update_state_fields,
 )
-from probe_agent.state.spool import SPOOL_FILE, Spool
+from probe_agent.state.spool import Spool, spool_exists
 
 DEFAULT_INTERVAL = 300.0  # seconds: the collector's default --measure-interval
 HEALTHY_INTERVALS = 3
 ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 LAST_CHECKIN, INTERVAL = "last_checkin_at", "interval_seconds"
 LAST_ERROR, LAST_ERROR_AT = "last_error", "last_error_at"
+RETEST_SPACING, TARGETS = "retest_spacing_seconds", "targets"
 
 
 def _rfc3339(when: datetime) -> str:
-    if when.tzinfo is None:
-        raise ValueError("a time without a time zone")
-    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return rfc3339(when, timespec="seconds")
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -65,21 +59,12 @@ def _parse_time(value: Any) -> datetime | None:
     return when if when.tzinfo is not None else None
 
 
-def _read_raw(state_dir: Path) -> dict[str, Any]:
-    """``state.json`` as a dict, or an empty one when it is missing or unreadable."""
-    try:
-        data = json.loads((state_dir / STATE_FILE).read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def update_state(state_dir: Path, changes: dict[str, Any]) -> None:
-    """Merge *changes* into ``state.json`` (atomically), keeping every other field."""
-    directory = ensure_state_dir(state_dir)
-    data = _read_raw(directory) | changes
-    text = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
-    atomic_write(directory / STATE_FILE, text)
+def _interval(raw: dict[str, Any]) -> float | None:
+    """The interval the last check-in handed out, when one was recorded."""
+    interval = raw.get(INTERVAL)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        return None
+    return float(interval)
 
 
 def record_checkin(state_dir: Path, when: datetime, interval_seconds: float | None = None) -> None:
@@ -89,7 +74,7 @@ def record_checkin(state_dir: Path, when: datetime, interval_seconds: float | No
         if not interval_seconds > 0:
             raise ValueError("interval_seconds must be positive")
         changes[INTERVAL] = float(interval_seconds)
-    update_state(state_dir, changes)
+    update_state_fields(state_dir, changes)
 
 
 def record_error(state_dir: Path, code: str, when: datetime | None = None) -> None:
@@ -97,7 +82,8 @@ def record_error(state_dir: Path, code: str, when: datetime | None = None) -> No
     if not ERROR_CODE.match(code):
         # A message may carry an address or a domain: only codes are kept.
         raise ValueError("an error code is [a-z][a-z0-9_]*, at most 64 characters")
-    update_state(state_dir, {LAST_ERROR: code, LAST_ERROR_AT: _rfc3339(when or datetime.now(UTC))})
+    at = _rfc3339(when or datetime.now(UTC))
+    update_state_fields(state_dir, {LAST_ERROR: code, LAST_ERROR_AT: at})
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,21 +140,18 @@ def read_status(state_dir: Path, now: datetime | None = None) -> ProbeStatus:
     if not directory.is_dir():
         return ProbeStatus(healthy=True)
     directory = ensure_state_dir(directory)
-    raw = _read_raw(directory)
-    current = None
-    with contextlib.suppress(FileNotFoundError):
-        current = key_id(_load_key(directory / KEY_FILE))
-    state = load_state(directory)
-    interval = raw.get(INTERVAL)
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
-        interval = DEFAULT_INTERVAL
+    raw = read_state_fields(directory)
+    key = read_key(directory)
+    current = key_id(key) if key is not None else None
+    state = ProbeState.from_fields(raw)
+    interval = _interval(raw) or DEFAULT_INTERVAL
     last_checkin = _parse_time(raw.get(LAST_CHECKIN))
     error = raw.get(LAST_ERROR)
     error = error if isinstance(error, str) and ERROR_CODE.match(error) else None
     error_at = _parse_time(raw.get(LAST_ERROR_AT))
     depth = used = evicted = 0
     rejected: dict[str, int] = {}
-    if (directory / SPOOL_FILE).exists():
+    if spool_exists(directory):
         with Spool(directory) as spool:
             depth, used = spool.depth(), spool.bytes_used()
             evicted, rejected = spool.evicted_total(), spool.rejected_totals()
@@ -190,20 +173,27 @@ def read_status(state_dir: Path, now: datetime | None = None) -> ProbeStatus:
     )
 
 
-RETEST_SPACING, TARGETS = "retest_spacing_seconds", "targets"
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When and what to measure: what a check-in handed out (None: not known)."""
+
+    interval_seconds: float | None = None
+    retest_spacing_seconds: float | None = None
+    targets: list[str] = field(default_factory=list)
 
 
 def record_schedule(state_dir: Path, retest_spacing: float, targets: list[str]) -> None:
     """Keep the last check-in's retest spacing and targets: the daemon measures them
     again when the collector cannot be reached (its domain may be blocked too)."""
-    update_state(state_dir, {RETEST_SPACING: float(retest_spacing), TARGETS: list(targets)})
+    update_state_fields(state_dir, {RETEST_SPACING: float(retest_spacing), TARGETS: list(targets)})
 
 
-def cached_schedule(state_dir: Path) -> tuple[float | None, list[str]]:
-    """The retest spacing and targets of the last check-in, if any."""
-    raw = _read_raw(state_dir.expanduser()) if state_dir.expanduser().is_dir() else {}
+def cached_schedule(state_dir: Path) -> Schedule:
+    """The schedule of the last check-in recorded, as far as it is known."""
+    directory = state_dir.expanduser()
+    raw = read_state_fields(directory) if directory.is_dir() else {}
     spacing = raw.get(RETEST_SPACING)
     targets = raw.get(TARGETS)
     valid_spacing = float(spacing) if isinstance(spacing, int | float) and spacing >= 0 else None
     valid_targets = [t for t in targets if isinstance(t, str)] if isinstance(targets, list) else []
-    return valid_spacing, valid_targets
+    return Schedule(_interval(raw), valid_spacing, valid_targets)

@@ -15,32 +15,20 @@ encryption is the volunteer guide's advice for that threat.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from probe_agent.daemon.rotation import NEW_KEY_FILE, OLD_KEY_FILE
-from probe_agent.state.identity import KEY_FILE, STATE_FILE, _fsync_directory
-from probe_agent.state.spool import SPOOL_FILE
+from probe_agent.state import identity, spool
+from probe_agent.state.files import fsync_directory, is_temporary_of
 
-PROBE_FILES = (
-    KEY_FILE,
-    NEW_KEY_FILE,
-    OLD_KEY_FILE,
-    STATE_FILE,
-    SPOOL_FILE,
-    SPOOL_FILE + "-wal",
-    SPOOL_FILE + "-shm",
-    SPOOL_FILE + "-journal",
-)
-# identity.atomic_write's temporary files: ".key.pem.<12 hex>.tmp".
-_TEMP = re.compile(r"^\.(key\.pem(\.new|\.old)?|state\.json)\.[0-9a-f]{12}\.tmp$")
+# The names each owner says are its own (identity: key files and state.json; spool).
+PROBE_FILES = identity.FILES + spool.FILES
 
 
 def looks_like_state_dir(directory: Path) -> bool:
     """A directory (not a link to one) holding ``key.pem`` or ``state.json``."""
     if directory.is_symlink() or not directory.is_dir():
         return False
-    return any((directory / name).is_file() for name in (KEY_FILE, STATE_FILE))
+    return any((directory / name).is_file() for name in (identity.KEY_FILE, identity.STATE_FILE))
 
 
 def wipe_state(directory: Path) -> tuple[list[str], list[str]]:
@@ -51,14 +39,15 @@ def wipe_state(directory: Path) -> tuple[list[str], list[str]]:
     """
     if not looks_like_state_dir(directory):
         raise ValueError(f"{directory} does not look like a probe state directory")
-    names = list(PROBE_FILES) + sorted(p.name for p in directory.iterdir() if _TEMP.match(p.name))
+    temporary = sorted(p.name for p in directory.iterdir() if is_temporary_of(p.name, PROBE_FILES))
+    names = list(PROBE_FILES) + temporary
     removed: list[str] = []
     for name in names:
         path = directory / name
         if path.is_symlink() or path.exists():
             path.unlink()
             removed.append(name)
-    _fsync_directory(directory)
+    fsync_directory(directory)
     left = sorted(p.name for p in directory.iterdir())
     if not left:
         directory.rmdir()

@@ -28,7 +28,7 @@ from probe_agent.daemon.client import (
     _describe,
 )
 from probe_agent.protocol.envelope import Envelope, Purpose, sign
-from probe_agent.protocol.errors import CollectorError, CollectorUnreachable, InvalidOptionError
+from probe_agent.protocol.errors import CollectorRefused, CollectorUnreachable, InvalidOptionError
 from probe_agent.protocol.inputs import DeclaredNetwork
 from probe_agent.protocol.times import utc_now_rfc3339
 from probe_agent.state.identity import key_id
@@ -98,7 +98,7 @@ async def test_enroll_with_token_and_bad_token() -> None:
             answer = await client.enroll("bwt_good")
         assert answer["status"] == "active"
         async with CollectorClient([fake.url], Ed25519PrivateKey.generate()) as client:
-            with pytest.raises(CollectorError) as info:
+            with pytest.raises(CollectorRefused) as info:
                 await client.enroll("bwt_good")  # used up
             pending = await client.enroll(None)
     assert (info.value.status, info.value.code) == (401, "err_invalid_token")
@@ -142,7 +142,7 @@ async def test_checkin_durations_are_json_numbers(
             checkin = await client.checkin(None)
             assert (checkin.interval_seconds, checkin.retest_spacing_seconds) == (interval, 180)
         else:
-            with pytest.raises(CollectorError, match="interval_seconds"):
+            with pytest.raises(CollectorRefused, match="interval_seconds"):
                 await client.checkin(None)
 
 
@@ -158,7 +158,7 @@ async def test_checkin_skips_invalid_target_names(collector: FakeCollector) -> N
 
 async def test_checkin_with_an_unknown_key(collector: FakeCollector) -> None:
     async with CollectorClient([collector.url], Ed25519PrivateKey.generate()) as client:
-        with pytest.raises(CollectorError) as info:
+        with pytest.raises(CollectorRefused) as info:
             await client.checkin(None)
     assert (info.value.status, info.value.code) == (401, "err_unknown_key")
 
@@ -168,7 +168,7 @@ async def test_pending_probe_cannot_check_in() -> None:
         key = Ed25519PrivateKey.generate()
         async with CollectorClient([fake.url], key) as client:
             await client.enroll(None)
-            with pytest.raises(CollectorError) as info:
+            with pytest.raises(CollectorRefused) as info:
                 await client.checkin(None)
     assert (info.value.status, info.value.code) == (403, "err_probe_pending")
 
@@ -240,16 +240,17 @@ async def test_enroll_and_checkin_are_never_gzipped(collector: FakeCollector) ->
     assert enroll.body_bytes > GZIP_ABOVE
 
 
-async def test_batches_of_at_most_100(collector: FakeCollector) -> None:
+async def test_a_batch_over_100_is_refused_before_sending(collector: FakeCollector) -> None:
+    """The round makes the batches (tests/probe_agent/daemon/test_round.py); one is one POST."""
     key = Ed25519PrivateKey.generate()
     await _enrolled(collector, key)
-    envelopes = [_measurement(key, f"m{i:03d}") for i in range(2 * MAX_BATCH + 50)]
+    envelopes = [_measurement(key, f"m{i:03d}") for i in range(MAX_BATCH + 1)]
     async with CollectorClient([collector.url], key) as client:
-        results = await client.submit(envelopes)
-    assert [r.index for r in results] == list(range(len(envelopes)))
-    assert [r.measurement_id for r in results] == [f"m{i:03d}" for i in range(len(envelopes))]
-    assert all(r.status == "accepted" for r in results)
-    assert [r.items for r in collector.received if r.path == "/measurements"] == [100, 100, 50]
+        with pytest.raises(ValueError, match="at most 100"):
+            await client.submit(envelopes)
+        results = await client.submit(envelopes[:MAX_BATCH])
+    assert [r.index for r in results] == list(range(MAX_BATCH))
+    assert [r.items for r in collector.received if r.path == "/measurements"] == [MAX_BATCH]
 
 
 async def test_a_lower_batch_limit_is_met_by_halving() -> None:
@@ -313,7 +314,7 @@ async def test_every_collector_5xx_raises_the_collector_error(collector: FakeCol
     async with CollectorClient(
         [_closed_port_url(), collector.url], Ed25519PrivateKey.generate()
     ) as client:
-        with pytest.raises(CollectorError) as info:
+        with pytest.raises(CollectorRefused) as info:
             await client.enroll(None)
     assert (info.value.status, info.value.code, info.value.retry_after) == (
         503,
@@ -374,7 +375,7 @@ async def test_error_answers_map_to_collector_errors(
         kwargs["headers"] = {"Location": "http://elsewhere.invalid/"}
     collector.script("/probes/enroll", status, body, **kwargs)
     async with CollectorClient([collector.url, second], Ed25519PrivateKey.generate()) as client:
-        with pytest.raises(CollectorError) as info:
+        with pytest.raises(CollectorRefused) as info:
             await client.enroll(None)
     assert (info.value.status, info.value.code) == (status, code)
 
@@ -382,7 +383,7 @@ async def test_error_answers_map_to_collector_errors(
 async def test_checkin_answer_missing_fields_is_a_bad_response(collector: FakeCollector) -> None:
     collector.script("/probes/checkin", 200, b'{"probe_id": "p_1", "targets": []}')
     async with CollectorClient([collector.url], Ed25519PrivateKey.generate()) as client:
-        with pytest.raises(CollectorError) as info:
+        with pytest.raises(CollectorRefused) as info:
             await client.checkin(None)
     assert info.value.code == ERR_BAD_RESPONSE
 
@@ -394,7 +395,7 @@ async def test_an_enroll_answer_for_another_key_is_a_bad_response(
     body = f'{{"probe_id": "p_1", "key_id": "{other}", "status": "active", "role": "probe"}}'
     collector.script("/probes/enroll", 201, body.encode())
     async with CollectorClient([collector.url], Ed25519PrivateKey.generate()) as client:
-        with pytest.raises(CollectorError) as info:
+        with pytest.raises(CollectorRefused) as info:
             await client.enroll(None)
     assert info.value.code == ERR_BAD_RESPONSE
 
@@ -405,7 +406,7 @@ async def test_results_that_do_not_match_the_batch_are_a_bad_response(
     key = Ed25519PrivateKey.generate()
     collector.script("/measurements", 200, b'{"results": [{"index": 0, "status": "accepted"}]}')
     async with CollectorClient([collector.url], key) as client:
-        with pytest.raises(CollectorError) as info:
+        with pytest.raises(CollectorRefused) as info:
             await client.submit([_measurement(key, "a"), _measurement(key, "b")])
     assert info.value.code == ERR_BAD_RESPONSE
 

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from probe_agent.daemon import loop
 from probe_agent.daemon.loop import FIRST_BACKOFF, AddressSpacer, next_wait
+from probe_agent.daemon.round import EXIT_OK, RoundResult, RunOptions
+from probe_agent.measure.engine import EngineConfig
 from probe_agent.protocol.inputs import parse_duration
 from probe_agent.state.spool import Spool
+from probe_agent.state.status import Schedule
 from tests.support.fake_collector import FakeCollector
 from tests.support.simnet import SimInstance, SimulatedNetwork
 
@@ -178,3 +182,28 @@ async def test_debug_logs_name_domains_after_a_warning(tmp_path: Path) -> None:
     assert "a.example" not in quiet.stderr  # the default level names nothing
     assert "--log-level debug writes the measured domains" in loud.stderr
     assert "measured a.example" in loud.stderr
+
+
+async def test_the_daemon_waits_by_the_interval_its_round_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No state.json at all: the wait comes from the round's result (300 s without it)."""
+    rounds: list[float] = []
+
+    async def round_of(options: RunOptions, **_: object) -> RoundResult:
+        rounds.append(asyncio.get_running_loop().time())
+        if len(rounds) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # the daemon's own handler stops it
+        return RoundResult(EXIT_OK, Schedule(interval_seconds=0.05, retest_spacing_seconds=1))
+
+    async def flushed(options: RunOptions, **_: object) -> int:
+        return EXIT_OK
+
+    monkeypatch.setattr(loop, "run_round", round_of)
+    monkeypatch.setattr(loop, "flush_spool", flushed)
+    options = RunOptions(("http://127.0.0.1:1",), tmp_path / "never", EngineConfig(resolvers=()))
+    async with asyncio.timeout(10):
+        assert await loop.run_daemon(options, loop.DaemonOptions()) == 0
+    assert len(rounds) == 3
+    assert rounds[-1] - rounds[0] < 5
+    assert not (tmp_path / "never").exists()

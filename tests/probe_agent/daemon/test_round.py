@@ -19,11 +19,29 @@ import pytest
 from typer.testing import CliRunner
 
 from probe_agent.cli import EXIT_INVALID_INPUT, app
-from probe_agent.daemon.round import EXIT_INCOMPLETE, EXIT_OK, RunOptions, run_once
-from probe_agent.protocol.envelope import Envelope, Purpose, public_bytes, verify
+from probe_agent.daemon.client import MAX_BATCH, CollectorClient
+from probe_agent.daemon.round import (
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    RunOptions,
+    flush_spool,
+    run_once,
+    run_round,
+)
+from probe_agent.measure.engine import EngineConfig
+from probe_agent.protocol.envelope import Envelope, Purpose, public_bytes, sign, verify
 from probe_agent.protocol.inputs import DeclaredNetwork
+from probe_agent.protocol.times import utc_now_rfc3339
 from probe_agent.protocol.vocabulary import Hint
-from probe_agent.state.identity import KEY_FILE, STATE_FILE, key_id, load_or_create_key, load_state
+from probe_agent.state.identity import (
+    KEY_FILE,
+    STATE_FILE,
+    Identity,
+    key_id,
+    load_or_create_key,
+    load_state,
+)
+from probe_agent.state.spool import Spool
 from tests.support.fake_collector import FakeCollector
 from tests.support.probing import assert_no_lingering_tasks, loopback_engine, run_probe
 from tests.support.simnet import SimInstance, SimulatedNetwork, free_tcp_port, run_once_args
@@ -308,7 +326,6 @@ def test_id_refuses_a_world_readable_key(tmp_path: Path) -> None:
 
 
 async def test_a_failed_submission_stays_in_the_spool_and_goes_next_round(tmp_path: Path) -> None:
-    from probe_agent.state.spool import Spool
     from probe_agent.state.status import read_status
 
     state = tmp_path / "s"
@@ -331,3 +348,74 @@ async def test_a_failed_submission_stays_in_the_spool_and_goes_next_round(tmp_pa
         assert spool.depth() == 0
     assert collector.checkins[-1]["spool"]["depth"] == 1  # reported at the second check-in
     assert collector.problems == []
+
+
+# -- the round's result and its batches ---------------------------------------------
+
+
+def _checkin_answer(interval: float, spacing: float) -> bytes:
+    return json.dumps(
+        {
+            "probe_id": "p_0001",
+            "status": "active",
+            "server_time": "2026-01-01T00:00:00Z",
+            "interval_seconds": interval,
+            "retest_spacing_seconds": spacing,
+            "network": {"cc": None, "asn": None, "source": "unknown"},
+            "targets": [],
+        }
+    ).encode()
+
+
+async def test_the_round_answers_the_schedule_its_checkin_handed_out(tmp_path: Path) -> None:
+    """The daemon waits by the round's result, not by what it reads back from state.json."""
+    async with (
+        SimulatedNetwork(tmp_path, INSTANCES[:1]) as net,
+        FakeCollector(targets=[]) as collector,
+    ):
+        collector.script("/probes/checkin", 200, _checkin_answer(42, 7))
+        options = RunOptions((collector.url,), tmp_path / "s", net.engine_config())
+        result = await run_round(options, report=lambda _: None, make_engine=loopback_engine)
+    assert result.exit_status == EXIT_OK
+    assert (result.schedule.interval_seconds, result.schedule.retest_spacing_seconds) == (42, 7)
+
+
+async def test_an_unreachable_collector_answers_the_last_schedule_recorded(tmp_path: Path) -> None:
+    async with SimulatedNetwork(tmp_path, INSTANCES[:1]) as net:
+        async with FakeCollector(targets=[]) as collector:
+            collector.script("/probes/checkin", 200, _checkin_answer(42, 7))
+            options = RunOptions((collector.url,), tmp_path / "s", net.engine_config())
+            await run_round(options, report=lambda _: None, make_engine=loopback_engine)
+        lines: list[str] = []
+        gone = RunOptions((_closed_port_url(),), tmp_path / "s", net.engine_config())
+        result = await run_round(gone, report=lines.append, make_engine=loopback_engine)
+    assert result.exit_status == EXIT_INCOMPLETE
+    assert (result.schedule.interval_seconds, result.schedule.retest_spacing_seconds) == (42, 7)
+    assert lines[0].startswith("error: no collector answered")
+
+
+async def test_the_spool_goes_out_in_batches_of_at_most_100(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    async with FakeCollector(targets=[]) as collector:
+        identity = Identity.open(state)
+        async with CollectorClient([collector.url], identity.key) as client:
+            answer = await client.enroll(None)
+        identity.record(probe_id=answer["probe_id"], status=answer["status"])
+        mids = [f"measurement-{i:04d}" for i in range(2 * MAX_BATCH + 50)]
+        with Spool(state) as spool:
+            for mid in mids:
+                document = {
+                    "measurement": {"measurement_id": mid, "domain": "alive.example"},
+                    "signed_at": utc_now_rfc3339(),
+                    "declared": None,
+                    "via_proxy": False,
+                }
+                envelope = sign(identity.key, Purpose.MEASUREMENT, document)
+                spool.put(envelope, utc_now_rfc3339(), mid)
+        options = RunOptions((collector.url,), state, EngineConfig(resolvers=()))
+        status = await flush_spool(options, report=lambda _: None)
+    assert status == EXIT_OK
+    assert [r.items for r in collector.received if r.path == "/measurements"] == [100, 100, 50]
+    assert sorted(collector.stored) == mids
+    with Spool(state) as spool:
+        assert spool.depth() == 0

@@ -16,11 +16,20 @@ from typer.testing import CliRunner
 
 from probe_agent.cli import EXIT_INVALID_INPUT, app
 from probe_agent.daemon.client import ERR_BAD_RESPONSE, CollectorClient
-from probe_agent.daemon.rotation import NEW_KEY_FILE, OLD_KEY_FILE, _pem, rotate_key
+from probe_agent.daemon.rotation import rotate_key
 from probe_agent.protocol.envelope import Envelope, Purpose, sign
-from probe_agent.protocol.errors import CollectorError
+from probe_agent.protocol.errors import CollectorRefused
 from probe_agent.protocol.times import utc_now_rfc3339
-from probe_agent.state.identity import KEY_FILE, STATE_FILE, Identity, key_id, load_or_create_key
+from probe_agent.state.identity import (
+    KEY_FILE,
+    NEW_KEY_FILE,
+    OLD_KEY_FILE,
+    STATE_FILE,
+    Identity,
+    key_id,
+    load_or_create_key,
+    pem,
+)
 from probe_agent.state.spool import SPOOL_FILE, Spool
 from tests.support.fake_collector import FakeCollector, error_body
 from tests.support.probing import PROBE, assert_no_lingering_tasks
@@ -103,7 +112,7 @@ async def test_rotate_key_end_to_end(tmp_path: Path, collector: FakeCollector) -
     async with CollectorClient([collector.url], new_key) as client:
         assert (await client.checkin(None)).probe_id == old.state.probe_id
     async with CollectorClient([collector.url], old.key) as client:
-        with pytest.raises(CollectorError) as refused:
+        with pytest.raises(CollectorRefused) as refused:
             await client.checkin(None)
         assert refused.value.code == "err_revoked_key"
         results = await client.submit([before, _measurement(old.key, "measurement-after")])
@@ -151,7 +160,7 @@ async def test_an_answer_lost_after_the_collector_rotated(
     state_dir = tmp_path / "s"
     old = await _enrolled(state_dir, collector)
     new = Ed25519PrivateKey.generate()
-    (state_dir / NEW_KEY_FILE).write_bytes(_pem(new))
+    (state_dir / NEW_KEY_FILE).write_bytes(pem(new))
     (state_dir / NEW_KEY_FILE).chmod(0o600)
     async with CollectorClient([collector.url], old.key) as client:
         await client.rotate(new)
@@ -167,10 +176,10 @@ async def test_a_resumed_rotation_of_a_revoked_probe_is_given_up(
 ) -> None:
     state_dir = tmp_path / "s"
     old = await _enrolled(state_dir, collector)
-    (state_dir / NEW_KEY_FILE).write_bytes(_pem(Ed25519PrivateKey.generate()))
+    (state_dir / NEW_KEY_FILE).write_bytes(pem(Ed25519PrivateKey.generate()))
     (state_dir / NEW_KEY_FILE).chmod(0o600)
     collector.probes[old.key_id].status = "revoked"
-    with pytest.raises(CollectorError, match="err_revoked_key"):
+    with pytest.raises(CollectorRefused, match="err_revoked_key"):
         await rotate_key(state_dir, (collector.url,))
     assert key_id(load_or_create_key(state_dir)) == old.key_id
     assert not (state_dir / NEW_KEY_FILE).exists()
@@ -182,7 +191,7 @@ async def test_client_refuses_an_answer_for_another_key(collector: FakeCollector
         await client.enroll(None)
         body = json.dumps({"probe_id": "p_0001", "key_id": "0" * 64, "status": "active"})
         collector.script("/probes/rotate", 200, body.encode())
-        with pytest.raises(CollectorError) as bad:
+        with pytest.raises(CollectorRefused) as bad:
             await client.rotate(Ed25519PrivateKey.generate())
     assert bad.value.code == ERR_BAD_RESPONSE
 
@@ -201,7 +210,9 @@ def _probe_state(state_dir: Path) -> None:
     identity = Identity.open(state_dir)
     identity.record(probe_id="p_0001", status="active")
     with Spool(state_dir) as spool:
-        spool.put(_measurement(identity.key, "measurement-0001"), utc_now_rfc3339())
+        spool.put(
+            _measurement(identity.key, "measurement-0001"), utc_now_rfc3339(), "measurement-0001"
+        )
 
 
 def test_wipe_with_yes_removes_everything(tmp_path: Path) -> None:

@@ -43,6 +43,11 @@ def _envelope(mid: str | None = None, padding: int = 0) -> Envelope:
     return sign(KEY, Purpose.MEASUREMENT, document)
 
 
+def _put(spool: Spool, envelope: Envelope, measured_at: str) -> None:
+    """``put`` as a caller holding only the envelope calls it."""
+    spool.put(envelope, measured_at, measurement_id_of(envelope))
+
+
 def _at(minute: int) -> str:
     return f"2026-11-21T15:{minute:02d}:00.000Z"
 
@@ -62,7 +67,7 @@ def test_put_batch_ack_reject(tmp_path: Path) -> None:
     envelopes = [_envelope() for _ in range(4)]
     with Spool(tmp_path / "s") as spool:
         for minute, envelope in enumerate(envelopes):
-            spool.put(envelope, _at(minute))
+            _put(spool, envelope, _at(minute))
         assert spool.depth() == 4
         items = spool.batch()
         assert [i.envelope for i in items] == envelopes  # byte for byte: still verifies
@@ -87,9 +92,9 @@ def test_put_batch_ack_reject(tmp_path: Path) -> None:
 def test_batch_is_oldest_first_and_limited(tmp_path: Path) -> None:
     with Spool(tmp_path / "s") as spool:
         late, early, middle = _envelope(), _envelope(), _envelope()
-        spool.put(late, "2026-11-21T17:00:00+02:00")  # 15:00 UTC
-        spool.put(early, "2026-11-21T14:59:59.5Z")
-        spool.put(middle, "2026-11-21T15:00:00.000001Z")
+        _put(spool, late, "2026-11-21T17:00:00+02:00")  # 15:00 UTC
+        _put(spool, early, "2026-11-21T14:59:59.5Z")
+        _put(spool, middle, "2026-11-21T15:00:00.000001Z")
         assert [i.envelope for i in spool.batch()] == [early, late, middle]
         assert [i.envelope for i in spool.batch(limit=2)] == [early, late]
 
@@ -97,10 +102,10 @@ def test_batch_is_oldest_first_and_limited(tmp_path: Path) -> None:
 def test_put_is_idempotent_by_measurement_id(tmp_path: Path) -> None:
     with Spool(tmp_path / "s") as spool:
         first = _envelope("0123456789-abc")
-        spool.put(first, _at(0))
+        _put(spool, first, _at(0))
         used = spool.bytes_used()
-        spool.put(first, _at(0))
-        spool.put(_envelope("0123456789-abc", padding=10), _at(5))  # re-signed: same id
+        _put(spool, first, _at(0))
+        _put(spool, _envelope("0123456789-abc", padding=10), _at(5))  # re-signed: same id
         assert spool.depth() == 1
         assert spool.bytes_used() == used
         assert spool.batch()[0].envelope == first
@@ -123,7 +128,7 @@ def test_refuses_what_is_not_a_signed_measurement(
     with Spool(tmp_path / "s") as spool:
         envelope = Envelope(_envelope().key_id, payload, b"\0" * 64)
         with pytest.raises(SpoolError):
-            spool.put(envelope, measured_at)
+            _put(spool, envelope, measured_at)
         assert spool.depth() == 0
 
 
@@ -132,7 +137,7 @@ def test_the_bound_evicts_the_oldest_and_counts_them(tmp_path: Path) -> None:
     envelopes = [_envelope(padding=500) for _ in range(20)]
     with Spool(state_dir, max_bytes=10_000) as spool:
         for minute, envelope in enumerate(envelopes):
-            spool.put(envelope, _at(minute))
+            _put(spool, envelope, _at(minute))
             assert spool.bytes_used() <= 10_000
         kept = [i.envelope for i in spool.batch()]
         evicted = spool.evicted_total()
@@ -143,22 +148,22 @@ def test_the_bound_evicts_the_oldest_and_counts_them(tmp_path: Path) -> None:
         # Persisted, and never decreasing: acks do not touch it.
         assert spool.evicted_total() == evicted
         spool.ack(i.id for i in spool.batch())
-        spool.put(_envelope(padding=500), _at(59))
+        _put(spool, _envelope(padding=500), _at(59))
         assert spool.evicted_total() == evicted
-        spool.put(_envelope(padding=20_000), _at(59))  # bigger than the whole bound
+        _put(spool, _envelope(padding=20_000), _at(59))  # bigger than the whole bound
         assert spool.evicted_total() > evicted
         assert spool.bytes_used() <= 10_000
 
 
 def test_an_old_measurement_arriving_late_is_evicted_first(tmp_path: Path) -> None:
     with Spool(tmp_path / "probe") as probe:
-        probe.put(_envelope(padding=500), _at(0))
+        _put(probe, _envelope(padding=500), _at(0))
         one = probe.bytes_used()
     with Spool(tmp_path / "s", max_bytes=2 * one + one // 2) as spool:  # room for two
         new = _envelope(padding=500)
-        spool.put(new, _at(30))
-        spool.put(_envelope(padding=500), _at(1))
-        spool.put(_envelope(padding=500), _at(31))
+        _put(spool, new, _at(30))
+        _put(spool, _envelope(padding=500), _at(1))
+        _put(spool, _envelope(padding=500), _at(31))
         assert spool.evicted_total() == 1
         assert spool.batch()[0].envelope == new
 
@@ -172,7 +177,7 @@ def test_everything_survives_reopening(tmp_path: Path) -> None:
     envelopes = [_envelope() for _ in range(3)]
     with Spool(state_dir) as spool:
         for minute, envelope in enumerate(envelopes):
-            spool.put(envelope, _at(minute))
+            _put(spool, envelope, _at(minute))
         spool.reject([spool.batch()[0].id], "err_invalid_domain")
         used = spool.bytes_used()
     with Spool(state_dir) as spool:
@@ -194,7 +199,8 @@ _CHILD = textwrap.dedent(
     for i in range(int(sys.argv[2])):
         document = {"measurement": {"measurement_id": f"measurement-{i:04d}"},
                     "signed_at": "2026-11-21T15:00:00Z", "declared": None, "via_proxy": False}
-        spool.put(sign(key, Purpose.MEASUREMENT, document), "2026-11-21T15:00:00Z")
+        mid = document["measurement"]["measurement_id"]
+        spool.put(sign(key, Purpose.MEASUREMENT, document), "2026-11-21T15:00:00Z", mid)
     spool.batch()  # handed to a submission that never comes back
     print("ready", flush=True)
     time.sleep(60)
@@ -231,7 +237,7 @@ def test_a_process_killed_after_put_loses_nothing(tmp_path: Path) -> None:
 def test_files_are_private(tmp_path: Path) -> None:
     state_dir = tmp_path / "s"
     with Spool(state_dir) as spool:
-        spool.put(_envelope(), _at(0))
+        _put(spool, _envelope(), _at(0))
         assert _mode(state_dir) == 0o700
         for name in (SPOOL_FILE, f"{SPOOL_FILE}-wal", f"{SPOOL_FILE}-shm"):
             assert _mode(state_dir / name) == 0o600, name
@@ -248,3 +254,20 @@ def test_a_spool_others_could_read_is_made_private(tmp_path: Path) -> None:
     (state_dir / SPOOL_FILE).chmod(0o644)
     Spool(state_dir).close()
     assert _mode(state_dir / SPOOL_FILE) == 0o600
+
+
+def test_put_takes_the_measurement_id_it_is_handed(tmp_path: Path) -> None:
+    """The signer knows the id: the payload is stored as given, not parsed again."""
+    opaque = Envelope(_envelope().key_id, b"\x00 not json, and never parsed", b"\0" * 64)
+    with Spool(tmp_path / "s") as spool:
+        spool.put(opaque, _at(0), "0123456789-opaque")
+        (item,) = spool.batch()
+    assert (item.measurement_id, item.envelope) == ("0123456789-opaque", opaque)
+
+
+@pytest.mark.parametrize("mid", ["short", "0123456789/../x", ""])
+def test_put_refuses_a_measurement_id_out_of_the_api(tmp_path: Path, mid: str) -> None:
+    with Spool(tmp_path / "s") as spool:
+        with pytest.raises(SpoolError):
+            spool.put(_envelope(), _at(0), mid)
+        assert spool.depth() == 0

@@ -54,8 +54,10 @@ def test_json_shows_everything(tmp_path: Path) -> None:
     record_error(state_dir, "collector_unreachable")
     with Spool(state_dir) as spool:
         for _ in range(3):
-            document = {"measurement": {"measurement_id": str(uuid.uuid4())}}
-            spool.put(sign(identity.key, Purpose.MEASUREMENT, document), "2026-11-21T15:00:00Z")
+            mid = str(uuid.uuid4())
+            document = {"measurement": {"measurement_id": mid}}
+            envelope = sign(identity.key, Purpose.MEASUREMENT, document)
+            spool.put(envelope, "2026-11-21T15:00:00Z", mid)
         spool.reject([spool.batch()[0].id], "err_invalid_domain")
     code, shown = _status(state_dir)
     assert code == 0
@@ -156,3 +158,25 @@ def test_saving_the_identity_keeps_the_last_checkin(tmp_path: Path) -> None:
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["probe_id"] == "p_1"
     assert read_status(tmp_path).last_checkin_at is not None
+
+
+WHEN_SHOWN = "2026-11-21T12:00:00Z"
+
+
+def test_enrolling_keeps_the_recorded_checkin_and_error(tmp_path: Path) -> None:
+    """state.json has one owner: enrolling merges into it, never rewrites it."""
+    when = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    record_checkin(tmp_path, when, interval_seconds=60)
+    record_error(tmp_path, "collector_unreachable", when)
+    _enrolled(tmp_path)  # what the round records when the probe enrolls
+    status = read_status(tmp_path, now=when)
+    assert (status.last_checkin_at, status.interval_seconds) == (WHEN_SHOWN, 60)
+    assert (status.last_error, status.last_error_at) == ("collector_unreachable", WHEN_SHOWN)
+    assert status.enrolled
+
+
+def test_recording_keeps_the_enrollment(tmp_path: Path) -> None:
+    identity = _enrolled(tmp_path)
+    record_checkin(tmp_path, NOW)
+    record_error(tmp_path, "collector_unreachable", NOW)
+    assert load_state(tmp_path) == identity.state
