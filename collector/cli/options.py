@@ -6,11 +6,14 @@ switches) -> the values actually given -> ``CollectorSettings`` -> ``serve``.
 Each field marked ``Cli`` becomes one typer option: its flag, variable, help text
 (the field's description), bounds (``ge``/``le`` as click ranges; ``gt``/``lt``
 are left to the model) and type come from the field. Why typer parameters built
-from the model rather than pydantic-settings' own command-line source: that one
-parses with argparse, beside typer, so ``serve`` would no longer share the other
-commands' help layout, ``--x/--no-x`` switches, click's messages and exit status
-2, and typer would still have to be told the command takes no options of its own.
-Here typer still parses, and the model stays the one place an option is declared.
+from the model rather than pydantic-settings' own command-line source
+(``CliSettingsSource``): that one parses with argparse, so ``serve`` would be an
+argparse program inside a typer app, with its own help layout, switch spelling
+(``--flag``/``--no-flag`` become ``--flag true``-style or need per-field
+configuration), messages and exit statuses, and typer would have to pass it the
+raw arguments untouched. Built as typer parameters, ``serve`` parses, helps and
+fails like the other commands, and the model is still the one place an option is
+declared.
 
 Only values given on the command line or through an option's variable reach the
 model: any other field keeps its default, or its ``BLOCKWATCH_<FIELD>`` variable
