@@ -259,3 +259,28 @@ def test_identity_is_enrolled_only_for_the_key_it_enrolled(tmp_path: Path) -> No
     fresh = Identity.open(tmp_path)
     assert fresh.key_id != ident.key_id
     assert not fresh.enrolled
+
+
+def test_a_rotation_stages_keeps_and_installs_keys(tmp_path: Path) -> None:
+    old = load_or_create_key(tmp_path)
+    new, resumed = identity.stage_new_key(tmp_path)
+    assert not resumed
+    again, resumed = identity.stage_new_key(tmp_path)  # an interrupted rotation's key
+    assert resumed
+    assert key_id(again) == key_id(new)
+    identity.keep_old_key(tmp_path, old)
+    assert {_mode(tmp_path / n) for n in (identity.NEW_KEY_FILE, identity.OLD_KEY_FILE)} == {0o600}
+    save_state(tmp_path, ProbeState(key_id=key_id(old), probe_id="p_1", status="active"))
+    identity.install_new_key(tmp_path, {"status": "active"})
+    assert key_id(load_or_create_key(tmp_path)) == key_id(new)
+    assert load_state(tmp_path) == ProbeState(key_id=key_id(new), probe_id="p_1", status="active")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [KEY_FILE, STATE_FILE]
+
+
+def test_a_refused_rotation_leaves_only_the_current_key(tmp_path: Path) -> None:
+    old = load_or_create_key(tmp_path)
+    identity.stage_new_key(tmp_path)
+    identity.keep_old_key(tmp_path, old)
+    identity.discard_rotation(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [KEY_FILE]
+    assert key_id(load_or_create_key(tmp_path)) == key_id(old)

@@ -20,7 +20,13 @@ from probe_agent.state.identity import (
     load_state,
 )
 from probe_agent.state.spool import Spool
-from probe_agent.state.status import read_status, record_checkin, record_error
+from probe_agent.state.status import (
+    cached_schedule,
+    read_status,
+    record_checkin,
+    record_error,
+    record_schedule,
+)
 
 cli = CliRunner()
 NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC)
@@ -180,3 +186,14 @@ def test_recording_keeps_the_enrollment(tmp_path: Path) -> None:
     record_checkin(tmp_path, NOW)
     record_error(tmp_path, "collector_unreachable", NOW)
     assert load_state(tmp_path) == identity.state
+
+
+def test_a_long_schedule_keeps_the_enrollment(tmp_path: Path) -> None:
+    """One reader of state.json: a long recorded target list never hides the enrollment."""
+    _enrolled(tmp_path)
+    targets = [f"instance-{i:05d}.example.social" for i in range(3000)]  # ~100 KB of JSON
+    record_schedule(tmp_path, 180, targets)
+    assert load_state(tmp_path).probe_id == "p_0001"
+    assert Identity.open(tmp_path).enrolled
+    assert read_status(tmp_path).enrolled
+    assert cached_schedule(tmp_path).targets == targets
