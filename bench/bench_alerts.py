@@ -29,7 +29,7 @@ from collector.alerts.outbox import Outbox
 from collector.core.db import make_engine, make_session_factory, migrate, session_scope
 from collector.core.models import EventChangeRow, EventRow
 from collector.core.settings import CollectorSettings, Mode
-from collector.detection.passes import event_json
+from collector.services.events import event_json
 from collector.services.subscriptions import SubscriptionService
 from collector.services.targets import TargetService
 
