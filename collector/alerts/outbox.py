@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector.alerts import channels
@@ -74,6 +74,17 @@ def retry_delay(attempts: int, retry_after: float | None, rng: random.Random) ->
     if retry_after is not None:
         delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return delay
+
+
+def _unsent_update(subscription_id: str, event_id: int) -> ColumnElement[bool]:
+    """An ``updated`` delivery to this subscriber about this event, never attempted."""
+    return and_(
+        DeliveryRow.subscription_id == subscription_id,
+        DeliveryRow.event_id == event_id,
+        DeliveryRow.kind == "updated",
+        DeliveryRow.state == "pending",
+        DeliveryRow.attempts == 0,
+    )
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -148,7 +159,12 @@ class Outbox:
 
     def document(self, session: Session, change: EventChangeRow) -> dict[str, Any]:
         """The webhook document ``{type, timestamp, data}`` of one change."""
-        data = json.loads(change.snapshot)
+        return self._document(session, change, json.loads(change.snapshot))
+
+    def _document(
+        self, session: Session, change: EventChangeRow, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The document around *data*, the change's snapshot (parsed), which it extends."""
         base = self.settings.public_url.rstrip("/") or (
             f"http://{self.settings.host}:{self.settings.port}"
         )
@@ -186,63 +202,61 @@ class Outbox:
         return sorted(out, key=lambda m: str(m["domain"]))
 
     def _fan_out_one(self, session: Session, change: EventChangeRow, now: datetime) -> int:
-        snapshot = json.loads(change.snapshot)
+        snapshot = json.loads(change.snapshot)  # read once: who gets it, and the document
         subscribers = self._subscribers(session, snapshot["domain"])
         if not subscribers:
             return 0
-        document = json.dumps(self.document(session, change))
-        written = 0
-        for sub in subscribers:
-            due = now
-            if change.kind == "closed":
-                # The end supersedes an update not sent yet: it would arrive after it.
-                session.execute(
-                    update(DeliveryRow)
-                    .where(
-                        DeliveryRow.subscription_id == sub.id,
-                        DeliveryRow.event_id == change.event_id,
-                        DeliveryRow.kind == "updated",
-                        DeliveryRow.state == "pending",
-                        DeliveryRow.attempts == 0,
-                    )
-                    .values(state="superseded")
-                )
-            if change.kind == "updated":
-                pending = session.scalar(
-                    select(DeliveryRow).where(
-                        DeliveryRow.subscription_id == sub.id,
-                        DeliveryRow.event_id == change.event_id,
-                        DeliveryRow.kind == "updated",
-                        DeliveryRow.state == "pending",
-                        DeliveryRow.attempts == 0,
-                    )
-                )
-                if pending is not None:  # not sent yet: the newer state replaces it
-                    pending.payload = document
-                    continue
-                last = session.scalar(
-                    select(func.max(DeliveryRow.created_at)).where(
-                        DeliveryRow.subscription_id == sub.id,
-                        DeliveryRow.event_id == change.event_id,
-                    )
-                )
-                if last is not None:
-                    due = max(now, last + timedelta(seconds=self.settings.alert_update_interval))
-            session.add(
-                DeliveryRow(
-                    subscription_id=sub.id,
-                    event_id=change.event_id,
-                    kind=change.kind,
-                    message_id=f"msg_{change.id}_{sub.id}",
-                    payload=document,
-                    state="pending",
-                    attempts=0,
-                    next_attempt_at=due,
-                    created_at=now,
-                )
+        document = json.dumps(self._document(session, change, snapshot))
+        return sum(self._queue(session, sub, change, document, now) for sub in subscribers)
+
+    def _queue(
+        self,
+        session: Session,
+        sub: SubscriptionRow,
+        change: EventChangeRow,
+        document: str,
+        now: datetime,
+    ) -> int:
+        """One subscriber's delivery of *change*; 0 when it replaced an unsent update."""
+        unsent = _unsent_update(sub.id, change.event_id)
+        due = now
+        if change.kind == "closed":
+            # The end supersedes an update not sent yet: it would arrive after it.
+            session.execute(update(DeliveryRow).where(unsent).values(state="superseded"))
+        if change.kind == "updated":
+            pending = session.scalar(select(DeliveryRow).where(unsent))
+            if pending is not None:  # not sent yet: the newer state replaces it
+                pending.payload = document
+                return 0
+            due = self._update_due(session, sub.id, change.event_id, now)
+        session.add(
+            DeliveryRow(
+                subscription_id=sub.id,
+                event_id=change.event_id,
+                kind=change.kind,
+                message_id=f"msg_{change.id}_{sub.id}",
+                payload=document,
+                state="pending",
+                attempts=0,
+                next_attempt_at=due,
+                created_at=now,
             )
-            written += 1
-        return written
+        )
+        return 1
+
+    def _update_due(
+        self, session: Session, subscription_id: str, event_id: int, now: datetime
+    ) -> datetime:
+        """An update waits the throttle interval after the last message about the event."""
+        last = session.scalar(
+            select(func.max(DeliveryRow.created_at)).where(
+                DeliveryRow.subscription_id == subscription_id,
+                DeliveryRow.event_id == event_id,
+            )
+        )
+        if last is None:
+            return now
+        return max(now, last + timedelta(seconds=self.settings.alert_update_interval))
 
     # -- 2. claim --------------------------------------------------------------------
 

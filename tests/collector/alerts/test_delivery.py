@@ -274,6 +274,26 @@ async def test_updates_are_throttled_and_coalesced(
     assert json.loads(receiver.posts()[1][3])["data"]["asns"] == [4134, 4837, 9808]
 
 
+def test_an_end_supersedes_an_unsent_update_and_a_newer_update_replaces_it(
+    sessions: sessionmaker[Session], alert_settings: CollectorSettings, clock: FakeClock
+) -> None:
+    subscribe(sessions, alert_settings, "webhook", url="http://127.0.0.1:9/hook")
+    outbox = Outbox(alert_settings, clock, sessions)
+    event_id = change(sessions, clock, "opened")
+    assert outbox.fan_out() == 1
+    change(sessions, clock, "updated", event_id=event_id, asns="[4134, 4837]")
+    change(sessions, clock, "updated", event_id=event_id, asns="[4134, 4837, 9808]")
+    assert outbox.fan_out() == 1  # the second update rewrote the first, still unsent
+    with session_scope(sessions) as s:
+        [update] = s.scalars(select(DeliveryRow).where(DeliveryRow.kind == "updated"))
+        assert json.loads(update.payload)["data"]["asns"] == [4134, 4837, 9808]
+    change(sessions, clock, "closed", event_id=event_id)
+    assert outbox.fan_out() == 1
+    with session_scope(sessions) as s:
+        states = sorted((d.kind, d.state) for d in s.scalars(select(DeliveryRow)))
+    assert states == [("closed", "pending"), ("opened", "pending"), ("updated", "superseded")]
+
+
 @pytest.mark.parametrize("channel", ["slack", "discord", "ntfy"])
 async def test_chat_formats(
     channel: str, sessions: sessionmaker[Session], alert_settings: CollectorSettings,
