@@ -3,7 +3,7 @@
 Every option also reads ``BLOCKWATCH_<OPTION>`` from the environment. Invalid
 input exits with status 2 before any packet is sent; a domain the engine could
 not measure because of an internal error exits 1 after the others are done.
-``run --once`` (one round for a collector, ``runner``) exits 0 when every
+``run --once`` (one round for a collector, ``daemon.round``) exits 0 when every
 measurement was stored, 1 otherwise, 2 for invalid input or an unsafe key file;
 ``id`` prints the key fingerprint.
 """

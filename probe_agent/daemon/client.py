@@ -1,8 +1,8 @@
 """The probe's side of the collector API (docs/api.md): enroll, check in, submit, rotate.
 
 Where this sits in the data flow: the only module that talks to a collector.
-The runner hands it signed measurement envelopes; it signs the enrollment and
-the check-in itself (``envelope.sign``, ``signed_at`` = now) and parses what the
+The round hands it signed measurement envelopes, a batch at a time; it signs
+the enrollment and the check-in itself (``envelope.sign``, ``signed_at`` = now) and parses what the
 collector answers into small typed records.
 
 Collector URLs are tried in order: the first one that answers wins. A
@@ -85,8 +85,11 @@ class CheckIn:
 
 
 @dataclass(frozen=True, slots=True)
-class ItemResult:
-    """The collector's answer for one submitted envelope; ``index`` is its place in the call."""
+class ItemAnswer:
+    """The collector's answer for one submitted envelope; ``index`` is its place in the call.
+
+    Named apart from the collector's own record of an ingested item
+    (``collector.services.ingest``)."""
 
     index: int
     measurement_id: str | None
@@ -178,10 +181,10 @@ def _parse_checkin(status: int, data: dict[str, Any]) -> CheckIn:
     )
 
 
-def _parse_results(status: int, data: dict[str, Any], count: int, offset: int) -> list[ItemResult]:
+def _parse_results(status: int, data: dict[str, Any], count: int, offset: int) -> list[ItemAnswer]:
     """One result per submitted item, mapped by its ``index`` within the batch."""
     items = _field(data, "results", list, status)
-    by_index: dict[int, ItemResult] = {}
+    by_index: dict[int, ItemAnswer] = {}
     for item in items:
         if not isinstance(item, dict):
             raise CollectorRefused(status, ERR_BAD_RESPONSE, "a result is not an object")
@@ -194,7 +197,7 @@ def _parse_results(status: int, data: dict[str, Any], count: int, offset: int) -
         if state == "rejected":
             error = _error_from(status, item)
             code, message = error.code, error.message
-        by_index[index] = ItemResult(
+        by_index[index] = ItemAnswer(
             offset + index, mid if isinstance(mid, str) else None, state, code, message
         )
     if len(by_index) != count:
@@ -331,7 +334,7 @@ class CollectorClient:
             raise CollectorRefused(status, ERR_BAD_RESPONSE, "the answer names another key")
         return data
 
-    async def submit(self, envelopes: Sequence[Envelope]) -> list[ItemResult]:
+    async def submit(self, envelopes: Sequence[Envelope]) -> list[ItemAnswer]:
         """``POST /measurements`` of one batch (at most ``MAX_BATCH``); one result per envelope.
 
         The caller makes the batches (the round: read from the spool, submit,
@@ -342,7 +345,7 @@ class CollectorClient:
             raise ValueError(f"a batch holds at most {MAX_BATCH} measurements")
         return await self._submit_batch(envelopes, 0)
 
-    async def _submit_batch(self, batch: Sequence[Envelope], offset: int) -> list[ItemResult]:
+    async def _submit_batch(self, batch: Sequence[Envelope], offset: int) -> list[ItemAnswer]:
         body = json.dumps(
             {"measurements": [e.to_json() for e in batch]}, separators=(",", ":")
         ).encode()
@@ -352,7 +355,7 @@ class CollectorClient:
             if exc.status != 413:
                 raise
             if len(batch) == 1:  # one measurement over the body limit: never storable
-                return [ItemResult(offset, None, "rejected", exc.code, exc.message)]
+                return [ItemAnswer(offset, None, "rejected", exc.code, exc.message)]
             # A collector with a lower batch or body limit: halve until it fits.
             half = len(batch) // 2
             first = await self._submit_batch(batch[:half], offset)

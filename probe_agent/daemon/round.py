@@ -35,7 +35,7 @@ from probe_agent.daemon.client import (
     MAX_BATCH,
     CheckIn,
     CollectorClient,
-    ItemResult,
+    ItemAnswer,
 )
 from probe_agent.measure.engine import DomainError, Engine, EngineConfig, Result
 from probe_agent.protocol.document import measurement_document
@@ -106,7 +106,7 @@ class RoundSummary:
     rejected: int = 0
     unsent: int = 0  # measured and signed, but the submission failed as a whole
 
-    def count(self, results: list[ItemResult]) -> None:
+    def count(self, results: list[ItemAnswer]) -> None:
         for result in results:
             if result.status == "accepted":
                 self.accepted += 1

@@ -1,6 +1,6 @@
 """The probe's identity: its Ed25519 key and its enrollment, in ``--state-dir``.
 
-Where this sits in the data flow: before anything is signed. The runner loads
+Where this sits in the data flow: before anything is signed. The round loads
 (or, the first time, generates) the key here, enrolls it with a collector and
 records what the collector answered in ``state.json``; the key id (the key's
 fingerprint, ``envelope.fingerprint``) is what the collector knows the probe by.
