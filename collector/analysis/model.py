@@ -21,7 +21,7 @@ from probe_agent.protocol.addresses import IPNetwork
 # Bump whenever any rule changes (a rule added, removed or changed in what it
 # reads or concludes), even when no golden verdict changes: verdicts stored with
 # an older version were decided by other rules. Format: year.month.serial.
-RULES_VERSION = "2026.11.2"
+RULES_VERSION = "2026.12.1"
 
 
 class Flag(StrEnum):

@@ -76,6 +76,13 @@ CASES = [
         (Reason.DNS_FORGED_IP,),
     ),
     Case("bogon", measurement(dns_steps=[dns(BOGON_IP)]), {Flag.DNS}, (Reason.DNS_BOGON,)),
+    # A NAT64 answer (RFC 6052) that embeds the private address: a bogon since 2026.12.1.
+    Case(
+        "bogon_wrapped_in_nat64",
+        measurement(dns_steps=[dns("64:ff9b::a0a:2222")]),
+        {Flag.DNS},
+        (Reason.DNS_BOGON,),
+    ),
     Case(
         "injection_disagreeing_responses",
         reached(dns_steps=[dns(REAL_IP, late=(SIBLING_IP,), agree=False)]),
