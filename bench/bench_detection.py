@@ -671,7 +671,7 @@ def build_history_state(
     """The detector's state at *at* (the end of the stored history) for every (domain, country).
 
     When the history ends before the new work starts (*quiet_until*), a pass
-    (nothing to analyse) then runs at that time: the detector kept running while
+    (nothing to analyze) then runs at that time: the detector kept running while
     nothing arrived, and the stored votes have aged out of its window.
 
     As the last pass before the new work left it: detector_states, open events
@@ -857,7 +857,16 @@ class WorkerSampler:
 _VERB = re.compile(r"^\s*(SELECT|INSERT INTO|DELETE FROM|UPDATE)\b", re.IGNORECASE)
 _FROM = re.compile(r"\bFROM\s+(\w+)", re.IGNORECASE)
 _TABLE = re.compile(r"^\s*(?:INSERT INTO|DELETE FROM|UPDATE)\s+(\w+)", re.IGNORECASE)
-STEPS = ("_analyse", "_controls", "_triggers", "_detect", "_votes", "_states", "_save", "_gauges")
+STEPS = (
+    "_analyze_batch",
+    "_controls",
+    "_triggers",
+    "_detect",
+    "_votes",
+    "_states",
+    "_save",
+    "_gauges",
+)
 
 
 @dataclass
@@ -881,10 +890,10 @@ class Profile:
     _local: threading.local = field(default_factory=threading.local)
 
     def wrap(self, detector: Detector) -> None:
+        # A step that no longer exists is an error here, not a row that silently
+        # drops out of the profile (a renamed step once did).
         for name in STEPS:
-            method = getattr(detector, name, None)
-            if callable(method):
-                setattr(detector, name, self._timed(name, method))
+            setattr(detector, name, self._timed(name, getattr(detector, name)))
 
     def _timed(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -981,7 +990,7 @@ class PassResult:
     postgres_cpu_s: float  # the pass's backends and their parallel workers
     parallel_workers_cpu_s: float
     other_cpu_s: float  # the rest of the machine (other work: noise)
-    analysed: int
+    analyzed: int
     postponed: int
     keys: int
     changes: dict[str, int]
@@ -1041,8 +1050,8 @@ def check_pass(
         "network_states": networks,
     }
     problems = []
-    if stats.analysed != work.size or new_verdicts != work.size:
-        problems.append(f"{stats.analysed} analysed, {new_verdicts} verdicts, {work.size} new")
+    if stats.analyzed != work.size or new_verdicts != work.size:
+        problems.append(f"{stats.analyzed} analyzed, {new_verdicts} verdicts, {work.size} new")
     if stats.postponed or queue_left:
         problems.append(f"{stats.postponed} postponed, {queue_left} left in the queue")
     if wrong_flags:
@@ -1113,7 +1122,7 @@ def run_pass(
         postgres_cpu_s=backends + workers.seconds,
         parallel_workers_cpu_s=workers.seconds,
         other_cpu_s=max(busy - process - backends - workers.seconds, 0.0),
-        analysed=stats.analysed,
+        analyzed=stats.analyzed,
         postponed=stats.postponed,
         keys=stats.keys,
         changes=dict(stats.changes),
@@ -1476,8 +1485,8 @@ def main(argv: list[str] | None = None) -> int:
                     console.print(
                         f"[bold]{result.seconds:.2f} s[/] ({result.us_per_new:,.0f} µs/new), "
                         f"CPU {result.python_cpu_s:.1f} s python + {result.postgres_cpu_s:.1f} s "
-                        f"postgres, {result.other_cpu_s:.1f} s other; {result.analysed:,} "
-                        f"analysed, {result.keys:,} keys, changes {result.changes or '-'}"
+                        f"postgres, {result.other_cpu_s:.1f} s other; {result.analyzed:,} "
+                        f"analyzed, {result.keys:,} keys, changes {result.changes or '-'}"
                     )
                     if result.checks["problems"]:
                         raise BenchFailure(f"{label}: " + "; ".join(result.checks["problems"]))

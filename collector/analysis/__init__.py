@@ -6,9 +6,9 @@ measurements of the same domain into a ``Verdict``: block flags (``dns``,
 ``tcp_ip``, ``tls``, ``http``) or one of ``ok``, ``down``, ``unknown``, with the
 ids of the rules that fired and ``RULES_VERSION``. ``sni_triggers`` lists a
 measurement's SNI triggers, which the caller hands back in ``Context.triggers``
-when analysing the same probe's later measurements (residual blocking). Each
+when analyzing the same probe's later measurements (residual blocking). Each
 function also takes ``read(measurement)``, the typed view, so that a caller that
-analyses one measurement several times (against controls before and after it)
+analyzes one measurement several times (against controls before and after it)
 reads it once.
 Every rule is explained in docs/methodology.md.
 """

@@ -188,7 +188,7 @@ def _step_fields(entry: Mapping[str, Any], default_port: int) -> dict[str, Any] 
 
 
 # A measurement as the analysis takes it: the dict, or the view ``read`` made of it
-# (a caller that analyses one record several times reads it once).
+# (a caller that analyzes one record several times reads it once).
 Record = Mapping[str, Any] | Observed
 
 

@@ -47,7 +47,7 @@ def version() -> None:
 
 @app.callback()
 def _root() -> None:
-    """Verify, store and analyse Blockwatch probe measurements."""
+    """Verify, store and analyze Blockwatch probe measurements."""
 
 
 def main() -> None:

@@ -216,7 +216,7 @@ class CollectorSettings(BaseSettings):
         description="How long after an SNI trigger a probe's failures on that address are "
         "residue (the GFW's 90-180s; default 180s).",
     )
-    analysis_batch: int = Field(5000, ge=1, description="Measurements analysed at once.")
+    analysis_batch: int = Field(5000, ge=1, description="Measurements analyzed at once.")
 
     @field_validator("database_url")
     @classmethod

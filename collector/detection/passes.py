@@ -104,11 +104,6 @@ class PassStats:
     changes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
-    @property
-    def analysed(self) -> int:
-        """The former spelling (bench/bench_detection.py reads it)."""
-        return self.analyzed
-
 
 @dataclass
 class _Evidence:

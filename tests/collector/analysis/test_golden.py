@@ -397,7 +397,7 @@ def test_golden_verdict(case: Case) -> None:
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
 def test_read_views_give_the_same_verdict(case: Case) -> None:
-    """The detection pass reads each document once and analyses the read views."""
+    """The detection pass reads each document once and analyzes the read views."""
     probe, controls = read(case.probe), [read(c) for c in case.controls]
     assert analyze(probe, controls, case.ctx) == analyze(case.probe, case.controls, case.ctx)
     assert dns_silent(probe) == dns_silent(case.probe)

@@ -103,7 +103,7 @@ def test_block_opens_one_event_updates_status_and_closes(world: World) -> None:
     world.submit(world.control, b.control(), blocked_at + timedelta(seconds=3))
     world.clock.offset_seconds += 60  # the next pass: postponed rows are due again
     stats = world.run()
-    assert stats.analyzed == 3 and stats.analysed == 3  # the former spelling still reads
+    assert stats.analyzed == 3
     [event] = world.events(state="open")
     assert event["domain"] == DOMAIN and event["cc"] == "CN"
     assert event["methods"] == ["dns", "tls"] and event["asns"] == [4134]
