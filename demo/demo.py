@@ -113,7 +113,7 @@ async def _collector_round(
     console.rule("[bold]Two volunteers' rounds: probe -> signed envelopes -> collector")
     bin_dir = Path(sys.executable).parent
     collector, probe = str(bin_dir / "blockwatch-collector"), str(bin_dir / "blockwatch-probe")
-    database = f"sqlite:///{tmp}/collector.core.db"
+    database = f"sqlite:///{tmp}/collector.db"
     port = free_tcp_port("127.0.0.1")
     env = {**os.environ, "BLOCKWATCH_DATABASE_URL": database, "COLUMNS": "160"}
     domains = [inst.domain for inst, _ in INSTANCES if "alive" not in inst.domain] + [BOGON[0]]

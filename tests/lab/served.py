@@ -26,7 +26,7 @@ class LabCollector:
         self.serve_args = serve_args
         self.env = env or {}
         self.token = ""
-        self.db = directory / "collector.core.db"
+        self.db = directory / "collector.db"
         self.log = directory / "collector.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://{topo.COLLECTOR}:{PORT}"

@@ -126,7 +126,7 @@ def test_payloads_and_logs_never_carry_the_probes_address(
     result = run_once(fresh_lab, collector, tmp_path / "probe")
     assert result.returncode == 0, result.stderr
     me = fresh_lab.topo.host("a1").addresses[0]
-    with sqlite3.connect(collector.core.db) as conn:
+    with sqlite3.connect(collector.db) as conn:
         payloads = [zlib.decompress(p) for (p,) in conn.execute("SELECT payload FROM measurements")]
     assert len(payloads) == len(TARGETS)
     haystacks = [
@@ -134,7 +134,7 @@ def test_payloads_and_logs_never_carry_the_probes_address(
         result.stderr.encode(),
         result.stdout.encode(),
         collector.log.read_bytes(),
-        collector.core.db.read_bytes(),
+        collector.db.read_bytes(),
     ]
     assert all(me.encode() not in hay for hay in haystacks)
 
