@@ -857,15 +857,16 @@ class WorkerSampler:
 _VERB = re.compile(r"^\s*(SELECT|INSERT INTO|DELETE FROM|UPDATE)\b", re.IGNORECASE)
 _FROM = re.compile(r"\bFROM\s+(\w+)", re.IGNORECASE)
 _TABLE = re.compile(r"^\s*(?:INSERT INTO|DELETE FROM|UPDATE)\s+(\w+)", re.IGNORECASE)
+# (attribute path from the detector, method): the analyzer's steps, then the detector's.
 STEPS = (
-    "_analyze_batch",
-    "_controls",
-    "_triggers",
-    "_detect",
-    "_votes",
-    "_states",
-    "_save",
-    "_gauges",
+    ("analyzer", "analyze_batch"),
+    ("analyzer", "_controls"),
+    ("analyzer", "_triggers"),
+    ("", "_detect"),
+    ("", "_votes"),
+    ("", "_states"),
+    ("", "_save"),
+    ("", "_gauges"),
 )
 
 
@@ -892,8 +893,9 @@ class Profile:
     def wrap(self, detector: Detector) -> None:
         # A step that no longer exists is an error here, not a row that silently
         # drops out of the profile (a renamed step once did).
-        for name in STEPS:
-            setattr(detector, name, self._timed(name, getattr(detector, name)))
+        for owner_name, name in STEPS:
+            owner = getattr(detector, owner_name) if owner_name else detector
+            setattr(owner, name, self._timed(name.lstrip("_"), getattr(owner, name)))
 
     def _timed(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:

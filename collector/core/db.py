@@ -11,10 +11,10 @@ that start together from migrating at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -22,6 +22,14 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATION_LOCK_ID = 0x426C6B77  # "Blkw": the advisory lock replicas take to migrate
+CHUNK = 500  # values per IN (...) list: far below every backend's bound parameter limit
+_T = TypeVar("_T")
+
+
+def chunks(items: Sequence[_T], size: int = CHUNK) -> Iterable[Sequence[_T]]:
+    """*items* in slices of *size*, one ``IN (...)`` list each."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
