@@ -175,7 +175,9 @@ async def test_webhook_signed_per_standard_webhooks_and_x_hub(
     assert data["methods"] == ["dns", "tls"] and data["asns"] == [4134] and data["probes"] == 2
     assert data["evidence_url"] == f"https://collector.example/api/v1/events/{event_id}"
     assert data["mirrors"] == [{"domain": "alive-mirror.bar", "kind": "mirror", "state": "unknown"}]
-    assert headers["webhook-id"] == f"msg_1_{sub.id}"
+    with session_scope(sessions) as s:
+        change_id = s.scalar(select(EventChangeRow.id).where(EventChangeRow.event_id == event_id))
+    assert headers["webhook-id"] == f"msg_{change_id}_{sub.id}"
     # Delivered once: nothing more to send.
     assert await deliver(outbox) == 0
 
