@@ -101,6 +101,10 @@ class TokenIn(BaseModel):
     expires_in: float = Field(86400.0, gt=0, le=366 * 86400.0)
     role: Literal["probe", "control"] = "probe"
     note: Annotated[str, StringConstraints(max_length=200)] | None = None
+    # The network the token vouches for (both or neither), and its ISO 3166-2 region.
+    cc: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")] | None = None
+    asn: int | None = Field(None, ge=1, lt=2**32)
+    region: Annotated[str, StringConstraints(max_length=6)] | None = None
 
 
 class TokenOut(BaseModel):
@@ -108,6 +112,40 @@ class TokenOut(BaseModel):
     uses: int
     expires_at: datetime
     role: str
+    token_id: int | None = None
+    cc: str | None = None
+    asn: int | None = None
+    region: str | None = None
+
+
+class TokenInfo(BaseModel):
+    """A token as ``GET /probes/tokens`` lists it (the token itself is never stored)."""
+
+    token_id: int
+    role: str
+    uses: int
+    max_uses: int
+    expires_at: datetime
+    created_at: datetime
+    revoked_at: datetime | None
+    note: str | None
+    cc: str | None
+    asn: int | None
+    region: str | None
+    probes: int
+
+
+class TokenList(BaseModel):
+    data: list[TokenInfo]
+    count: int
+
+
+class VouchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cc: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")]
+    asn: int = Field(ge=1, lt=2**32)
+    region: Annotated[str, StringConstraints(max_length=6)] | None = None
 
 
 class ProbeOut(BaseModel):
@@ -120,6 +158,14 @@ class ProbeOut(BaseModel):
     network_source: str | None
     declared_cc: str | None
     declared_asn: int | None
+    # Who it votes as, and whether its declared network counts.
+    volunteer: str = ""
+    token_id: int | None = None
+    vouched_cc: str | None = None
+    vouched_asn: int | None = None
+    region: str | None = None
+    declared_vouched: bool = False
+    public_evidence: bool = False
     created_at: datetime
     last_checkin_at: datetime | None
     software_version: str | None

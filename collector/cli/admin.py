@@ -28,22 +28,89 @@ subscriptions_app = typer.Typer(
 
 @probes_app.command("token")
 def probes_token(
-    uses: Annotated[int, typer.Option(min=1, help="How many probes may enroll with it.")] = 1,
+    uses: Annotated[
+        int, typer.Option(min=1, help="How many probes may enroll with it (one volunteer).")
+    ] = 1,
     expires: Annotated[float, typer.Option(help="Hours until it expires.")] = 24.0,
     role: Annotated[str, typer.Option(help="probe or control.")] = "probe",
     note: Annotated[str | None, typer.Option()] = None,
+    cc: Annotated[
+        str | None, typer.Option(help="Vouch for this country (with --asn): declared counts.")
+    ] = None,
+    asn: Annotated[int | None, typer.Option(help="Vouch for this AS number (with --cc).")] = None,
+    region: Annotated[
+        str | None, typer.Option(help="ISO 3166-2 region of the network (CN-GD).")
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Print a new enrollment token (shown once; only its hash is stored)."""
+    """Print a new enrollment token (shown once; only its hash is stored).
+
+    Every probe enrolled with one token is one volunteer: its votes count once.
+    """
     settings = admin_settings(database_url)
     try:
         with sessions(settings) as factory, session_scope(factory) as session:
             token, _ = ProbeService(settings, SystemClock()).create_token(
-                session, uses=uses, expires_in=expires * 3600, role=role, note=note
-            )
+                session, uses=uses, expires_in=expires * 3600, role=role, note=note,
+                cc=cc, asn=asn, region=region,
+            )  # fmt: skip
     except CollectorError as exc:
         raise fail(exc) from None
     typer.echo(token)
+
+
+@probes_app.command("tokens")
+def probes_tokens(
+    as_json: Annotated[bool, typer.Option("--json")] = False, database_url: DatabaseUrl = None
+) -> None:
+    """List the enrollment tokens (never the tokens themselves: only hashes are kept)."""
+    from collector.api.routes.probes import token_infos  # noqa: PLC0415
+
+    settings = admin_settings(database_url)
+    with sessions(settings) as factory, session_scope(factory) as session:
+        tokens = token_infos(session, ProbeService(settings, SystemClock()))
+    if as_json:
+        typer.echo(json.dumps([t.model_dump(mode="json") for t in tokens]))
+        return
+    table = Table("token", "role", "uses", "probes", "vouches for", "expires", "state", "note")
+    for t in tokens:
+        network = f"{t.cc} AS{t.asn}" + (f" {t.region}" if t.region else "") if t.cc else "-"
+        state = "revoked" if t.revoked_at else "active"
+        table.add_row(
+            str(t.token_id), t.role, f"{t.uses}/{t.max_uses}", str(t.probes), network,
+            t.expires_at.isoformat(timespec="minutes"), state, t.note or "",
+        )  # fmt: skip
+    Console().print(table)
+
+
+@probes_app.command("revoke-token")
+def probes_revoke_token(token_id: int, database_url: DatabaseUrl = None) -> None:
+    """End a token: no more enrollments, and its probes' votes stop counting at the next pass."""
+    settings = admin_settings(database_url)
+    try:
+        with sessions(settings) as factory, session_scope(factory) as session:
+            row = ProbeService(settings, SystemClock()).revoke_token(session, token_id)
+            typer.echo(f"token {row.id}: revoked")
+    except CollectorError as exc:
+        raise fail(exc) from None
+
+
+@probes_app.command("vouch")
+def probes_vouch(
+    probe_id: str,
+    cc: Annotated[str, typer.Option(help="The country you vouch for.")],
+    asn: Annotated[int, typer.Option(help="The AS number you vouch for.")],
+    region: Annotated[str | None, typer.Option(help="ISO 3166-2 region (CN-GD).")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Vouch for the network a probe declares: its declared measurements from there count."""
+    settings = admin_settings(database_url)
+    try:
+        with sessions(settings) as factory, session_scope(factory) as session:
+            probe = ProbeService(settings, SystemClock()).vouch(session, probe_id, cc, asn, region)
+            typer.echo(f"{probe.id}: vouched for {probe.vouched_cc} AS{probe.vouched_asn}")
+    except CollectorError as exc:
+        raise fail(exc) from None
 
 
 @probes_app.command("list")
@@ -59,11 +126,16 @@ def probes_list(
     if as_json:
         typer.echo(json.dumps([p.model_dump(mode="json") for p in probes]))
         return
-    table = Table("probe", "status", "role", "network", "last check-in", "spool")
+    table = Table("probe", "status", "role", "volunteer", "network", "vouched", "last check-in",
+                  "spool")  # fmt: skip
     for p in probes:
         network = f"{p.cc} AS{p.asn} ({p.network_source})" if p.cc else "-"
+        if p.network_source == "declared" and not p.declared_vouched:
+            network += " [not vouched: does not vote]"
+        vouched = f"{p.vouched_cc} AS{p.vouched_asn}" if p.vouched_cc else "-"
         seen = p.last_checkin_at.isoformat(timespec="seconds") if p.last_checkin_at else "-"
-        table.add_row(p.probe_id, p.status, p.role, network, seen, str(p.spool_depth))
+        table.add_row(p.probe_id, p.status, p.role, p.volunteer, network, vouched, seen,
+                      str(p.spool_depth))  # fmt: skip
     Console().print(table)
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -70,8 +71,17 @@ class ProbeRow(Base):
     software_version: Mapped[str | None] = mapped_column(String(64))
     spool_depth: Mapped[int] = mapped_column(Integer, default=0)
     evicted_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The volunteer: every probe enrolled with one token is one (None: its own).
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("enrollment_tokens.id"), index=True)
+    # The network an operator vouched for (``probes vouch``); a token's counts too.
+    vouched_cc: Mapped[str | None] = mapped_column(String(2))
+    vouched_asn: Mapped[int | None] = mapped_column(BigInteger)
+    region: Mapped[str | None] = mapped_column(String(6))
+    # Its measurements may be published in evidence bundles (``run --public-evidence``).
+    public_evidence: Mapped[bool] = mapped_column(Boolean, default=False)
 
     keys: Mapped[list[ProbeKeyRow]] = relationship(back_populates="probe")
+    token: Mapped[TokenRow | None] = relationship()
 
 
 class ProbeKeyRow(Base):
@@ -98,6 +108,11 @@ class TokenRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     note: Mapped[str | None] = mapped_column(String(200))
+    # The network this token vouches for: its probes' declared network counts.
+    vouched_cc: Mapped[str | None] = mapped_column(String(2))
+    vouched_asn: Mapped[int | None] = mapped_column(BigInteger)
+    region: Mapped[str | None] = mapped_column(String(6))  # ISO 3166-2, e.g. CN-GD
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class TargetGroupRow(Base):
@@ -126,6 +141,8 @@ class TargetRow(Base):
 class MeasurementRow(Base):
     __tablename__ = "measurements"
     __table_args__ = (
+        # An id is unique per signing key: nobody can squat another probe's id.
+        UniqueConstraint("key_id", "measurement_id", name="uq_measurements_key_measurement"),
         Index("ix_measurements_domain_started", "domain", "started_at"),
         # The detector's controls (collector.detection.passes): only control rows,
         # so that finding a domain's controls never walks its probe measurements.
@@ -141,7 +158,7 @@ class MeasurementRow(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    measurement_id: Mapped[str] = mapped_column(String(64), unique=True)
+    measurement_id: Mapped[str] = mapped_column(String(64), index=True)
     probe_id: Mapped[str] = mapped_column(ForeignKey("probes.id"), index=True)
     key_id: Mapped[str] = mapped_column(String(64))
     domain: Mapped[str] = mapped_column(String(253))
@@ -210,6 +227,8 @@ class VerdictRow(Base):
     domain: Mapped[str] = mapped_column(String(253))
     cc: Mapped[str] = mapped_column(String(2))
     asn: Mapped[int] = mapped_column(BigInteger)
+    # geolocated | declared | unknown: a declared network counts only when vouched.
+    network_source: Mapped[str] = mapped_column(String(16), default="unknown")
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     flags: Mapped[str] = mapped_column(String(64))  # sorted, comma-separated
     blocked: Mapped[bool] = mapped_column(Boolean)
@@ -233,7 +252,7 @@ class EventRow(Base):
     scope: Mapped[str] = mapped_column(String(16))  # national|regional
     asns: Mapped[str] = mapped_column(Text)  # JSON list
     methods: Mapped[str] = mapped_column(Text)  # JSON list
-    probe_ids: Mapped[str] = mapped_column(Text)  # JSON list, never published
+    volunteers: Mapped[str] = mapped_column(Text)  # JSON list of volunteer ids, never published
     evidence: Mapped[str] = mapped_column(Text)  # JSON list of measurement ids
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     detected_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

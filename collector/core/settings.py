@@ -217,6 +217,39 @@ class CollectorSettings(BaseSettings):
         "residue (the GFW's 90-180s; default 180s).",
     )
     analysis_batch: int = Field(5000, ge=1, description="Measurements analyzed at once.")
+    # Trust and publication (docs/methodology.md, "Volunteers, not keys"; docs/evidence.md).
+    publish_min_volunteers: Annotated[int, Cli()] = Field(
+        3,
+        ge=1,
+        description="Public answers name a network only when at least this many volunteers "
+        "report from it; smaller ones are folded into their country (3).",
+    )
+    evidence_delay: Annotated[Duration, Cli()] = Field(
+        86400.0,
+        gt=0,
+        description="How long after an event opens its evidence bundle is public (24h); the "
+        "admin and the domain's verified subscribers get it at once.",
+    )
+    key_file: Annotated[Path | None, Cli()] = Field(
+        None,
+        description="The collector's Ed25519 key (PEM), shared by every replica "
+        "(`blockwatch-collector keygen`); a lone instance creates it on first start "
+        "(default: collector-key.pem beside a SQLite database).",
+    )
+    secret_key: SecretStr = Field(
+        SecretStr(""),
+        description="Key(s) sealing webhook secrets and channel tokens at rest (Fernet, "
+        "comma-separated: the first seals, all open; `secrets rotate` re-seals).",
+    )
+    metrics_token: SecretStr = Field(
+        SecretStr(""), description="Read-only bearer token for GET /metrics (Prometheus)."
+    )
+    metrics_host: Annotated[str | None, Cli()] = Field(
+        None, description="A private listener for /metrics only (no token asked there)."
+    )
+    metrics_port: Annotated[int | None, Cli()] = Field(
+        None, ge=1, le=65535, description="The private metrics listener's port."
+    )
 
     @field_validator("database_url")
     @classmethod

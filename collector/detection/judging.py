@@ -135,6 +135,7 @@ class Analyzer:
                 m.domain,
                 m.cc,
                 m.asn,
+                m.network_source,
                 m.started_at,
                 m.payload,
             )
@@ -319,6 +320,7 @@ def _verdict_row(
         "domain": row.domain,
         "cc": row.cc,
         "asn": row.asn,
+        "network_source": row.network_source,
         "started_at": row.started_at,
         "flags": ",".join(sorted(verdict.flags)),
         "blocked": verdict.blocked,

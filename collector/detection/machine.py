@@ -5,9 +5,13 @@ inside the sliding window and the state it returned last time; it returns the
 new state, the change to publish (opened, updated, closed or none) and the
 state of each network (ASN). The rules (docs/methodology.md, "Block events"):
 
-- A probe votes with its latest *decisive* verdict in the window (blocked or
-  ok); ``down`` and ``unknown`` abstain. Probes are counted, never measurements:
-  a probe that measures ten times still has one vote.
+- A *volunteer* votes with its latest *decisive* verdict in the window
+  (blocked or ok); ``down`` and ``unknown`` abstain. Volunteers are counted,
+  never keys or measurements: a probe that measures ten times, or ten probes
+  enrolled with one token, still have one vote (the caller gives each vote
+  its volunteer, and leaves out the votes that must not count: revoked
+  probes, declared networks nobody vouched for). Below, "probe" means a
+  volunteer's vote; the thresholds keep their names (``open_min_probes``...).
 - A network (ASN) is blocked when its blocked probes outnumber its ok ones.
 - An event opens when the blocked networks hold at least ``open_min_probes``
   blocked probes (2 by default: one probe, lying or broken, never raises an
@@ -73,7 +77,7 @@ class Params:
 class Vote:
     """One verdict, as the detector sees it."""
 
-    probe_id: str
+    volunteer: str  # the volunteer who cast it (every probe of one token is one)
     asn: int
     started_at: datetime
     flags: frozenset[str]
@@ -99,7 +103,7 @@ class Event:
     scope: str
     asns: tuple[int, ...]
     methods: tuple[str, ...]
-    probe_ids: tuple[str, ...]
+    volunteers: tuple[str, ...]
     evidence: tuple[str, ...]
     reporting_probes: int
     volume_collapse_at: datetime | None = None
@@ -137,18 +141,18 @@ class Outcome:
     networks: tuple[NetworkView, ...] = field(default=())
 
 
-def _latest_per_probe(votes: Iterable[Vote]) -> dict[str, Vote]:
-    """Each probe's vote: its newest decisive verdict, else its newest verdict."""
+def _latest_per_volunteer(votes: Iterable[Vote]) -> dict[str, Vote]:
+    """Each volunteer's vote: its newest decisive verdict, else its newest verdict."""
     newest: dict[str, Vote] = {}
     decisive: dict[str, Vote] = {}
     for vote in votes:
-        current = newest.get(vote.probe_id)
+        current = newest.get(vote.volunteer)
         if current is None or vote.started_at > current.started_at:
-            newest[vote.probe_id] = vote
+            newest[vote.volunteer] = vote
         if vote.decisive:
-            current = decisive.get(vote.probe_id)
+            current = decisive.get(vote.volunteer)
             if current is None or vote.started_at > current.started_at:
-                decisive[vote.probe_id] = vote
+                decisive[vote.volunteer] = vote
     return {probe: decisive.get(probe, vote) for probe, vote in newest.items()}
 
 
@@ -228,7 +232,7 @@ class _Tally:
 def _tally(votes: Sequence[Vote], params: Params, now: datetime) -> _Tally:
     since = now - params.window
     window = [v for v in votes if since <= v.started_at <= now + params.window]
-    ballots = _latest_per_probe(window)
+    ballots = _latest_per_volunteer(window)
     networks = _network_views(ballots)
     blocked = frozenset(n.asn for n in networks if n.state is NetworkState.BLOCKED)
     measured = frozenset(
@@ -244,8 +248,19 @@ def _tally(votes: Sequence[Vote], params: Params, now: datetime) -> _Tally:
     )
 
 
-def evaluate(state: KeyState, votes: Sequence[Vote], params: Params, now: datetime) -> Outcome:
-    """One step of the machine for one key. *votes* may hold more than the window."""
+def evaluate(
+    state: KeyState,
+    votes: Sequence[Vote],
+    params: Params,
+    now: datetime,
+    withdrawn: frozenset[str] = frozenset(),
+) -> Outcome:
+    """One step of the machine for one key. *votes* may hold more than the window.
+
+    *withdrawn*: volunteers whose votes stopped counting (revoked). They leave an
+    open event's volunteers; an event left with none, and no blocked vote, is
+    withdrawn at once (closed now): its evidence is gone.
+    """
     tally = _tally(votes, params, now)
     active = len(tally.ballots)
     peak = max(state.peak_probes, active)
@@ -256,7 +271,7 @@ def evaluate(state: KeyState, votes: Sequence[Vote], params: Params, now: dateti
     if state.event is None or not state.event.open:
         event, change = _open(tally, active, collapsed_at, params, now)
     else:
-        event, change = _advance(state.event, tally, params, now)
+        event, change = _advance(state.event, tally, params, now, withdrawn)
         if change is not Change.CLOSED:
             event, collapse_change = _watch_volume(event, active, collapsed_at)
             change = change or collapse_change
@@ -295,9 +310,9 @@ def _open(
     if len(blocked_ballots) < params.open_min_probes:
         return None, None
     # First blocked evidence: the earliest blocked verdict of the probes that agree.
-    agreeing = {v.probe_id for v in blocked_ballots}
+    agreeing = {v.volunteer for v in blocked_ballots}
     evidence = sorted(
-        (v for v in tally.window if v.blocked and v.probe_id in agreeing),
+        (v for v in tally.window if v.blocked and v.volunteer in agreeing),
         key=lambda v: v.started_at,
     )
     event = Event(
@@ -308,7 +323,7 @@ def _open(
         scope="national" if tally.blocked_asns >= tally.measured_asns else "regional",
         asns=tuple(sorted(tally.blocked_asns)),
         methods=tuple(sorted(_agreed_methods(blocked_ballots, params))),
-        probe_ids=tuple(sorted(agreeing)),
+        volunteers=tuple(sorted(agreeing)),
         evidence=_merge_evidence((), (v.measurement_id for v in evidence), params.max_evidence),
         reporting_probes=active,
         volume_collapse_at=collapsed_at,
@@ -327,17 +342,17 @@ def _watch_volume(
 
 
 def _advance(
-    event: Event, tally: _Tally, params: Params, now: datetime
+    event: Event, tally: _Tally, params: Params, now: datetime, withdrawn: frozenset[str]
 ) -> tuple[Event, Change | None]:
     """An open event: grow it, keep it, or close it."""
     window, ballots, blocked_ballots = tally.window, tally.ballots, tally.blocked_ballots
     measured = tally.measured_asns
     asns = set(event.asns) | tally.blocked_asns
     methods = set(event.methods) | _agreed_methods(blocked_ballots, params)
-    probe_ids = set(event.probe_ids) | {v.probe_id for v in blocked_ballots}
+    volunteers = (set(event.volunteers) - withdrawn) | {v.volunteer for v in blocked_ballots}
     # A late measurement may show the block began earlier than thought.
     earliest = min(
-        (v.started_at for v in window if v.blocked and v.asn in asns and v.probe_id in probe_ids),
+        (v.started_at for v in window if v.blocked and v.asn in asns and v.volunteer in volunteers),
         default=event.started_at,
     )
     # Staying open needs less than opening: any blocked probe of an affected network.
@@ -348,12 +363,15 @@ def _advance(
         event,
         asns=tuple(sorted(asns)),
         methods=tuple(sorted(methods)),
-        probe_ids=tuple(sorted(probe_ids)),
+        volunteers=tuple(sorted(volunteers)),
         started_at=min(event.started_at, earliest),
         last_blocked_at=last_blocked,
         evidence=_merge_evidence(event.evidence, new_ids, params.max_evidence),
         scope="national" if measured and measured <= asns else event.scope,
     )
+    if not volunteers and not still_blocked:
+        # Every volunteer who saw it was revoked: what opened it no longer counts.
+        return replace(grown, ended_at=now, closed_at=now, updated_at=now), Change.CLOSED
     if len(still_blocked) < params.stay_min_probes:
         # Nobody sees the block any more. Close only on positive evidence from the
         # networks that saw it: silence is not an unblock.
@@ -362,7 +380,7 @@ def _advance(
             for v in ballots.values()
             if Flag.OK in v.flags and v.asn in asns and v.started_at > last_blocked
         ]
-        if len({v.probe_id for v in ok_after}) >= params.close_min_probes:
+        if len({v.volunteer for v in ok_after}) >= params.close_min_probes:
             closed = replace(
                 grown,
                 ended_at=min(v.started_at for v in ok_after),

@@ -52,6 +52,7 @@ from collector.detection.machine import (
 )
 from collector.services.events import event_json, json_list
 from collector.services.geo import Geolocator
+from collector.services.volunteers import Standing, standings
 from probe_agent.protocol.addresses import FORGED_POOL_VERSION
 from probe_agent.protocol.inputs import parse_network
 
@@ -152,7 +153,11 @@ class Detector:
         }
         if not keys:
             return 0, {}
-        votes = self._votes(session, keys, window_start)
+        probes = standings(session)  # read each pass: a revocation counts at the next one
+        withdrawn = frozenset({s.volunteer for s in probes.values()}) - {
+            s.volunteer for s in probes.values() if s.active
+        }
+        votes = self._votes(session, keys, window_start, probes)
         states = self._states(session, keys)
         networks = self._networks(session, keys)
         event_ids = sorted({row.event_id for row in states.values() if row.event_id is not None})
@@ -169,7 +174,7 @@ class Detector:
                 row = states.get(key)
                 event_row = events.get(row.event_id) if row and row.event_id else None
                 state = _key_state(row, event_row)
-                outcome = evaluate(state, votes.get(key, []), self.params, now)
+                outcome = evaluate(state, votes.get(key, []), self.params, now, withdrawn)
                 self._save(session, key, row, event_row, outcome, now)
                 _save_networks(session, key, networks.get(key, {}), outcome.networks, now)
                 if outcome.change is not None:
@@ -178,27 +183,38 @@ class Detector:
         return len(keys), dict(changes)
 
     def _votes(
-        self, session: Session, keys: set[Key], since: datetime
+        self, session: Session, keys: set[Key], since: datetime, probes: dict[str, Standing]
     ) -> defaultdict[Key, list[Vote]]:
-        """The verdicts of *keys* since the window's start: by domain and time, or by
+        """The votes of *keys* since the window's start: by domain and time, or by
         time alone when the window is a large share of the table (docs/architecture.md,
-        "Cost of a pass"); never a scan of the history."""
+        "Cost of a pass"); never a scan of the history. Each verdict is its
+        volunteer's; those that do not count (``services.volunteers``) are left out."""
         found: defaultdict[Key, list[Vote]] = defaultdict(list)
         flag_sets: dict[str, frozenset[str]] = {}  # a handful of distinct values
         v = VerdictRow
         connection = session.connection()  # Core: hundreds of thousands of plain rows
         for names in chunks(sorted({domain for domain, _ in keys})):
-            for domain, cc, probe_id, asn, started_at, flags, measurement_id in connection.execute(
-                select(v.domain, v.cc, v.probe_id, v.asn, v.started_at, v.flags, v.measurement_id)
+            for domain, cc, probe_id, asn, source, started_at, flags, mid in connection.execute(
+                select(
+                    v.domain,
+                    v.cc,
+                    v.probe_id,
+                    v.asn,
+                    v.network_source,
+                    v.started_at,
+                    v.flags,
+                    v.measurement_id,
+                )
                 .where(v.domain.in_(names))
                 .where(v.started_at >= since)
             ).all():
                 key = (domain, cc)
-                if key in keys:
+                standing = probes.get(probe_id)
+                if key in keys and standing is not None and standing.counts(cc, asn, source):
                     flag_set = flag_sets.get(flags)
                     if flag_set is None:
                         flag_set = flag_sets[flags] = frozenset(flags.split(","))
-                    found[key].append(Vote(probe_id, asn, started_at, flag_set, measurement_id))
+                    found[key].append(Vote(standing.volunteer, asn, started_at, flag_set, mid))
         return found
 
     def _states(self, session: Session, keys: set[Key]) -> dict[Key, DetectorStateRow]:
@@ -320,7 +336,7 @@ def _key_state(row: DetectorStateRow | None, event_row: EventRow | None) -> KeyS
             scope=event_row.scope,
             asns=tuple(int(a) for a in json_list(event_row.asns)),
             methods=tuple(str(m) for m in json_list(event_row.methods)),
-            probe_ids=tuple(str(p) for p in json_list(event_row.probe_ids)),
+            volunteers=tuple(str(p) for p in json_list(event_row.volunteers)),
             evidence=tuple(str(e) for e in json_list(event_row.evidence)),
             reporting_probes=event_row.reporting_probes,
             volume_collapse_at=event_row.volume_collapse_at,
@@ -339,7 +355,7 @@ def _write_event(row: EventRow, event: Event) -> None:
     row.scope = event.scope
     row.asns = json.dumps(list(event.asns))
     row.methods = json.dumps(list(event.methods))
-    row.probe_ids = json.dumps(list(event.probe_ids))
+    row.volunteers = json.dumps(list(event.volunteers))
     row.evidence = json.dumps(list(event.evidence))
     row.started_at = event.started_at
     row.detected_at = event.detected_at

@@ -89,6 +89,8 @@ class EnrollDocument(SignedDocument):
 class CheckinDocument(SignedDocument):
     declared: Declared | None = None
     via_proxy: bool = False
+    # The volunteer lets its measurements appear in public evidence (`run --public-evidence`).
+    public_evidence: bool = False
     software: Software = Software()
     spool: dict[str, Annotated[int, Field(ge=0, lt=2**53)]] = Field(default_factory=dict)
 

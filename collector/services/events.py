@@ -30,7 +30,7 @@ def _iso_or_none(value: datetime | None) -> str | None:
 
 
 def json_list(text: str | None) -> list[Any]:
-    """A JSON list column (asns, methods, probe_ids, evidence): empty when unset."""
+    """A JSON list column (asns, methods, volunteers, evidence): empty when unset."""
     value = json.loads(text) if text else []
     return value if isinstance(value, list) else []
 
@@ -50,7 +50,7 @@ def event_json(row: EventRow) -> dict[str, Any]:
         "updated_at": _iso_or_none(row.updated_at),
         "ended_at": _iso_or_none(row.ended_at),
         "closed_at": _iso_or_none(row.closed_at),
-        "probes": len(json_list(row.probe_ids)),
+        "probes": len(json_list(row.volunteers)),
         "reporting_probes": row.reporting_probes,
         "volume_collapse_at": _iso_or_none(row.volume_collapse_at),
         "evidence": json_list(row.evidence),

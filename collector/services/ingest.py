@@ -2,10 +2,13 @@
 
 For each item (``collector.services.auth``): decode the envelope, find its key,
 verify the signature over the exact payload bytes, then parse and validate the
-document, check its time window and the key's standing. Accepted items are inserted together with
-``ON CONFLICT (measurement_id) DO NOTHING ... RETURNING``: whatever the database
-did not return was already there (a resubmission, a replay) and is answered
-``duplicate``, even when two replicas race on the same item. One commit per
+document, check its time window and the key's standing. Accepted items are
+inserted together with ``ON CONFLICT (key_id, measurement_id) DO NOTHING ...
+RETURNING``: whatever the database did not return was already there (a
+resubmission, a replay) and is answered ``duplicate``, even when two replicas
+race on the same item. An id is unique per signing key, never alone: another
+key sending a known id stores its own measurement, and cannot make the real
+probe's look like a duplicate (id squatting). One commit per
 batch, before the answer: acknowledged means stored. Every rejection is counted
 by its code (``metrics.REJECTIONS``), a fixed set.
 """
@@ -85,7 +88,7 @@ _PG_INSERT = (
     "INSERT INTO measurements (measurement_id, probe_id, key_id, domain, started_at, "
     "received_at, cc, asn, network_source, role, hints, payload, signature) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-    "ON CONFLICT (measurement_id) DO NOTHING RETURNING id, measurement_id"
+    "ON CONFLICT (key_id, measurement_id) DO NOTHING RETURNING id, key_id, measurement_id"
 )
 
 
@@ -95,17 +98,24 @@ def _naive_utc(value: Any) -> Any:
     return value
 
 
-def _insert_postgresql(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Insert through psycopg's executemany with RETURNING: measurement id -> row id."""
+StoredKey = tuple[str, str]  # (key_id, measurement_id): what makes a measurement unique
+
+
+def _stored_key(row: dict[str, Any]) -> StoredKey:
+    return row["key_id"], row["measurement_id"]
+
+
+def _insert_postgresql(session: Session, rows: list[dict[str, Any]]) -> dict[StoredKey, int]:
+    """Insert through psycopg's executemany with RETURNING: (key, measurement id) -> row id."""
     driver = session.connection().connection.driver_connection
-    stored: dict[str, int] = {}
+    stored: dict[StoredKey, int] = {}
     with driver.cursor() as cursor:  # type: ignore[union-attr]
         params = [tuple(_naive_utc(row[c]) for c in COLUMNS) for row in rows]
         cursor.executemany(_PG_INSERT, params, returning=True)
         while True:
             found = cursor.fetchone()
             if found is not None:
-                stored[found[1]] = found[0]
+                stored[(found[1], found[2])] = found[0]
             if not cursor.nextset():
                 break
     return stored
@@ -182,34 +192,34 @@ class IngestService:
     def _store(
         self, session: Session, rows: dict[int, dict[str, Any]], results: list[IngestOutcome]
     ) -> None:
-        # Within one batch the first of two items with the same id wins.
-        first: dict[str, int] = {}
+        # Within one batch the first of two items with the same key and id wins.
+        first: dict[StoredKey, int] = {}
         for i, row in rows.items():
-            first.setdefault(row["measurement_id"], i)
+            first.setdefault(_stored_key(row), i)
         unique = [rows[i] for i in first.values()]
-        stored: dict[str, int] = {}
+        stored: dict[StoredKey, int] = {}
         if unique:
             if session.get_bind().dialect.name == "postgresql":
                 stored = _insert_postgresql(session, unique)
             else:
                 statement = (
                     sqlite.insert(TABLE)
-                    .on_conflict_do_nothing(index_elements=["measurement_id"])
-                    .returning(TABLE.c.id, TABLE.c.measurement_id)
+                    .on_conflict_do_nothing(index_elements=["key_id", "measurement_id"])
+                    .returning(TABLE.c.id, TABLE.c.key_id, TABLE.c.measurement_id)
                 )
                 result = session.connection().execute(statement, unique)
-                stored = {mid: pk for pk, mid in result}
+                stored = {(key_id, mid): pk for pk, key_id, mid in result}
             # Probes' measurements wait for the detector's pass (controls are matched
             # to them there); a control's are read by that matching, not analyzed.
             queued = [
-                {"measurement_pk": stored[row["measurement_id"]], "not_before": row["received_at"]}
+                {"measurement_pk": stored[_stored_key(row)], "not_before": row["received_at"]}
                 for row in unique
-                if row["role"] != "control" and row["measurement_id"] in stored
+                if row["role"] != "control" and _stored_key(row) in stored
             ]
             if queued:
                 session.execute(insert(AnalysisQueueRow), queued)
         session.commit()
         for i, row in rows.items():
-            mid = row["measurement_id"]
-            accepted = mid in stored and first[mid] == i
+            key = _stored_key(row)
+            accepted = key in stored and first[key] == i
             results[i].status = "accepted" if accepted else "duplicate"

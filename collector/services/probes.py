@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
 from datetime import timedelta
 from typing import TypeVar
@@ -71,11 +72,17 @@ class ProbeService:
         expires_in: float = 86400.0,
         role: str = "probe",
         note: str | None = None,
+        cc: str | None = None,
+        asn: int | None = None,
+        region: str | None = None,
     ) -> tuple[str, TokenRow]:
+        """A new token: one volunteer, however many probes enroll with it. With *cc*
+        and *asn* it vouches for that network: its probes' declared network counts."""
         if role not in ROLES:
             raise Unprocessable(f"role must be one of {ROLES}")
         if uses < 1 or expires_in <= 0:
             raise Unprocessable("uses must be >= 1 and expires_in > 0")
+        vouched_cc, vouched_asn = _network(cc, asn)
         token = TOKEN_PREFIX + secrets.token_urlsafe(24)
         row = TokenRow(
             token_hash=hash_token(token),
@@ -84,15 +91,31 @@ class ProbeService:
             uses=0,
             expires_at=self.clock.now() + timedelta(seconds=expires_in),
             note=note,
+            vouched_cc=vouched_cc,
+            vouched_asn=vouched_asn,
+            region=_region(region, vouched_cc),
         )
         session.add(row)
         session.flush()
         return token, row
 
-    def _consume_token(self, session: Session, token: str, role: str) -> None:
+    def tokens(self, session: Session) -> list[TokenRow]:
+        return list(session.scalars(select(TokenRow).order_by(TokenRow.id)))
+
+    def revoke_token(self, session: Session, token_id: int) -> TokenRow:
+        """End a token: nobody enrolls with it, and its probes' votes stop counting at
+        the next pass (their keys stay valid: an operator revokes probes one by one)."""
+        row = session.get(TokenRow, token_id)
+        if row is None:
+            raise NotFound(f"no token {token_id}")
+        if row.revoked_at is None:
+            row.revoked_at = self.clock.now()
+        return row
+
+    def _consume_token(self, session: Session, token: str, role: str) -> TokenRow:
         row = session.scalar(select(TokenRow).where(TokenRow.token_hash == hash_token(token)))
-        if row is None or row.expires_at <= self.clock.now():
-            raise Unauthorized("unknown or expired enrollment token", "err_invalid_token")
+        if row is None or row.expires_at <= self.clock.now() or row.revoked_at is not None:
+            raise Unauthorized("unknown, expired or revoked enrollment token", "err_invalid_token")
         if row.role != role:
             raise Forbidden(f"this token enrolls role {row.role!r}, not {role!r}")
         taken = session.execute(
@@ -102,6 +125,7 @@ class ProbeService:
         )
         if taken.rowcount != 1:  # type: ignore[attr-defined]
             raise Unauthorized("this enrollment token is used up", "err_invalid_token")
+        return row
 
     # -- enrollment -----------------------------------------------------------
 
@@ -120,8 +144,9 @@ class ProbeService:
         existing = session.get(ProbeKeyRow, envelope.key_id)
         if existing is not None:
             return existing.probe, existing, False
+        token: TokenRow | None = None
         if doc.token:
-            self._consume_token(session, doc.token, doc.role)
+            token = self._consume_token(session, doc.token, doc.role)
             status = "active"
         elif doc.role == "control":
             raise Forbidden("a control probe needs an enrollment token issued for that role")
@@ -139,6 +164,8 @@ class ProbeService:
             software_version=doc.software.version[:64],
             spool_depth=0,
             evicted_total=0,
+            token_id=token.id if token is not None else None,
+            region=token.region if token is not None else None,
         )
         key = ProbeKeyRow(
             key_id=envelope.key_id,
@@ -175,6 +202,7 @@ class ProbeService:
         probe.software_version = doc.software.version[:64]
         probe.spool_depth = int(doc.spool.get("depth", 0))
         probe.evicted_total = max(probe.evicted_total, int(doc.spool.get("evicted", 0)))
+        probe.public_evidence = doc.public_evidence
         if declared is not None:
             probe.declared_cc, probe.declared_asn = declared
         targets = list(
@@ -234,5 +262,40 @@ class ProbeService:
             key.status = "revoked"
         return probe
 
+    def vouch(
+        self, session: Session, probe_id: str, cc: str, asn: int, region: str | None = None
+    ) -> ProbeRow:
+        """An operator vouches for the network a probe declares (one enrolled without
+        a token, or one whose token names no network)."""
+        probe = self.get(session, probe_id)
+        probe.vouched_cc, probe.vouched_asn = _network(cc, asn)
+        probe.region = _region(region, probe.vouched_cc) or probe.region
+        return probe
+
     def all(self, session: Session) -> list[ProbeRow]:
         return list(session.scalars(select(ProbeRow).order_by(ProbeRow.created_at)))
+
+
+def _network(cc: str | None, asn: int | None) -> tuple[str | None, int | None]:
+    """A vouched network: both a country and an ASN, or neither."""
+    if (cc is None) != (asn is None):
+        raise Unprocessable("a vouched network needs both a country (--cc) and an ASN (--asn)")
+    if cc is None or asn is None:
+        return None, None
+    if not re.fullmatch(r"[A-Za-z]{2}", cc):
+        raise Unprocessable(f"country {cc!r}: expected two letters (ISO 3166-1 alpha-2)")
+    if not 1 <= asn < 2**32:
+        raise Unprocessable(f"ASN {asn}: expected 1 to 4294967295")
+    return cc.upper(), asn
+
+
+def _region(region: str | None, cc: str | None) -> str | None:
+    """An ISO 3166-2 subdivision code (CN-GD), inside the vouched country if any."""
+    if region is None:
+        return None
+    code = region.strip().upper()
+    if not re.fullmatch(r"[A-Z]{2}-[A-Z0-9]{1,3}", code):
+        raise Unprocessable(f"region {region!r}: expected an ISO 3166-2 code such as CN-GD")
+    if cc is not None and not code.startswith(cc + "-"):
+        raise Unprocessable(f"region {code} is not in {cc}")
+    return code

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from collector.api.deps import Admin, ClockDep, NetworkOfDep, SessionDep, SettingsDep
 from collector.api.schemas import (
@@ -15,17 +17,23 @@ from collector.api.schemas import (
     RotateOut,
     TargetOut,
     TokenIn,
+    TokenInfo,
+    TokenList,
     TokenOut,
+    VouchIn,
 )
 from collector.core import metrics
-from collector.core.models import ProbeRow
+from collector.core.models import ProbeRow, TokenRow
 from collector.services.probes import ProbeService
+from collector.services.volunteers import volunteer_id, vouched_network
 
 router = APIRouter(tags=["probes"])
 
 
 def probe_out(probe: ProbeRow) -> ProbeOut:
     active = [k.key_id for k in probe.keys if k.status == "active"]
+    vouched = vouched_network(probe, probe.token)
+    declared = (probe.declared_cc, probe.declared_asn) if probe.declared_cc else None
     return ProbeOut(
         probe_id=probe.id,
         status=probe.status,
@@ -36,6 +44,13 @@ def probe_out(probe: ProbeRow) -> ProbeOut:
         network_source=probe.last_network_source,
         declared_cc=probe.declared_cc,
         declared_asn=probe.declared_asn,
+        volunteer=volunteer_id(probe.id, probe.token_id),
+        token_id=probe.token_id,
+        vouched_cc=vouched[0] if vouched else None,
+        vouched_asn=vouched[1] if vouched else None,
+        region=probe.region,
+        declared_vouched=declared is not None and declared == vouched,
+        public_evidence=probe.public_evidence,
         created_at=probe.created_at,
         last_checkin_at=probe.last_checkin_at,
         software_version=probe.software_version,
@@ -100,9 +115,47 @@ def create_token(
     body: TokenIn, _admin: Admin, session: SessionDep, settings: SettingsDep, clock: ClockDep
 ) -> TokenOut:
     token, row = ProbeService(settings, clock).create_token(
-        session, uses=body.uses, expires_in=body.expires_in, role=body.role, note=body.note
+        session, uses=body.uses, expires_in=body.expires_in, role=body.role, note=body.note,
+        cc=body.cc, asn=body.asn, region=body.region,
+    )  # fmt: skip
+    return TokenOut(
+        token=token, uses=row.max_uses, expires_at=row.expires_at, role=row.role,
+        token_id=row.id, cc=row.vouched_cc, asn=row.vouched_asn, region=row.region,
+    )  # fmt: skip
+
+
+def token_info(row: TokenRow, probes: int) -> TokenInfo:
+    return TokenInfo(
+        token_id=row.id, role=row.role, uses=row.uses, max_uses=row.max_uses,
+        expires_at=row.expires_at, created_at=row.created_at, revoked_at=row.revoked_at,
+        note=row.note, cc=row.vouched_cc, asn=row.vouched_asn, region=row.region, probes=probes,
+    )  # fmt: skip
+
+
+def token_infos(session: Session, service: ProbeService) -> list[TokenInfo]:
+    counts = dict(
+        session.execute(
+            select(ProbeRow.token_id, func.count()).group_by(ProbeRow.token_id)
+        ).tuples()
     )
-    return TokenOut(token=token, uses=row.max_uses, expires_at=row.expires_at, role=row.role)
+    return [token_info(row, counts.get(row.id, 0)) for row in service.tokens(session)]
+
+
+@router.get("/probes/tokens", response_model=TokenList)
+def list_tokens(
+    _admin: Admin, session: SessionDep, settings: SettingsDep, clock: ClockDep
+) -> TokenList:
+    tokens = token_infos(session, ProbeService(settings, clock))
+    return TokenList(data=tokens, count=len(tokens))
+
+
+@router.post("/probes/tokens/{token_id}/revoke", response_model=TokenInfo)
+def revoke_token(
+    token_id: int, _admin: Admin, session: SessionDep, settings: SettingsDep, clock: ClockDep
+) -> TokenInfo:
+    row = ProbeService(settings, clock).revoke_token(session, token_id)
+    probes = session.scalar(select(func.count()).where(ProbeRow.token_id == row.id)) or 0
+    return token_info(row, probes)
 
 
 @router.get("/probes", response_model=ProbeList)
@@ -125,3 +178,16 @@ def revoke(
     probe_id: str, _admin: Admin, session: SessionDep, settings: SettingsDep, clock: ClockDep
 ) -> ProbeOut:
     return probe_out(ProbeService(settings, clock).revoke(session, probe_id))
+
+
+@router.post("/probes/{probe_id}/vouch", response_model=ProbeOut)
+def vouch(
+    probe_id: str,
+    body: VouchIn,
+    _admin: Admin,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> ProbeOut:
+    service = ProbeService(settings, clock)
+    return probe_out(service.vouch(session, probe_id, body.cc, body.asn, body.region))

@@ -1,0 +1,73 @@
+"""Volunteers, not keys: who a probe's votes belong to, and which of them count.
+
+A *volunteer* is the enrollment token: every probe enrolled through one token
+(one person handing ten keys the same ``--uses 10`` token) votes once, together.
+A probe enrolled without a token (open enrollment, or approved from the queue)
+is its own volunteer. Volunteer ids are internal (``t:<token id>`` or
+``p:<probe id>``) and never published.
+
+Which votes count (docs/methodology.md, "Volunteers, not keys"):
+
+- none of a revoked probe, nor of any probe of a revoked token: they stop
+  counting at the next detection pass, which re-evaluates every open event;
+- a network *located* from the probe's address at ingest counts;
+- a *declared* network (``--cc/--asn``, or any measurement sent through a
+  proxy) counts only when someone vouched for it: the probe's token was issued
+  for that network (``probes token --cc --asn``), or an operator vouched for
+  the probe (``probes vouch``). Otherwise operators see it (``probes list``)
+  but it never opens, keeps or closes an event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from collector.core.models import ProbeRow, TokenRow
+from collector.services.geo import NetworkSource
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """One probe, as the detector counts it."""
+
+    volunteer: str
+    vouched: tuple[str, int] | None  # the network someone vouched for
+    active: bool  # neither the probe nor its token is revoked
+
+    def counts(self, cc: str, asn: int, network_source: str) -> bool:
+        """True when a verdict of this probe from (*cc*, *asn*) is a vote."""
+        if not self.active:
+            return False
+        if network_source == NetworkSource.DECLARED:
+            return self.vouched == (cc, asn)
+        return True
+
+
+def volunteer_id(probe_id: str, token_id: int | None) -> str:
+    return f"t:{token_id}" if token_id is not None else f"p:{probe_id}"
+
+
+def vouched_network(probe: ProbeRow, token: TokenRow | None) -> tuple[str, int] | None:
+    """The token's network if it names one, else the one an operator vouched for."""
+    if token is not None and token.vouched_cc and token.vouched_asn is not None:
+        return token.vouched_cc, token.vouched_asn
+    if probe.vouched_cc and probe.vouched_asn is not None:
+        return probe.vouched_cc, probe.vouched_asn
+    return None
+
+
+def standings(session: Session) -> dict[str, Standing]:
+    """Every probe's standing, in one query (probes number in the thousands, not millions)."""
+    found: dict[str, Standing] = {}
+    rows = session.execute(
+        select(ProbeRow, TokenRow).outerjoin(TokenRow, TokenRow.id == ProbeRow.token_id)
+    )
+    for probe, token in rows:
+        active = probe.status != "revoked" and (token is None or token.revoked_at is None)
+        found[probe.id] = Standing(
+            volunteer_id(probe.id, probe.token_id), vouched_network(probe, token), active
+        )
+    return found
