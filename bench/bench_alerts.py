@@ -69,7 +69,7 @@ def fill(sessions: sessionmaker[Session], settings: CollectorSettings, url: str,
         for _ in range(n):
             row = EventRow(
                 domain="alive.bar", cc="CN", state="open", scope="national", asns="[4134]",
-                methods='["dns","tls"]', probe_ids='["a","b"]', evidence='["m1","m2"]',
+                methods='["dns","tls"]', volunteers='["a","b"]', evidence='["m1","m2"]',
                 started_at=now, detected_at=now, updated_at=now, last_blocked_at=now,
                 reporting_probes=2, revision=1, rule_version="r", forged_pool_version="f",
             )  # fmt: skip

@@ -122,7 +122,7 @@ def change(
         if row is None:
             row = EventRow(
                 domain=DOMAIN, cc="CN", state="open", scope="national", asns="[4134]",
-                methods='["dns", "tls"]', probe_ids='["p1", "p2"]', evidence='["m1", "m2"]',
+                methods='["dns", "tls"]', volunteers='["p1", "p2"]', evidence='["m1", "m2"]',
                 started_at=now, detected_at=now, updated_at=now, last_blocked_at=now,
                 reporting_probes=2, revision=0, rule_version="r", forged_pool_version="f",
             )  # fmt: skip

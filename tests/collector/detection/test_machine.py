@@ -65,7 +65,7 @@ def test_two_agreeing_probes_open_one_national_event() -> None:
     assert event.methods == ("dns", "tls")
     assert event.started_at == T0 + 5 * MIN
     assert event.detected_at == T0 + 6 * MIN
-    assert len(event.probe_ids) == 4
+    assert len(event.volunteers) == 4
     assert {n.state for n in out.networks} == {NetworkState.BLOCKED}
 
 
