@@ -121,7 +121,14 @@ async def _collector_round(
     await _run(console, [collector, "targets", "add", "alive.demo", "--group", "alive"], env)
     await _run(console, [collector, "targets", "add", "alive-mirror.demo", "--group", "alive",
                          "--kind", "mirror"], env)  # fmt: skip
-    token = await _run(console, [collector, "probes", "token", "--uses", "2"], env, quiet=True)
+    # Volunteers, not keys, vote: each probe gets its own token, vouched for the
+    # network it declares (loopback cannot be geolocated).
+    probes = (("probe-a", "4134"), ("probe-b", "4837"))
+    tokens = {
+        name: (await _run(console, [collector, "probes", "token", "--cc", "CN", "--asn", asn,
+                                    "--note", f"demo {name}"], env, quiet=True)).strip()
+        for name, asn in probes
+    }  # fmt: skip
     serve = [
         collector, "serve", "--port", str(port), "--mode", "lab",
         # The control prober: the uncensored copy of the network, on loopback too.
@@ -135,11 +142,11 @@ async def _collector_round(
         server = await asyncio.create_subprocess_exec(*serve, env=env, stdout=log, stderr=log)
         try:
             await _wait_listening(port)
-            for name, asn in (("probe-a", "4134"), ("probe-b", "4837")):
+            for name, asn in probes:
                 code = code or await _run(
                     console,
                     [probe, "run", "--once", "--collector", f"http://127.0.0.1:{port}",
-                     "--enroll-token", token.strip(), "--state-dir", str(tmp / name),
+                     "--enroll-token", tokens[name], "--state-dir", str(tmp / name),
                      "--cc", "CN", "--asn", asn, *net.probe_args()],
                     env,
                 )  # fmt: skip
@@ -153,7 +160,7 @@ async def _collector_round(
     await _run(console, [collector, "status", "alive.demo"], env)
     await _run(console, [collector, "status", "broken.demo"], env)
     console.print(
-        "Each event is one (domain, country): opened because two probes agree, with the "
+        "Each event is one (domain, country): opened because two volunteers agree, with the "
         "methods, the networks (ASNs), the first blocked evidence (started) and the "
         "signed measurements behind it (GET /api/v1/events). The control saw broken.demo "
         "fail too: an outage, down, never a block. A volunteer's measurement is kept as "

@@ -144,6 +144,8 @@ class Detector:
             for domain, cc in session.execute(
                 select(DetectorStateRow.domain, DetectorStateRow.cc).where(
                     (DetectorStateRow.event_id.is_not(None))
+                    # marked by a vouch or a revocation (services.volunteers.reevaluate)
+                    | DetectorStateRow.evaluated_at.is_(None)
                     | (
                         (DetectorStateRow.active_probes > 0)
                         & (DetectorStateRow.last_vote_at < window_start)

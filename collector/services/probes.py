@@ -42,6 +42,7 @@ from collector.services.documents import (
 )
 from collector.services.geo import Network
 from collector.services.ingest import NetworkOf
+from collector.services.volunteers import reevaluate, window_start
 from probe_agent.protocol.envelope import Envelope, EnvelopeError, Purpose, fingerprint
 
 TOKEN_PREFIX = "bwt_"  # noqa: S105 (a prefix, not a secret)
@@ -110,6 +111,8 @@ class ProbeService:
             raise NotFound(f"no token {token_id}")
         if row.revoked_at is None:
             row.revoked_at = self.clock.now()
+            probes = session.scalars(select(ProbeRow.id).where(ProbeRow.token_id == row.id))
+            self._reevaluate(session, list(probes))
         return row
 
     def _consume_token(self, session: Session, token: str, role: str) -> TokenRow:
@@ -260,6 +263,7 @@ class ProbeService:
         probe.status, probe.revoked_at = "revoked", self.clock.now()
         for key in probe.keys:
             key.status = "revoked"
+        self._reevaluate(session, [probe.id])
         return probe
 
     def vouch(
@@ -270,7 +274,12 @@ class ProbeService:
         probe = self.get(session, probe_id)
         probe.vouched_cc, probe.vouched_asn = _network(cc, asn)
         probe.region = _region(region, probe.vouched_cc) or probe.region
+        self._reevaluate(session, [probe.id])
         return probe
+
+    def _reevaluate(self, session: Session, probe_ids: list[str]) -> None:
+        since = window_start(self.clock.now(), self.settings.window_seconds)
+        reevaluate(session, probe_ids, since)
 
     def all(self, session: Session) -> list[ProbeRow]:
         return list(session.scalars(select(ProbeRow).order_by(ProbeRow.created_at)))

@@ -20,12 +20,14 @@ Which votes count (docs/methodology.md, "Volunteers, not keys"):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from collector.core.models import ProbeRow, TokenRow
+from collector.core.models import DetectorStateRow, ProbeRow, TokenRow, VerdictRow
 from collector.services.geo import NetworkSource
 
 
@@ -71,3 +73,36 @@ def standings(session: Session) -> dict[str, Standing]:
             volunteer_id(probe.id, probe.token_id), vouched_network(probe, token), active
         )
     return found
+
+
+def reevaluate(session: Session, probe_ids: Iterable[str], since: datetime) -> int:
+    """Have the next pass evaluate every (domain, country) these probes voted on since
+    *since* (a vouch or a revocation changes which votes count, even where no event
+    is open: hidden "ok" votes can stop hiding a block). Returns the keys marked."""
+    ids = sorted(set(probe_ids))
+    if not ids:
+        return 0
+    keys = set(
+        session.execute(
+            select(VerdictRow.domain, VerdictRow.cc)
+            .where(VerdictRow.probe_id.in_(ids), VerdictRow.started_at >= since)
+            .distinct()
+        ).tuples()
+    )
+    for domain, cc in keys:
+        row = session.get(DetectorStateRow, (domain, cc))
+        if row is None:
+            session.add(DetectorStateRow(domain=domain, cc=cc, evaluated_at=None))
+    if keys:
+        session.flush()
+        for domain, cc in keys:
+            session.execute(
+                update(DetectorStateRow)
+                .where(DetectorStateRow.domain == domain, DetectorStateRow.cc == cc)
+                .values(evaluated_at=None)
+            )
+    return len(keys)
+
+
+def window_start(now: datetime, window_seconds: float) -> datetime:
+    return now - timedelta(seconds=window_seconds)
