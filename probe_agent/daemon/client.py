@@ -13,11 +13,18 @@ stored once), so trying the next URL after a lost answer is safe. Library
 exceptions (aiohttp, ssl, OSError, timeouts) are translated here, at this one
 boundary, into ``CollectorUnreachable`` or ``CollectorRefused``.
 
+Every request to a collector goes through ``connect`` with one
+``CollectorAccess`` (the URLs, the timeout, the CA bundle, the proxy): the round,
+the final flush and key rotation alike, so that none of them reaches the
+collector around ``--proxy``.
+
 Privacy: the requests carry the signed documents and nothing else: no cookies,
 no proxy or credentials from the environment, no redirect followed, and nothing
 about this machine (the collector sees the connection's address, geolocates it
-and forgets it). Messages name a collector by its position in the list, not by
-its address, and name failures by kind ("connection refused").
+and forgets it). The check-in answer's ``seen_address`` (the address the
+collector saw) is handed to the round for scrubbing and kept out of every
+``repr`` and log line. Messages name a collector by its position in the list,
+not by its address, and name failures by kind ("connection refused").
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -39,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from probe_agent import __version__
 from probe_agent.measure.engine import SOFTWARE
+from probe_agent.protocol.addresses import parse_address
 from probe_agent.protocol.envelope import (
     Envelope,
     Purpose,
@@ -82,6 +90,10 @@ class CheckIn:
     probe_id: str
     status: str
     invalid_targets: int = 0  # domains from the collector that are not valid names, skipped
+    # The address the collector saw this request come from (the NAT's public
+    # address, or the proxy's); None from a collector that does not send it.
+    # Sensitive: for scrubbing only, never printed (repr=False).
+    seen_address: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +172,20 @@ def _seconds(data: dict[str, Any], name: str, status: int) -> float:
     return float(value)
 
 
+def _seen_address(data: dict[str, Any]) -> str | None:
+    """The optional ``seen_address``; a value that is no address is ignored, not an error:
+    the check-in's schedule and targets are still good, and the interface addresses
+    are scrubbed anyway."""
+    value = data.get("seen_address")
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(parse_address(value))
+    except ValueError:
+        log.debug("the check-in answer's seen_address is not an address: ignored")
+        return None
+
+
 def _parse_checkin(status: int, data: dict[str, Any]) -> CheckIn:
     targets: dict[str, None] = {}  # ordered and unique
     invalid = 0
@@ -178,6 +204,7 @@ def _parse_checkin(status: int, data: dict[str, Any]) -> CheckIn:
         probe_id=_field(data, "probe_id", str, status),
         status=_field(data, "status", str, status),
         invalid_targets=invalid,
+        seen_address=_seen_address(data),
     )
 
 
@@ -216,8 +243,33 @@ def ssl_context(ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
+@dataclass(frozen=True, slots=True)
+class CollectorAccess:
+    """How this probe reaches its collectors: parsed base URLs, tried in order, and how."""
+
+    urls: tuple[str, ...]
+    timeout: float = DEFAULT_TIMEOUT
+    ca_file: str | None = None
+    # socks5://, socks4://, http://: every request to a collector goes through it.
+    proxy: str | None = None
+
+    @property
+    def via_proxy(self) -> bool:
+        return self.proxy is not None
+
+
+def connect(access: CollectorAccess, key: Ed25519PrivateKey) -> CollectorClient:
+    """The client for every request to a collector (``async with connect(...) as client``)."""
+    return CollectorClient(
+        access.urls, key, timeout=access.timeout, ca_file=access.ca_file, proxy=access.proxy
+    )
+
+
 class CollectorClient:
-    """An async context manager over one aiohttp session; *urls* are parsed base URLs."""
+    """An async context manager over one aiohttp session; *urls* are parsed base URLs.
+
+    Build it with ``connect``, which passes every way of reaching the collector.
+    """
 
     def __init__(
         self,
@@ -302,13 +354,19 @@ class CollectorClient:
         via_proxy: bool = False,
         spool_depth: int = 0,
         evicted: int = 0,
+        public_evidence: bool = False,
     ) -> CheckIn:
-        """``POST /probes/checkin``: the targets to measure and the schedule."""
+        """``POST /probes/checkin``: the targets to measure and the schedule.
+
+        *public_evidence*: the volunteer lets this probe's signed measurements be
+        published in evidence bundles (``run --public-evidence``).
+        """
         document = {
             "signed_at": self._now(),
             "software": dict(SOFTWARE),
             "declared": declared.to_json() if declared else None,
             "via_proxy": via_proxy,
+            "public_evidence": public_evidence,
             "spool": {"depth": spool_depth, "evicted": evicted},
         }
         status, data = await self._post_envelope("/probes/checkin", Purpose.CHECKIN, document)

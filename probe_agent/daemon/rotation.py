@@ -25,6 +25,10 @@ attempt went through.
 
 Stop the daemon first: a daemon still holding the old key is refused after the
 rotation until it is restarted.
+
+Every request goes through ``client.connect`` with the volunteer's
+``--proxy``: a rotation says "these two keys are one probe", and it must not
+reach the collector from the volunteer's own address when the rounds do not.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from probe_agent.daemon.client import DEFAULT_TIMEOUT, CollectorClient
+from probe_agent.daemon.client import DEFAULT_TIMEOUT, CollectorAccess, connect
 from probe_agent.protocol.errors import CollectorRefused, IdentityError
 from probe_agent.state.files import ensure_state_dir
 from probe_agent.state.identity import (
@@ -63,13 +67,16 @@ class Rotated:
     resumed: bool  # a key.pem.new from an interrupted rotation was used
 
 
-async def _known_to_collector(
-    collectors: tuple[str, ...], key: Ed25519PrivateKey, ca_file: str | None, timeout: float
-) -> bool:
-    """Whether a collector knows *key*: a check-in signed by it is not refused as unknown."""
-    async with CollectorClient(collectors, key, timeout=timeout, ca_file=ca_file) as client:
+async def _known_to_collector(access: CollectorAccess, key: Ed25519PrivateKey) -> bool:
+    """Whether a collector knows *key*: a check-in signed by it is not refused as unknown.
+
+    This check-in declares no network and no ``public_evidence``: the collector
+    keeps the flag off until the next round's check-in sets it again (the safe
+    direction: nothing more is published meanwhile).
+    """
+    async with connect(access, key) as client:
         try:
-            await client.checkin(None)
+            await client.checkin(None, via_proxy=access.via_proxy)
         except CollectorRefused as exc:
             if exc.code == "err_probe_pending":
                 return True
@@ -80,27 +87,18 @@ async def _known_to_collector(
 
 
 async def _ask_collector(
-    collectors: tuple[str, ...],
-    old: Ed25519PrivateKey,
-    new: Ed25519PrivateKey,
-    resumed: bool,
-    ca_file: str | None,
-    timeout: float,
+    access: CollectorAccess, old: Ed25519PrivateKey, new: Ed25519PrivateKey, resumed: bool
 ) -> dict[str, str]:
     """The collector's answer to the rotation: the enrollment's fields it names.
 
     Empty when a resumed rotation turns out done by the interrupted attempt;
     ``CollectorRefused`` when the collector refused it.
     """
-    async with CollectorClient(collectors, old, timeout=timeout, ca_file=ca_file) as client:
+    async with connect(access, old) as client:
         try:
             answer = await client.rotate(new)
         except CollectorRefused as exc:
-            if (
-                resumed
-                and exc.code in _MAYBE_DONE
-                and await _known_to_collector(collectors, new, ca_file, timeout)
-            ):
+            if resumed and exc.code in _MAYBE_DONE and await _known_to_collector(access, new):
                 return {}
             raise
     return {name: answer[name] for name in ("probe_id", "status") if isinstance(answer[name], str)}
@@ -112,8 +110,9 @@ async def rotate_key(
     *,
     ca_file: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    proxy: str | None = None,
 ) -> Rotated:
-    """Rotate the probe's key with the first collector that answers.
+    """Rotate the probe's key with the first collector that answers (through *proxy*).
 
     Raises ``IdentityError`` (no key, unsafe files), ``CollectorRefused`` (refused:
     nothing changed) or ``CollectorUnreachable`` (no answer: ``key.pem.new`` kept
@@ -127,8 +126,9 @@ async def rotate_key(
     if resumed:
         log.warning("resuming an interrupted key rotation with its new key")
     keep_old_key(directory, old)
+    access = CollectorAccess(collectors, timeout=timeout, ca_file=ca_file, proxy=proxy)
     try:
-        enrollment = await _ask_collector(collectors, old, new, resumed, ca_file, timeout)
+        enrollment = await _ask_collector(access, old, new, resumed)
     except CollectorRefused:
         discard_rotation(directory)
         raise

@@ -4,7 +4,9 @@ Where this sits in the data flow: it joins the stages the other modules
 provide. ``identity`` gives the key (generated on first use) and whether it is
 enrolled; ``client`` enrolls it if not, checks in and gets the targets; the
 ``engine`` measures them with the same options as ``measure``; each
-measurement is signed the moment it is done (purpose ``measurement``) and put
+measurement is scrubbed (``privacy``: this machine's addresses and the one the
+check-in said the collector saw, with their /24 and /64) and signed the moment
+it is done (purpose ``measurement``) and put
 in the ``spool`` before anything is submitted; the spool is then emptied into
 the collector in batches of ``client.MAX_BATCH``, each acknowledged once stored
 (the batches are made here, and only here). ``status`` records the check-in,
@@ -25,7 +27,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,8 +36,10 @@ from probe_agent.daemon.client import (
     DEFAULT_TIMEOUT,
     MAX_BATCH,
     CheckIn,
+    CollectorAccess,
     CollectorClient,
     ItemAnswer,
+    connect,
 )
 from probe_agent.measure.engine import DomainError, Engine, EngineConfig, Result
 from probe_agent.protocol.document import measurement_document
@@ -82,6 +86,13 @@ class RunOptions:
     proxy: str | None = None
     # "control": an uncensored vantage adding control measurements (needs a control token).
     role: str = ROLE
+    # The volunteer lets this probe's signed measurements appear in evidence bundles.
+    public_evidence: bool = False
+    # What the collectors saw this probe come from, kept in memory across the
+    # daemon's rounds (the same options serve every round) for scrubbing.
+    seen: privacy.SeenAddresses = field(
+        default_factory=privacy.SeenAddresses, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +200,7 @@ async def _check_in(
             via_proxy=options.proxy is not None,
             spool_depth=depth,
             evicted=evicted,
+            public_evidence=options.public_evidence,
         )
     except CollectorRefused as exc:
         # A collector restored from an old backup, or another one of the list,
@@ -201,7 +213,9 @@ async def _check_in(
             via_proxy=options.proxy is not None,
             spool_depth=depth,
             evicted=evicted,
+            public_evidence=options.public_evidence,
         )
+    options.seen.remember(checkin.seen_address)  # in memory only: see privacy.SeenAddresses
     if checkin.status != identity.state.status or checkin.probe_id != identity.state.probe_id:
         identity.record(probe_id=checkin.probe_id, status=checkin.status)
     return checkin
@@ -215,7 +229,9 @@ async def _measure_and_sign(
     summary: RoundSummary,
     spool: Spool,
 ) -> None:
-    own = privacy.own_addresses()
+    # This machine's addresses and what the collectors saw (behind NAT, the public
+    # address; through --proxy, the proxy's), with their /24 and /64.
+    scrubber = privacy.scrubber_for(options.seen, options.engine.lab_networks)
 
     def on_result(result: Result) -> None:
         if isinstance(result, DomainError):
@@ -226,7 +242,7 @@ async def _measure_and_sign(
         log.debug("measured %s: hints %s", result.domain, ",".join(result.hints) or "none")
         # Signed as soon as it is done, so that signed_at is the measurement's time,
         # and on disk before any submission is tried: a crash loses nothing.
-        observations = privacy.scrub(result.to_dict(), own)  # never the volunteer's address
+        observations = scrubber.scrub(result.to_dict())  # never the volunteer's address
         document = measurement_document(
             observations, options.declared, via_proxy=options.proxy is not None
         )
@@ -293,14 +309,14 @@ async def run_once(
 
 
 def _client(options: RunOptions, identity: Identity) -> CollectorClient:
-    return CollectorClient(  # the proxy, when given, carries every request
+    access = CollectorAccess(  # the proxy, when given, carries every request
         options.collectors,
-        identity.key,
         timeout=options.collector_timeout,
         # One --ca-file for both: a lab's CA signs the instances and the collector alike.
         ca_file=options.engine.ca_file,
         proxy=options.proxy,
     )
+    return connect(access, identity.key)
 
 
 async def _round(

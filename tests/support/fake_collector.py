@@ -66,7 +66,7 @@ ALLOWED_HEADERS = {
     "connection",
 }
 ENROLL_KEYS = {"public_key", "role", "declared", "software", "signed_at"}
-CHECKIN_KEYS = {"signed_at", "software", "declared", "via_proxy", "spool"}
+CHECKIN_KEYS = {"signed_at", "software", "declared", "via_proxy", "public_evidence", "spool"}
 MEASUREMENT_KEYS = {"measurement", "signed_at", "declared", "via_proxy"}
 ROTATE_KEYS = {"signed_at", "new_public_key", "new_key_signature"}
 
@@ -158,6 +158,7 @@ class FakeCollector:
         max_batch: int = 500,
         max_body: int = 16 * 1024 * 1024,
         tls: ssl.SSLContext | None = None,
+        seen_address: str | None = None,
     ) -> None:
         self.targets = list(targets or [])
         self.open_enrollment = open_enrollment
@@ -165,6 +166,9 @@ class FakeCollector:
         self.max_batch = max_batch
         self.max_body = max_body
         self.tls = tls
+        # Answered as the check-in's seen_address (docs/api.md); None leaves it out,
+        # as a collector older than the field does.
+        self.seen_address = seen_address
         self.probes: dict[str, FakeProbe] = {}  # by key id
         self.stored: dict[str, dict[str, Any]] = {}  # measurement id -> verified document
         self.stored_by: dict[str, str] = {}  # measurement id -> key id
@@ -366,7 +370,11 @@ class FakeCollector:
         _check_declared(document["declared"])
         _check_software(document["software"])
         spool = document["spool"]
-        if not isinstance(document["via_proxy"], bool) or not (
+        if not isinstance(document["via_proxy"], bool) or not isinstance(
+            document["public_evidence"], bool
+        ):
+            raise ApiError(422, "err_malformed_payload", "via_proxy or public_evidence")
+        if not (
             isinstance(spool, dict)
             and set(spool) == {"depth", "evicted"}
             and all(isinstance(v, int) and v >= 0 for v in spool.values())
@@ -382,18 +390,18 @@ class FakeCollector:
             else {"cc": None, "asn": None, "source": "unknown"}
         )
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        return _json(
-            200,
-            {
-                "probe_id": probe.probe_id,
-                "status": probe.status,
-                "server_time": now,
-                "interval_seconds": 300,
-                "retest_spacing_seconds": 180,
-                "network": network,
-                "targets": [{"domain": d, "group": None, "kind": "primary"} for d in self.targets],
-            },
-        )
+        answer = {
+            "probe_id": probe.probe_id,
+            "status": probe.status,
+            "server_time": now,
+            "interval_seconds": 300,
+            "retest_spacing_seconds": 180,
+            "network": network,
+            "targets": [{"domain": d, "group": None, "kind": "primary"} for d in self.targets],
+        }
+        if self.seen_address is not None:
+            answer["seen_address"] = self.seen_address
+        return _json(200, answer)
 
     async def _rotate(self, data: Any) -> web.Response:
         """docs/api.md: signed by the old key; the new key signs the prefix + the old key id."""
