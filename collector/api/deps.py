@@ -1,7 +1,10 @@
 """Dependencies: settings, sessions, the admin check, the caller's network.
 
 The caller's address is read here, turned into a country and ASN at once, and
-never leaves this module: ``network_of`` closes over it for one request.
+never leaves this module: ``network_of`` closes over it for one request. The one
+exception is ``seen_address``: the check-in answer echoes it to the probe it
+came from (behind NAT the probe cannot learn its public address otherwise, and
+must scrub it from block pages and redirects); it is never stored or logged.
 """
 
 from __future__ import annotations
@@ -69,6 +72,13 @@ def _client_address(request: Request, settings: CollectorSettings) -> str | None
     return peer
 
 
+def get_seen_address(
+    request: Request, settings: Annotated[CollectorSettings, Depends(get_settings)]
+) -> str | None:
+    """The address this request came from, for the check-in answer only."""
+    return _client_address(request, settings)
+
+
 def get_network_of(
     request: Request, settings: Annotated[CollectorSettings, Depends(get_settings)]
 ) -> NetworkOf:
@@ -92,3 +102,4 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[CollectorSettings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 NetworkOfDep = Annotated[NetworkOf, Depends(get_network_of)]
+SeenAddressDep = Annotated[str | None, Depends(get_seen_address)]

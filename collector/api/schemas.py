@@ -79,6 +79,9 @@ class CheckinOut(BaseModel):
     retest_spacing_seconds: float
     network: NetworkOut
     targets: list[TargetOut]
+    # The address the collector saw the check-in come from (echoed, never stored):
+    # the probe scrubs it from its measurements.
+    seen_address: str | None = None
 
 
 class TargetsIn(BaseModel):

@@ -6,7 +6,14 @@ from fastapi import APIRouter, Request, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from collector.api.deps import Admin, ClockDep, NetworkOfDep, SessionDep, SettingsDep
+from collector.api.deps import (
+    Admin,
+    ClockDep,
+    NetworkOfDep,
+    SeenAddressDep,
+    SessionDep,
+    SettingsDep,
+)
 from collector.api.schemas import (
     CheckinOut,
     EnrollOut,
@@ -82,6 +89,7 @@ def checkin(
     settings: SettingsDep,
     clock: ClockDep,
     network_of: NetworkOfDep,
+    seen_address: SeenAddressDep,
 ) -> CheckinOut:
     request.app.state.rate_limiter.check(body.key_id)
     probe, network, targets = ProbeService(settings, clock).checkin(
@@ -99,6 +107,7 @@ def checkin(
             TargetOut(domain=t.domain, group=t.group.name if t.group else None, kind=t.kind)
             for t in targets
         ],
+        seen_address=seen_address,
     )
 
 
