@@ -237,6 +237,14 @@ CollectorTimeoutOption = Annotated[
         min=0.1, max=600, help="Seconds, per collector request.", envvar=_env("COLLECTOR_TIMEOUT")
     ),
 ]
+ProxyOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Reach the collector only through this proxy: socks5://host:port (Tor: "
+        "socks5://127.0.0.1:9050) or http://host:port. The proxy resolves its name.",
+        envvar=_env("PROXY"),
+    ),
+]
 
 
 @app.command()
@@ -273,14 +281,18 @@ def run(
         ),
     ] = False,
     collector_timeout: CollectorTimeoutOption = 30.0,
-    proxy: Annotated[
-        str | None,
+    proxy: ProxyOption = None,
+    public_evidence: Annotated[
+        bool,
         typer.Option(
-            help="Reach the collector only through this proxy: socks5://host:port (Tor: "
-            "socks5://127.0.0.1:9050) or http://host:port. The proxy resolves its name.",
-            envvar=_env("PROXY"),
+            "--public-evidence",
+            help="Let this probe's signed measurements, with their exact times, be "
+            "published in evidence bundles anyone can download, once the network they "
+            "come from has enough volunteers (the collector's --publish-min-volunteers). "
+            "Off by default: they then only reach the operator and the instance's admins.",
+            envvar=_env("PUBLIC_EVIDENCE"),
         ),
-    ] = None,
+    ] = False,
     log_level: Annotated[
         LogLevel,
         typer.Option(
@@ -357,6 +369,7 @@ def run(
         collector_timeout=collector_timeout,
         proxy=proxy_url,
         role=role.value,
+        public_evidence=public_evidence,
     )
     raise typer.Exit(_start(options, None if once else daemon))
 
@@ -483,9 +496,10 @@ def rotate_key(
     collector: CollectorOption = None,
     ca_file: CAFileOption = None,
     collector_timeout: CollectorTimeoutOption = 30.0,
+    proxy: ProxyOption = None,
 ) -> None:
     """Replace the probe's key with a new one, once the collector accepted it (stop the daemon
-    first)."""
+    first). Give it the same --proxy as `run`."""
     from probe_agent.daemon.rotation import rotate_key as rotate  # noqa: PLC0415
     from probe_agent.daemon.round import describe  # noqa: PLC0415
     from probe_agent.protocol.errors import CollectorRefused, CollectorUnreachable  # noqa: PLC0415
@@ -493,6 +507,7 @@ def rotate_key(
     try:
         collectors = _collectors(collector)
         _check_ca_file(str(ca_file) if ca_file else None)
+        proxy_url = parse_proxy_url(proxy) if proxy else None
     except InvalidInputError as exc:
         raise _fail(str(exc)) from None
     try:
@@ -502,6 +517,7 @@ def rotate_key(
                 collectors,
                 ca_file=str(ca_file) if ca_file else None,
                 timeout=collector_timeout,
+                proxy=proxy_url,
             )
         )
     except IdentityError as exc:
