@@ -45,6 +45,7 @@ from collector.core.models import (
     SubscriptionRow,
     TargetRow,
 )
+from collector.core.publication import Publication, network_volunteers
 from collector.core.settings import CollectorSettings
 from collector.netsafety import (
     MAX_RESPONSE_BYTES,
@@ -113,6 +114,7 @@ class Outbox:
         self.clock = clock
         self.sessions = sessions
         self.rng = rng or random.Random()  # noqa: S311 (retry jitter, not a secret)
+        self.publication = Publication.public(settings)
         allow = parse_allowlist(settings.webhook_allowlist)
         if settings.webhook_allow_private:
             allow += parse_allowlist("0.0.0.0/0,::/0")
@@ -164,13 +166,20 @@ class Outbox:
     def _document(
         self, session: Session, change: EventChangeRow, data: dict[str, Any]
     ) -> dict[str, Any]:
-        """The document around *data*, the change's snapshot (parsed), which it extends."""
+        """The document around *data*, the change's snapshot (parsed), which it extends.
+
+        k-anonymous and rounded like a public answer (collector/core/publication.py):
+        a verified subscriber is whoever runs the instance, and may forward it.
+        """
         base = self.settings.public_url.rstrip("/") or (
             f"http://{self.settings.host}:{self.settings.port}"
         )
+        key = (data["domain"], data["cc"])
+        data = self.publication.event(data, network_volunteers(session, [key]).get(key, {}))
         data["evidence_url"] = f"{base}/api/v1/events/{data['id']}"
         data["mirrors"] = self._mirrors(session, data["domain"], data["cc"])
-        return {"type": f"block.{change.kind}", "timestamp": _iso(change.at), "data": data}
+        timestamp = self.publication.time(_iso(change.at))
+        return {"type": f"block.{change.kind}", "timestamp": timestamp, "data": data}
 
     def _mirrors(self, session: Session, domain: str, cc: str) -> list[dict[str, Any]]:
         target = session.scalar(select(TargetRow).where(TargetRow.domain == domain))

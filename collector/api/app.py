@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector import __version__
+from collector.api.deps import require_metrics_reader
 from collector.api.ratelimit import RateLimiter
 from collector.api.routes import events, measurements, probes, subscriptions, targets
 from collector.core import metrics
@@ -124,7 +125,8 @@ def create_app(
         app.include_router(router, prefix="/api/v1")
     _install_error_handlers(app)
 
-    @app.get("/metrics", include_in_schema=False)
+    # Always a token here; the private listener asks none (collector/api/metrics_listener.py).
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_metrics_reader)])
     def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

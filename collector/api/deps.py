@@ -1,4 +1,5 @@
-"""Dependencies: settings, sessions, the admin check, the caller's network.
+"""Dependencies: settings, sessions, the admin and metrics checks, what the caller
+may see (its ``Publication``), the caller's network.
 
 The caller's address is read here, turned into a country and ASN at once, and
 never leaves this module: ``network_of`` closes over it for one request. The one
@@ -15,11 +16,13 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
 from collector.core.clock import Clock
 from collector.core.db import session_scope
 from collector.core.errors import Unauthorized
+from collector.core.publication import FULL, Publication
 from collector.core.settings import CollectorSettings
 from collector.services.geo import Network, resolve_network
 from collector.services.ingest import NetworkOf
@@ -40,19 +43,47 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def _presents(request: Request, secret: SecretStr) -> bool:
+    """True when the request's ``Authorization: Bearer`` token is *secret*."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    expected = secret.get_secret_value()
+    # Constant-time comparison; an empty configured token never matches.
+    return (
+        scheme.lower() == "bearer"
+        and bool(expected)
+        and hmac.compare_digest(presented.strip().encode(), expected.encode())
+    )
+
+
+def is_admin(request: Request, settings: CollectorSettings) -> bool:
+    return _presents(request, settings.admin_token)
+
+
 def require_admin(
     request: Request, settings: Annotated[CollectorSettings, Depends(get_settings)]
 ) -> None:
-    header = request.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
-    expected = settings.admin_token.get_secret_value()
-    # Constant-time comparison; an empty configured token never matches.
-    if (
-        scheme.lower() != "bearer"
-        or not expected
-        or not hmac.compare_digest(presented.strip().encode(), expected.encode())
-    ):
+    if not is_admin(request, settings):
         raise Unauthorized("this needs `Authorization: Bearer <admin token>`")
+
+
+def require_metrics_reader(
+    request: Request, settings: Annotated[CollectorSettings, Depends(get_settings)]
+) -> None:
+    """``GET /metrics`` on the main listener: the metrics token or the admin token."""
+    if not (_presents(request, settings.metrics_token) or is_admin(request, settings)):
+        raise Unauthorized(
+            "this needs `Authorization: Bearer <metrics token>` (BLOCKWATCH_METRICS_TOKEN) "
+            "or the admin token"
+        )
+
+
+def get_publication(
+    request: Request, settings: Annotated[CollectorSettings, Depends(get_settings)]
+) -> Publication:
+    """What the caller may see: all of it with the admin token, else the public view
+    (k-anonymous, rounded; collector/core/publication.py). Any other token, a
+    subscriber's included, reads the public view."""
+    return FULL if is_admin(request, settings) else Publication.public(settings)
 
 
 def _client_address(request: Request, settings: CollectorSettings) -> str | None:
@@ -103,3 +134,4 @@ SettingsDep = Annotated[CollectorSettings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 NetworkOfDep = Annotated[NetworkOf, Depends(get_network_of)]
 SeenAddressDep = Annotated[str | None, Depends(get_seen_address)]
+PublicationDep = Annotated[Publication, Depends(get_publication)]

@@ -191,7 +191,10 @@ class EventOut(BaseModel):
     id: int
     domain: str
     cc: str
+    # Public answers list only networks with enough volunteers (collector/core/publication.py);
+    # the others are counted in withheld_networks.
     asns: list[int]
+    withheld_networks: int = 0
     methods: list[str]
     scope: Literal["national", "regional"]
     state: Literal["open", "closed"]
@@ -216,7 +219,7 @@ class EventList(BaseModel):
 
 class NetworkStatusOut(BaseModel):
     cc: str
-    asn: int
+    asn: int | None  # None: the country's networks too small to be named, folded
     state: Literal["ok", "blocked", "down", "unknown"]
     methods: list[str]
     since: datetime

@@ -30,6 +30,7 @@ def events_command(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Block events, newest first (the API's GET /api/v1/events, for the terminal)."""
+    from collector.core.publication import FULL  # noqa: PLC0415 (the operator sees all)
     from collector.services.events import EventService  # noqa: PLC0415
 
     try:
@@ -37,7 +38,9 @@ def events_command(
             sessions(admin_settings(database_url)) as factory,
             session_scope(factory) as session,
         ):
-            events = EventService().events(session, domain=domain, cc=cc, state=state, limit=limit)
+            events = EventService(FULL).events(
+                session, domain=domain, cc=cc, state=state, limit=limit
+            )
     except CollectorError as exc:
         raise fail(exc) from None
     if as_json:
@@ -69,6 +72,7 @@ def status_command(
     database_url: DatabaseUrl = None,
 ) -> None:
     """A domain's state in each network, and its mirrors' (GET /api/v1/status/DOMAIN)."""
+    from collector.core.publication import FULL  # noqa: PLC0415 (the operator sees all)
     from collector.services.events import EventService  # noqa: PLC0415
 
     try:
@@ -76,7 +80,7 @@ def status_command(
             sessions(admin_settings(database_url)) as factory,
             session_scope(factory) as session,
         ):
-            status = EventService().status(session, domain)
+            status = EventService(FULL).status(session, domain)
     except CollectorError as exc:
         raise fail(exc) from None
     if as_json:

@@ -6,6 +6,8 @@ runs the migrations in its lifespan. With more, migrations run once here first,
 and each worker process builds its app with ``create_app_from_env``
 (collector/api/app.py) from the settings exported here whole
 (``CollectorSettings.export``): one private variable, no per-field re-encoding.
+With ``--metrics-port`` a private listener serves ``/metrics`` beside them
+(collector/api/metrics_listener.py), from this process.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import tempfile
 from typing import Any
 
+from collector.api.metrics_listener import metrics_listener
 from collector.cli.common import sessions
 from collector.cli.options import settings_command
 from collector.core.settings import WORKER_SETTINGS_VARIABLE, CollectorSettings
@@ -55,7 +58,9 @@ def _run_single(settings: CollectorSettings) -> None:
 
     from collector.api.app import create_app  # noqa: PLC0415
 
-    uvicorn.run(create_app(settings), **_uvicorn_options(settings))
+    app = create_app(settings)
+    with metrics_listener(settings):
+        uvicorn.run(app, **_uvicorn_options(settings))
 
 
 def _run_workers(settings: CollectorSettings) -> None:
@@ -65,9 +70,11 @@ def _run_workers(settings: CollectorSettings) -> None:
         # The workers are new processes: they inherit the environment, nothing else.
         os.environ[WORKER_SETTINGS_VARIABLE] = settings.export()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tmp
-        uvicorn.run(
-            WORKER_FACTORY, factory=True, workers=settings.workers, **_uvicorn_options(settings)
-        )
+        # The private listener runs here, in the parent: it reads every worker's series.
+        with metrics_listener(settings):
+            uvicorn.run(
+                WORKER_FACTORY, factory=True, workers=settings.workers, **_uvicorn_options(settings)
+            )
 
 
 command = settings_command(serve)

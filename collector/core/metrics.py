@@ -1,7 +1,12 @@
 """Every Prometheus metric of the collector, declared once, here (CONTRIBUTING.md 11).
 
 Labels come only from fixed sets: statuses, rejection reasons (the error codes
-of docs/api.md), roles; never a domain, an address or a probe id.
+of docs/api.md), roles; never a domain, an address or a probe id. The series
+are k-anonymous like every public answer (collector/core/publication.py): a
+label names a country at most, never a network (ASN, region) or a probe, so
+no series counts the few volunteers of one network. ``GET /metrics`` needs the
+metrics or the admin token, or the private listener
+(collector/api/metrics_listener.py).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ REJECTION_REASONS = frozenset(
         "batch_too_large",
         "validation",
         "rate_limited",
+        "payload_too_large",
+        "not_a_target",
         "invalid_token",
         "unauthorized",
         "forbidden",

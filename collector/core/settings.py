@@ -273,6 +273,15 @@ class CollectorSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_metrics_listener(self) -> CollectorSettings:
+        # collector/api/metrics_listener.py: a port of its own, the host optional.
+        if self.metrics_host is not None and self.metrics_port is None:
+            raise ValueError("--metrics-host needs --metrics-port (the private metrics listener)")
+        if self.metrics_port == self.port:
+            raise ValueError("--metrics-port must differ from --port (a listener of its own)")
+        return self
+
+    @model_validator(mode="after")
     def _check_detector(self) -> CollectorSettings:
         if self.stay_min_probes > self.open_min_probes:
             raise ValueError("stay_min_probes may not exceed open_min_probes (hysteresis)")

@@ -2,7 +2,10 @@
 
 The event document (``event_json``) is defined here, once: ``GET /api/v1/events``
 answers it, and the detection pass stores it as each event change's snapshot,
-which the outbox sends to subscribers (docs/api.md).
+which the outbox sends to subscribers (docs/api.md). The documents are whole
+here; an ``EventService`` answers them through its ``Publication``
+(collector/core/publication.py): ``FULL`` for the admin and the operator's
+CLI, the k-anonymous, rounded one for everyone else.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from collector.core.errors import NotFound, Unprocessable
 from collector.core.models import EventRow, NetworkStateRow, TargetRow
+from collector.core.publication import Publication
 from collector.services.targets import TargetService, normalize
 
 STATES = ("open", "closed")
@@ -73,6 +77,11 @@ def network_json(row: NetworkStateRow) -> dict[str, Any]:
 
 
 class EventService:
+    """Events and status as *publication* lets them show (no default: each door chooses)."""
+
+    def __init__(self, publication: Publication) -> None:
+        self.publication = publication
+
     def events(
         self,
         session: Session,
@@ -97,13 +106,15 @@ class EventService:
             query = query.where(EventRow.state == state)
         if before_id is not None:
             query = query.where(EventRow.id < before_id)
-        return [event_json(row) for row in session.scalars(query)]
+        rows = [event_json(row) for row in session.scalars(query)]
+        return self.publication.events(session, rows)
 
     def event(self, session: Session, event_id: int) -> dict[str, Any]:
         row = session.get(EventRow, event_id)
         if row is None:
             raise NotFound(f"no event {event_id}")
-        return event_json(row)
+        [event] = self.publication.events(session, [event_json(row)])
+        return event
 
     def networks(self, session: Session, domain: str) -> list[dict[str, Any]]:
         rows = session.scalars(
@@ -111,7 +122,7 @@ class EventService:
             .where(NetworkStateRow.domain == domain)
             .order_by(NetworkStateRow.cc, NetworkStateRow.asn)
         )
-        return [network_json(row) for row in rows]
+        return self.publication.networks([network_json(row) for row in rows])
 
     def status(self, session: Session, domain: str) -> dict[str, Any]:
         """A domain's state in every measured network, and its group's mirrors'."""

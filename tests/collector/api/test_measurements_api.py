@@ -192,6 +192,6 @@ def test_huge_strings_are_rejected_not_stored(
 
 def test_rejections_are_counted(client: TestClient, probe: TestProbe) -> None:
     submit(client, tamper(probe.measure()))
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=ADMIN).text
     assert 'blockwatch_rejections_total{reason="bad_signature"}' in metrics
     assert 'blockwatch_measurements_total{status="rejected"}' in metrics

@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.collector.helpers import ADMIN, TestProbe
-from tests.collector.serving import COLLECTOR, ServedCollector
+from tests.collector.serving import COLLECTOR, ServedCollector, free_port
+
+METRICS_TOKEN = "metrics-" + "m" * 32
 
 pytestmark = pytest.mark.integration
 
@@ -132,10 +134,20 @@ def test_migrate_command(tmp_path: Path) -> None:
 def test_several_worker_processes_share_the_database_and_metrics(
     database_url: str, tmp_path: Path
 ) -> None:
-    served = ServedCollector(database_url, tmp_path / "workers.log", extra=["--workers", "2"])
+    metrics_port = free_port()
+    served = ServedCollector(
+        database_url,
+        tmp_path / "workers.log",
+        extra=["--workers", "2", "--metrics-port", str(metrics_port)],
+        env={"BLOCKWATCH_METRICS_TOKEN": METRICS_TOKEN},
+    )
     served.start()
     try:
         probe = enrolled_probe(served.url)
+        added = httpx.post(
+            served.url + "/api/v1/targets", json={"domains": ["alive.bar"]}, headers=ADMIN
+        )
+        assert added.status_code == 201, added.text  # what the probe measures is a target
         accepted = 0
         for _ in range(6):  # new connections: the kernel spreads them over the workers
             with httpx.Client(base_url=served.url) as http:
@@ -144,10 +156,17 @@ def test_several_worker_processes_share_the_database_and_metrics(
                 )
                 accepted += answer.json()["accepted"]
         assert accepted == 6
-        metrics = httpx.get(served.url + "/metrics").text
-        # Whichever worker answers the scrape reports every worker's counts.
-        assert 'blockwatch_measurements_total{status="accepted"} 6.0' in metrics
-        assert 'blockwatch_rejections_total{reason="malformed_envelope"} 6.0' in metrics
+        assert httpx.get(served.url + "/metrics").status_code == 401  # a token, or nothing
+        scrapes = [
+            httpx.get(served.url + "/metrics", headers=bearer).text
+            for bearer in (ADMIN, {"Authorization": f"Bearer {METRICS_TOKEN}"})
+        ]
+        # ... and the private listener, run by the parent, which serves no request itself.
+        scrapes.append(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text)
+        for metrics in scrapes:
+            # Whichever process answers the scrape reports every worker's counts.
+            assert 'blockwatch_measurements_total{status="accepted"} 6.0' in metrics
+            assert 'blockwatch_rejections_total{reason="malformed_envelope"} 6.0' in metrics
     finally:
         served.stop()
     assert count_measurements(database_url) == 6

@@ -22,9 +22,11 @@ from typer.testing import CliRunner
 import collector.api.app as app_module
 from collector.cli import app
 from collector.core.settings import CollectorSettings, Mode
+from tests.collector.serving import free_port
 
 runner = CliRunner()
 TOKEN = "serve-test-" + "t" * 30
+METRICS_PORT = free_port()
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,14 @@ OPTIONS = [
     Option("--webhook-allow-private", (), "webhook_allow_private", True,
            {"BLOCKWATCH_WEBHOOK_ALLOW_PRIVATE": "yes"}),
     Option("--mode", ("demo",), "mode", Mode.DEMO, {"BLOCKWATCH_MODE": "demo"}),
+    # Added with the publication policy (issue 14); the metrics listener really listens.
+    Option("--publish-min-volunteers", ("5",), "publish_min_volunteers", 5,
+           {"BLOCKWATCH_PUBLISH_MIN_VOLUNTEERS": "5"}),
+    Option("--metrics-port", (str(METRICS_PORT),), "metrics_port", METRICS_PORT,
+           {"BLOCKWATCH_METRICS_PORT": str(METRICS_PORT)}),
+    Option("--metrics-host", ("127.0.0.1", "--metrics-port", str(METRICS_PORT)), "metrics_host",
+           "127.0.0.1", {"BLOCKWATCH_METRICS_HOST": "127.0.0.1",
+                         "BLOCKWATCH_METRICS_PORT": str(METRICS_PORT)}),
 ]  # fmt: skip
 # The variables named after the settings' fields (read by the settings themselves).
 FIELD_VARIABLES = [

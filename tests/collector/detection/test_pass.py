@@ -57,7 +57,8 @@ class World:
         return self.detector.run_pass(self.sessions)
 
     def events(self, **params: str) -> list[dict[str, Any]]:
-        answer = self.client.get("/api/v1/events", params=params)
+        # The admin's view: exact times and every network (public answers are rounded).
+        answer = self.client.get("/api/v1/events", params=params, headers=ADMIN)
         assert answer.status_code == 200, answer.text
         data: list[dict[str, Any]] = answer.json()["data"]
         return data
@@ -89,7 +90,7 @@ def test_block_opens_one_event_updates_status_and_closes(world: World) -> None:
     world.run()
     assert world.count(AnalysisQueueRow) == 0 and world.count(VerdictRow) == 3
     assert world.events() == []
-    status = world.client.get(f"/api/v1/status/{DOMAIN}").json()
+    status = world.client.get(f"/api/v1/status/{DOMAIN}", headers=ADMIN).json()
     assert [(n["cc"], n["asn"], n["state"], n["probes"]) for n in status["networks"]] == [
         ("CN", 4134, "ok", 3)
     ]
@@ -111,7 +112,7 @@ def test_block_opens_one_event_updates_status_and_closes(world: World) -> None:
     started = datetime.fromisoformat(event["started_at"].replace("Z", "+00:00"))
     assert abs(started - blocked_at) < timedelta(milliseconds=1)  # the first blocked evidence
     assert len(event["evidence"]) == 3 and event["rule_version"] and event["forged_pool_version"]
-    status = world.client.get(f"/api/v1/status/{DOMAIN}").json()
+    status = world.client.get(f"/api/v1/status/{DOMAIN}", headers=ADMIN).json()
     [network] = status["networks"]
     assert network["state"] == "blocked" and network["methods"] == ["dns", "tls"]
     assert [e["id"] for e in status["events"]] == [event["id"]]
@@ -138,7 +139,7 @@ def test_outage_is_down_not_blocked(world: World) -> None:
     world.submit(world.control, b.failed_control("connection_refused"), t + timedelta(seconds=2))
     world.run()
     assert world.events() == []
-    [network] = world.client.get(f"/api/v1/status/{DOMAIN}").json()["networks"]
+    [network] = world.client.get(f"/api/v1/status/{DOMAIN}", headers=ADMIN).json()["networks"]
     assert network["state"] == "down"
 
 
