@@ -27,6 +27,7 @@ import typer
 from rich.console import Console
 
 from probe_agent import __version__
+from probe_agent.cli import verify
 from probe_agent.cli.options import (
     CAFileOption,
     ConcurrencyOption,
@@ -568,6 +569,9 @@ def wipe(
             f"kept {len(left)} file(s) the probe did not write; the directory stays",
             highlight=False,
         )
+
+
+app.command("verify")(verify.command)
 
 
 @app.command()

@@ -1,0 +1,304 @@
+"""Evidence bundles: their format and their verification, offline, by anyone.
+
+Where this sits in the data flow: after a block event. The collector answers
+``GET /api/v1/events/{id}/evidence`` with a bundle (collector.services.evidence
+builds it; docs/evidence.md describes it field by field): the measurements,
+each the exact bytes its probe signed with the probe's signature and public
+key, and a *statement* the collector signs with its own key, which says what
+the probes' signatures cannot: which event the measurements are evidence of,
+and which network (country, ASN, region) the collector attributed each one to.
+``blockwatch-probe verify`` (probe_agent.cli.verify) runs ``verify_bundle``;
+it needs nothing but this package and, to anchor the collector's key, its
+fingerprint (``/.well-known/blockwatch.json``).
+
+What is checked: the collector key against its key id and the fingerprint
+given; the statement's signature; each measurement's key id (SHA-256 of its
+public key), its signature (as the envelope's, ``envelope.verify``), that its
+payload's SHA-256 and key id are listed in the statement with the same
+attribution the bundle shows, and that the signed document names the event's
+domain and the measurement's id; that every measurement the statement says is
+published is in the bundle, and the withheld count agrees. Malformed input is
+reported as a failed check, never raised.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from probe_agent.protocol.envelope import (
+    ENVELOPE_VERSION,
+    PUBLIC_KEY_BYTES,
+    Envelope,
+    EnvelopeError,
+    Purpose,
+    fingerprint,
+    verify,
+)
+
+FORMAT = "blockwatch-evidence/1"
+STATEMENT_FORMAT = "blockwatch-evidence-statement/1"
+# The collector signs prefix + statement (domain separation, as the probes' envelopes).
+STATEMENT_PREFIX = f"blockwatch/v{ENVELOPE_VERSION}/evidence\n".encode()
+WELL_KNOWN_PATH = "/.well-known/blockwatch.json"
+ATTRIBUTION = ("cc", "asn", "network_source")
+
+
+class BundleError(ValueError):
+    """One field of a bundle is missing or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One verified thing (the collector key, the statement, a measurement): a line."""
+
+    ok: bool
+    subject: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.subject}: {self.detail}"
+
+
+@dataclass
+class Verification:
+    checks: list[Check] = field(default_factory=list)
+    anchored: bool = False
+    measurements: int = 0
+    valid_measurements: int = 0
+    withheld: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    def summary(self) -> str:
+        verdict = "valid" if self.ok else "INVALID"
+        anchor = "anchored" if self.anchored else "NOT anchored (no --collector-key)"
+        return (
+            f"{verdict}: {self.valid_measurements} of {self.measurements} measurements valid, "
+            f"{self.withheld} withheld, collector key {anchor}"
+        )
+
+
+def canonical_key_id(text: str) -> str | None:
+    """*text* as a key id (64 hex digits, any case), or None when it is not one."""
+    value = text.strip().lower()
+    if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value
+    return None
+
+
+def key_id_of_well_known(document: Any) -> str:
+    """The collector key id a saved ``/.well-known/blockwatch.json`` publishes."""
+    if not isinstance(document, dict):
+        raise BundleError(f"{WELL_KNOWN_PATH} is a JSON object")
+    public = _b64(document, "public_key")
+    key_id = canonical_key_id(str(document.get("collector_key_id", "")))
+    if len(public) != PUBLIC_KEY_BYTES or key_id != fingerprint(public):
+        raise BundleError("its collector_key_id is not the SHA-256 of its public_key")
+    return key_id
+
+
+def verify_bundle(bundle: Any, expected_key_id: str | None) -> Verification:
+    """Check everything a bundle says (the module's docstring lists what)."""
+    result = Verification()
+    try:
+        collector_key = _collector_key(bundle)
+    except BundleError as exc:
+        result.checks.append(Check(False, "bundle", str(exc)))
+        return result
+    result.checks.append(_anchor(collector_key, expected_key_id, result))
+    statement, check = _statement(bundle, collector_key)
+    result.checks.append(check)
+    entries = _entries(statement)
+    seen: set[tuple[str, str]] = set()
+    items = bundle.get("measurements")
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        result.measurements += 1
+        check = _measurement(index, item, entries, statement, seen)
+        result.valid_measurements += check.ok
+        result.checks.append(check)
+    if not isinstance(items, list):
+        result.checks.append(Check(False, "bundle", "measurements is not a list"))
+    result.checks.extend(_completeness(bundle, entries, seen, result))
+    return result
+
+
+def _b64(data: dict[str, Any], name: str) -> bytes:
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise BundleError(f"{name} is missing")
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise BundleError(f"{name} is not base64") from None
+
+
+def _collector_key(bundle: Any) -> bytes:
+    if not isinstance(bundle, dict):
+        raise BundleError("a bundle is a JSON object")
+    if bundle.get("format") != FORMAT:
+        raise BundleError(f"format is {bundle.get('format')!r}, not {FORMAT!r}")
+    public = _b64(bundle, "collector_public_key")
+    if len(public) != PUBLIC_KEY_BYTES:
+        raise BundleError("collector_public_key is not 32 bytes")
+    if bundle.get("collector_key_id") != fingerprint(public):
+        raise BundleError("collector_key_id is not the SHA-256 of collector_public_key")
+    return public
+
+
+def _anchor(public: bytes, expected: str | None, result: Verification) -> Check:
+    key_id = fingerprint(public)
+    if expected is None:
+        return Check(
+            True,
+            f"collector key {key_id}",
+            "not anchored: anyone could have made this key; compare it with the "
+            f"collector's {WELL_KNOWN_PATH} (--collector-key)",
+        )
+    result.anchored = key_id == expected
+    if result.anchored:
+        return Check(True, f"collector key {key_id}", "the collector's (fingerprint matches)")
+    return Check(False, f"collector key {key_id}", f"not the collector's ({expected} expected)")
+
+
+def _statement(bundle: dict[str, Any], public: bytes) -> tuple[dict[str, Any], Check]:
+    """The statement (parsed even when its signature fails, to check the rest against)."""
+    try:
+        raw, signature = _b64(bundle, "statement"), _b64(bundle, "statement_signature")
+    except BundleError as exc:
+        return {}, Check(False, "statement", str(exc))
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        parsed = None
+    statement = parsed if isinstance(parsed, dict) else {}
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, STATEMENT_PREFIX + raw)
+    except InvalidSignature:
+        return statement, Check(False, "statement", "the collector's signature does not verify")
+    problem = _statement_problem(bundle, statement, public)
+    if problem:
+        return statement, Check(False, "statement", problem)
+    event = statement["event"]
+    return statement, Check(
+        True,
+        "statement",
+        f"signed by the collector: event {event.get('id')}, {event.get('domain')} in "
+        f"{event.get('cc')}, methods {','.join(map(str, event.get('methods') or [])) or '-'}, "
+        f"{statement.get('audience')} bundle issued {statement.get('issued_at')}",
+    )
+
+
+def _statement_problem(bundle: dict[str, Any], statement: dict[str, Any], public: bytes) -> str:
+    if statement.get("format") != STATEMENT_FORMAT:
+        return f"format is not {STATEMENT_FORMAT!r}"
+    if statement.get("collector_key_id") != fingerprint(public):
+        return "it names another collector key"
+    if not isinstance(statement.get("event"), dict):
+        return "it names no event"
+    if not isinstance(statement.get("measurements"), list):
+        return "it lists no measurements"
+    if statement.get("withheld") != bundle.get("withheld"):
+        return "the bundle's withheld count is not the statement's"
+    return ""
+
+
+def _entries(statement: dict[str, Any]) -> list[dict[str, Any]]:
+    listed = statement.get("measurements")
+    return [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+
+
+def _measurement(
+    index: int,
+    item: Any,
+    entries: list[dict[str, Any]],
+    statement: dict[str, Any],
+    seen: set[tuple[str, str]],
+) -> Check:
+    subject = f"measurement #{index + 1}"
+    try:
+        if not isinstance(item, dict):
+            raise BundleError("not a JSON object")
+        subject = f"measurement {item.get('id')}"
+        seen.add((str(item.get("key_id")), str(item.get("id"))))  # present, valid or not
+        public, payload = _b64(item, "public_key"), _b64(item, "payload")
+        envelope = Envelope(str(item.get("key_id")), payload, _b64(item, "signature"))
+        verify(envelope, Purpose.MEASUREMENT, public)
+        digest = hashlib.sha256(payload).hexdigest()
+        entry = _listed(entries, envelope.key_id, digest)
+        _check_attribution(item, entry)
+        _check_document(item, payload, statement)
+    except EnvelopeError as exc:
+        return Check(False, subject, str(exc))
+    except BundleError as exc:
+        return Check(False, subject, str(exc))
+    where = f"{item.get('cc')} AS{item.get('asn')} {item.get('network_source')}"
+    return Check(
+        True,
+        subject,
+        f"{entry.get('role', 'probe')} key {envelope.key_id[:16]}, {where}: signature, key id "
+        "and attribution as the statement says",
+    )
+
+
+def _listed(entries: list[dict[str, Any]], key_id: str, digest: str) -> dict[str, Any]:
+    for entry in entries:
+        if entry.get("key_id") == key_id and entry.get("sha256") == digest:
+            return entry
+    raise BundleError("its key id and payload SHA-256 are not in the statement")
+
+
+def _check_attribution(item: dict[str, Any], entry: dict[str, Any]) -> None:
+    if entry.get("id") != item.get("id"):
+        raise BundleError("the statement lists this payload under another id")
+    changed = [name for name in ATTRIBUTION if item.get(name) != entry.get(name)]
+    if changed:
+        raise BundleError(f"its {', '.join(changed)} differ from the statement's")
+
+
+def _check_document(item: dict[str, Any], payload: bytes, statement: dict[str, Any]) -> None:
+    try:
+        document = json.loads(payload)
+        measured = document["measurement"]
+        measurement_id, domain = measured["measurement_id"], measured["domain"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        raise BundleError("the signed payload is not a measurement document") from None
+    if measurement_id != item.get("id"):
+        raise BundleError(f"the probe signed the id {measurement_id!r}, not this one")
+    event = statement.get("event")
+    if isinstance(event, dict) and domain != event.get("domain"):
+        raise BundleError(f"the probe measured {domain!r}, not the event's domain")
+
+
+def _completeness(
+    bundle: dict[str, Any],
+    entries: list[dict[str, Any]],
+    seen: set[tuple[str, str]],
+    result: Verification,
+) -> list[Check]:
+    """Published entries the bundle lacks, and the withheld count against the statement."""
+    checks = []
+    for entry in entries:
+        if entry.get("published") and (entry.get("key_id"), entry.get("id")) not in seen:
+            checks.append(
+                Check(
+                    False,
+                    f"measurement {entry.get('id')}",
+                    "published in the statement, missing from the bundle",
+                )
+            )
+    withheld = sum(1 for e in entries if not e.get("published"))
+    result.withheld = withheld
+    if entries and withheld != bundle.get("withheld"):
+        told = f"withheld is {bundle.get('withheld')}, the statement's {withheld}"
+        checks.append(Check(False, "bundle", told))
+    return checks
