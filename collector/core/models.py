@@ -134,6 +134,8 @@ class TargetRow(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     source: Mapped[str | None] = mapped_column(String(200))
     added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Removed targets stay for the spool's life: their measurements are still accepted.
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     group: Mapped[TargetGroupRow | None] = relationship(back_populates="targets")
 
@@ -341,9 +343,13 @@ class SubscriptionRow(Base):
     domain: Mapped[str | None] = mapped_column(String(253), index=True)
     group_name: Mapped[str | None] = mapped_column(String(100), index=True)
     channel: Mapped[str] = mapped_column(String(16))
-    # Channel settings (URL, room, topic...): may hold secrets (tokens), never logged.
+    # Channel settings (URL, room, topic...), JSON: may hold secrets (tokens), never logged.
+    # settings, secret and previous_secret are sealed (bws1:..., collector/core/secrets.py).
     settings: Mapped[str] = mapped_column(Text)
-    secret: Mapped[str | None] = mapped_column(String(64))  # whsec_... (webhook)
+    secret: Mapped[str | None] = mapped_column(Text)  # whsec_... (webhook)
+    # After rotate-secret, the old secret still signs until then (both signatures sent).
+    previous_secret: Mapped[str | None] = mapped_column(Text)
+    previous_secret_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     state: Mapped[str] = mapped_column(
         String(16), index=True
     )  # pending|active|paused|failing|disabled

@@ -115,9 +115,46 @@ class CollectorSettings(BaseSettings):
     max_future_skew: float = Field(
         300.0, ge=0, description="How far in the future (clock skew) a signed document may be."
     )
-    max_age: float = Field(8 * 86400.0, gt=0, description="How old a signed document may be.")
+    max_age: float = Field(
+        8 * 86400.0, gt=0, description="How old a signed measurement may be (the spool's life)."
+    )
+    max_request_age: float = Field(
+        600.0,
+        gt=0,
+        description="How old a signed check-in, enrollment or key rotation may be (10 min): "
+        "these are sent at once, never spooled.",
+    )
+    retired_key_grace: float = Field(
+        86400.0,
+        ge=0,
+        description="How long after a rotation the collector recorded the old key's "
+        "measurements (signed before it) are still accepted (24h).",
+    )
     max_batch_items: int = Field(500, ge=1, le=10_000, description="Envelopes in one batch.")
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Request body limit.")
+    max_payload_bytes: int = Field(
+        64 * 1024, ge=1024, description="Signed bytes of one measurement (64 KiB)."
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Request body limit, after decompression (8 MiB: a full batch of large "
+        "measurements; docs/operator-guide.md says how it was measured).",
+    )
+    measurement_quota: int = Field(
+        0,
+        ge=0,
+        description="Measurements one key may store per measurement interval of measurement "
+        "time (0: 4 per target, plus 32).",
+    )
+    unverified_rate_limit: int = Field(
+        600,
+        ge=0,
+        description="Requests per minute, all probes together, that verify no key at all "
+        "(0: no limit).",
+    )
+    max_pending_enrollments: int = Field(
+        1000, ge=0, description="Enrollments waiting for approval, at most."
+    )
     probe_rate_limit: int = Field(
         120, ge=0, description="Requests per minute per probe key on check-in and submission "
         "(0: no limit).",
@@ -269,6 +306,29 @@ class CollectorSettings(BaseSettings):
                 f"secret of at least {MIN_ADMIN_TOKEN_LENGTH} characters "
                 "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
                 "or run with BLOCKWATCH_MODE=lab for a lab or demo"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _require_shared_key(self) -> CollectorSettings:
+        # Replicas on one PostgreSQL must sign evidence with one key (collector/core/keys.py).
+        if self.key_file is None and not self.is_sqlite and self.mode is Mode.PRODUCTION:
+            raise ValueError(
+                "refusing to start: with PostgreSQL every replica must sign with one key; run "
+                "`blockwatch-collector keygen --out PATH` once and give every replica that "
+                "file (--key-file PATH or BLOCKWATCH_KEY_FILE)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _require_secret_key(self) -> CollectorSettings:
+        # PostgreSQL has no file beside it for the key sealing secrets (collector/core/secrets.py).
+        keyless = not self.secret_key.get_secret_value().strip()
+        if keyless and not self.is_sqlite and self.mode is Mode.PRODUCTION:
+            raise ValueError(
+                "refusing to start: with PostgreSQL, set BLOCKWATCH_SECRET_KEY (`blockwatch-"
+                "collector secrets keygen` makes one), the same on every replica: it seals "
+                "the subscriptions' secrets at rest"
             )
         return self
 

@@ -62,18 +62,38 @@ def parse_document(envelope: Envelope, model: type[Doc]) -> Doc:
         raise Unprocessable(f"payload {where}: {first.get('msg')}", code) from exc
 
 
-def check_window(doc: SignedDocument, settings: CollectorSettings, now: datetime) -> None:
+def max_age(purpose: Purpose, settings: CollectorSettings) -> float:
+    """How old a document of *purpose* may be: a measurement waits in the spool for
+    days; a check-in, enrollment or rotation is sent when it is signed."""
+    return settings.max_age if purpose is Purpose.MEASUREMENT else settings.max_request_age
+
+
+def check_window(
+    doc: SignedDocument, settings: CollectorSettings, now: datetime, oldest: float | None = None
+) -> None:
     if doc.signed_at > now + timedelta(seconds=settings.max_future_skew):
         raise Unprocessable("signed_at is in the future", "err_timestamp_out_of_window")
-    if doc.signed_at < now - timedelta(seconds=settings.max_age):
+    age = settings.max_age if oldest is None else oldest
+    if doc.signed_at < now - timedelta(seconds=age):
         raise Unprocessable("signed_at is too old", "err_timestamp_out_of_window")
 
 
-def key_usable(probe: ProbeRow, key: ProbeKeyRow, signed_at: datetime) -> None:
-    """Raise unless this key may sign a document dated *signed_at*."""
+def key_usable(
+    probe: ProbeRow, key: ProbeKeyRow, signed_at: datetime, now: datetime, grace: float
+) -> None:
+    """Raise unless this key may sign a document dated *signed_at*, received *now*.
+
+    A retired key's documents are accepted only when they say they were signed
+    before the rotation AND arrive within *grace* of it: a stolen old key cannot
+    backdate new measurements for ever.
+    """
     if probe.status == "revoked" or key.status == "revoked":
         raise Forbidden("this probe's key is revoked", "err_revoked_key")
-    if key.status == "retired" and (key.retired_at is None or signed_at >= key.retired_at):
+    if key.status == "retired" and (
+        key.retired_at is None
+        or signed_at >= key.retired_at
+        or now > key.retired_at + timedelta(seconds=grace)
+    ):
         raise Forbidden("this key was retired by a rotation", "err_revoked_key")
     if probe.status == "pending":
         raise Forbidden("the probe waits for approval", "err_probe_pending")
@@ -92,6 +112,6 @@ def authenticate(
         raise Unauthorized("no probe has this key", "err_unknown_key")
     check_signature(envelope, purpose, key.public_key)
     doc = parse_document(envelope, model)
-    check_window(doc, settings, now)
-    key_usable(key.probe, key, doc.signed_at)
+    check_window(doc, settings, now, max_age(purpose, settings))
+    key_usable(key.probe, key, doc.signed_at, now, settings.retired_key_grace)
     return Authenticated(key.probe, key, doc.signed_at), doc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
 from probe_agent.protocol.envelope import PUBLIC_KEY_BYTES
@@ -26,6 +28,10 @@ from probe_agent.protocol.errors import InvalidDomainError
 from probe_agent.protocol.inputs import normalize_domain
 
 ShortText = Annotated[str, StringConstraints(max_length=200)]
+# Fields a newer probe may add are kept as signed, within bounds: so many, so large.
+MAX_EXTRA_FIELDS = 16
+MAX_EXTRA_BYTES = 8 * 1024
+MAX_STEP_FIELDS = 64  # keys of one DNS, TCP, TLS or HTTP step
 HintName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")]
 
@@ -122,8 +128,27 @@ class MeasurementBody(BaseModel):
         except InvalidDomainError as exc:
             raise ValueError(str(exc)) from exc
 
+    @field_validator("dns", "tcp", "tls", "http")
+    @classmethod
+    def _steps(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for step in steps:
+            if len(step) > MAX_STEP_FIELDS:
+                raise ValueError(f"a step has more than {MAX_STEP_FIELDS} fields")
+        return steps
+
+    @model_validator(mode="after")
+    def _bounded_extra(self) -> MeasurementBody:
+        extra = self.model_extra or {}
+        if len(extra) > MAX_EXTRA_FIELDS:
+            raise ValueError(f"more than {MAX_EXTRA_FIELDS} fields this collector does not know")
+        for name, value in extra.items():
+            if len(name) > 64 or len(json.dumps(value)) > MAX_EXTRA_BYTES:
+                raise ValueError(f"unknown field {name[:64]!r} is over {MAX_EXTRA_BYTES} bytes")
+        return self
+
 
 class MeasurementDocument(SignedDocument):
     measurement: MeasurementBody
     declared: Declared | None = None
     via_proxy: bool = False
+

@@ -28,9 +28,10 @@ from sqlalchemy.orm import Session
 
 from collector.core import metrics
 from collector.core.clock import Clock
-from collector.core.errors import CollectorError
+from collector.core.errors import CollectorError, TooLarge, Unprocessable
 from collector.core.models import AnalysisQueueRow, MeasurementRow, ProbeKeyRow
 from collector.core.settings import CollectorSettings
+from collector.services.admission import Admission
 from collector.services.auth import authenticate, envelope_from
 from collector.services.documents import MeasurementDocument
 from collector.services.geo import Network
@@ -121,19 +122,46 @@ def _insert_postgresql(session: Session, rows: list[dict[str, Any]]) -> dict[Sto
     return stored
 
 
+def _already_stored(session: Session, rows: list[dict[str, Any]]) -> set[StoredKey]:
+    wanted = {_stored_key(row) for row in rows}
+    found = session.execute(
+        select(MeasurementRow.key_id, MeasurementRow.measurement_id).where(
+            MeasurementRow.measurement_id.in_(sorted({mid for _, mid in wanted}))
+        )
+    )
+    return {(key_id, mid) for key_id, mid in found if (key_id, mid) in wanted}
+
+
 class IngestService:
     def __init__(self, settings: CollectorSettings, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
 
     def ingest(
-        self, session: Session, items: list[Any], network_of: NetworkOf
+        self,
+        session: Session,
+        items: list[Any],
+        network_of: NetworkOf,
+        admission: Admission | None = None,
     ) -> list[IngestOutcome]:
+        """Each item verified, checked and stored (or refused with its reason).
+
+        *admission* (one per app) applies the rate, the quota and the target list
+        after the signatures; without it (tools, tests of the parsing) none apply.
+        Raises RateLimited, storing nothing, when a verified key is over its rate.
+        """
         results = [IngestOutcome(index=i, status="rejected") for i in range(len(items))]
         envelopes = {}
         for i, item in enumerate(items):
             try:
                 envelopes[i] = envelope_from(item)
+                if len(envelopes[i].payload) > self.settings.max_payload_bytes:
+                    del envelopes[i]
+                    raise TooLarge(
+                        f"a measurement's signed bytes are over "
+                        f"{self.settings.max_payload_bytes} bytes",
+                        "err_payload_too_large",
+                    )
             except CollectorError as exc:
                 self._reject(results[i], exc)
         key_ids = {e.key_id for e in envelopes.values()}
@@ -154,10 +182,52 @@ class IngestService:
                 self._reject(results[i], exc)
             else:
                 results[i].measurement_id = rows[i]["measurement_id"]
+        if admission is not None:
+            self._admit(session, admission, rows, results, len(items), now)
         self._store(session, rows, results)
+        if admission is not None:
+            for i, row in rows.items():
+                if results[i].status == "duplicate":
+                    admission.give_back(row["key_id"], row["started_at"])
         for result in results:
             metrics.MEASUREMENTS.labels(status=result.status).inc()
         return results
+
+    def _admit(
+        self,
+        session: Session,
+        admission: Admission,
+        rows: dict[int, dict[str, Any]],
+        results: list[IngestOutcome],
+        items: int,
+        now: datetime,
+    ) -> None:
+        """Rates (per verified key), then the target list and the quota, item by item."""
+        admission.check_rates({row["key_id"] for row in rows.values()}, items)
+        allowed, target_count = admission.targets.snapshot(session, now)
+        quota = admission.quota(target_count)
+        over: dict[int, CollectorError] = {}
+        for i in list(rows):
+            row = rows[i]
+            try:
+                if row["role"] != "control":  # the control measures what it is asked to
+                    admission.check_domain(row["domain"], allowed)
+            except CollectorError as exc:
+                del rows[i]
+                self._reject(results[i], exc)
+                continue
+            try:
+                admission.take(row["key_id"], row["started_at"], quota)
+            except CollectorError as exc:
+                over[i] = exc
+        if over:
+            # Over the quota, unless already stored: a resubmission (its answer was
+            # lost) is still answered "duplicate", or the probe would retry for ever.
+            known = _already_stored(session, [rows[i] for i in over])
+            for i, refusal in over.items():
+                if _stored_key(rows[i]) not in known:
+                    del rows[i]
+                    self._reject(results[i], refusal)
 
     def _reject(self, result: IngestOutcome, exc: CollectorError) -> None:
         result.status, result.code, result.message = "rejected", exc.code, exc.message
@@ -169,9 +239,13 @@ class IngestService:
         signer, doc = authenticate(
             envelope, key, Purpose.MEASUREMENT, MeasurementDocument, self.settings, now
         )
+        m = doc.measurement
+        if m.started_at > doc.signed_at:  # and signed_at <= now + skew: never in the future
+            raise Unprocessable(
+                "measurement.started_at is after signed_at", "err_timestamp_out_of_window"
+            )
         declared = (doc.declared.cc.upper(), doc.declared.asn) if doc.declared else None
         network = network_of(declared, doc.via_proxy)
-        m = doc.measurement
         return {
             "measurement_id": m.measurement_id,
             "probe_id": signer.probe.id,

@@ -17,7 +17,7 @@ import secrets
 from datetime import timedelta
 from typing import TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from collector.core.clock import Clock
@@ -26,6 +26,7 @@ from collector.core.errors import (
     Conflict,
     Forbidden,
     NotFound,
+    RateLimited,
     Unauthorized,
     Unprocessable,
 )
@@ -143,7 +144,7 @@ class ProbeService:
             raise Unauthorized("the key id is not this key's fingerprint", "err_bad_signature")
         check_signature(envelope, Purpose.ENROLL, public_key)
         doc = parse_document(envelope, EnrollDocument)
-        check_window(doc, self.settings, self.clock.now())
+        check_window(doc, self.settings, self.clock.now(), self.settings.max_request_age)
         existing = session.get(ProbeKeyRow, envelope.key_id)
         if existing is not None:
             return existing.probe, existing, False
@@ -155,6 +156,14 @@ class ProbeService:
             raise Forbidden("a control probe needs an enrollment token issued for that role")
         else:
             status = "active" if self.settings.open_enrollment else "pending"
+            if (
+                status == "pending"
+                and self._pending(session) >= self.settings.max_pending_enrollments
+            ):
+                # Unauthenticated, so bounded: an operator approves from a queue they can read.
+                raise RateLimited(
+                    "the enrollment queue is full; ask the operator for a token", 3600
+                )
         now = self.clock.now()
         probe = ProbeRow(
             id=new_probe_id(),
@@ -265,6 +274,9 @@ class ProbeService:
             key.status = "revoked"
         self._reevaluate(session, [probe.id])
         return probe
+
+    def _pending(self, session: Session) -> int:
+        return session.scalar(select(func.count()).where(ProbeRow.status == "pending")) or 0
 
     def vouch(
         self, session: Session, probe_id: str, cc: str, asn: int, region: str | None = None

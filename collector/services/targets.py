@@ -8,6 +8,7 @@ its admins run so that users can route around a block. Domains are normalized
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -63,7 +64,7 @@ class TargetService:
                 row = TargetRow(domain=name, kind=kind, enabled=True, source=source)
                 session.add(row)
             else:
-                row.enabled = True
+                row.enabled, row.removed_at = True, None
                 row.kind = kind if group_row is not None or kind != "primary" else row.kind
             if group_row is not None:
                 row.group = group_row
@@ -72,15 +73,24 @@ class TargetService:
         return rows
 
     def remove(self, session: Session, domain: str) -> None:
+        """Stop measuring *domain*. The row stays, marked removed, so that probes'
+        spooled measurements of it are still accepted for the spool's life."""
         name = normalize(domain)
-        row = session.scalar(select(TargetRow).where(TargetRow.domain == name))
+        row = session.scalar(
+            select(TargetRow).where(TargetRow.domain == name, TargetRow.removed_at.is_(None))
+        )
         if row is None:
             raise NotFound(f"no target {name!r}")
-        session.delete(row)
+        row.enabled, row.removed_at = False, datetime.now(UTC)
         session.flush()
 
     def all(self, session: Session) -> list[TargetRow]:
-        query = select(TargetRow).options(selectinload(TargetRow.group)).order_by(TargetRow.domain)
+        query = (
+            select(TargetRow)
+            .where(TargetRow.removed_at.is_(None))
+            .options(selectinload(TargetRow.group))
+            .order_by(TargetRow.domain)
+        )
         return list(session.scalars(query))
 
     def group_of(self, session: Session, domain: str) -> list[TargetRow]:

@@ -49,6 +49,8 @@ def _items(data: bytes, max_items: int) -> list[Any]:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("the body is not valid JSON", "err_malformed_json") from exc
+    except RecursionError as exc:
+        raise BadRequest("the body's JSON is nested too deeply", "err_malformed_json") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("measurements"), list):
         raise Unprocessable('the body must be {"measurements": [envelope, ...]}')
     items: list[Any] = doc["measurements"]
@@ -75,7 +77,7 @@ async def submit(
     service = IngestService(settings, clock)
     started = time.perf_counter()
     limiter = request.app.state.ingest_limiter
-    rate_limiter = request.app.state.rate_limiter
+    admission = request.app.state.admission
 
     def ingest() -> list[Any]:
         # Off the event loop, and at most a few at once: the work is CPU-bound and
@@ -83,12 +85,10 @@ async def submit(
         items = _items(
             _decompress(body, encoding, settings.max_body_bytes), settings.max_batch_items
         )
-        first_key = next((i.get("key_id") for i in items if isinstance(i, dict)), None)
-        if isinstance(first_key, str):
-            rate_limiter.check(first_key)
+        # Rates, quotas and the target list apply after the signatures (the service).
         session = request.app.state.sessions()
         try:
-            return service.ingest(session, items, network_of)
+            return service.ingest(session, items, network_of, admission)
         finally:
             session.close()
 

@@ -15,6 +15,8 @@
   that nobody can squat another probe's id (``uq_measurements_key_measurement``);
   ids are still indexed for the evidence lookups.
 - ``events.probe_ids`` is renamed ``volunteers``: it holds volunteer ids.
+- ``targets.removed_at``: a removed target stays, so that spooled measurements of
+  it are still accepted (measurements must be of targets now).
 
 Revision ID: 0005
 Revises: 0004
@@ -86,9 +88,14 @@ def upgrade() -> None:
 
     with op.batch_alter_table("events") as batch:
         batch.alter_column("probe_ids", new_column_name="volunteers")
+    with op.batch_alter_table("targets") as batch:
+        batch.add_column(sa.Column("removed_at", sa.DateTime(), nullable=True))
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM targets WHERE removed_at IS NOT NULL")
+    with op.batch_alter_table("targets") as batch:
+        batch.drop_column("removed_at")
     with op.batch_alter_table("events") as batch:
         batch.alter_column("volunteers", new_column_name="probe_ids")
     op.drop_index("ix_measurements_measurement_id", table_name="measurements")

@@ -19,6 +19,9 @@ from tests.collector.helpers import ADMIN, TestProbe, enroll, error_code, measur
 
 @pytest.fixture
 def probe(client: TestClient) -> TestProbe:
+    # Measurements must be of targets: the one these tests measure is one.
+    answer = client.post("/api/v1/targets", json={"domains": ["alive.bar"]}, headers=ADMIN)
+    assert answer.status_code == 201, answer.text
     p = TestProbe()
     enroll(client, p, token=token(client))
     return p
