@@ -74,8 +74,12 @@ def build(
     message_id: str,
     timestamp: int,
     document: dict[str, Any],
+    previous_secret: str | None = None,
 ) -> Request:
-    """The request for every channel but Mastodon (see ``mastodon_status``)."""
+    """The request for every channel but Mastodon (see ``mastodon_status``).
+
+    *settings* and the secrets come opened (clear) from the outbox; a webhook is
+    signed with *secret*, and with *previous_secret* too during a rotation."""
     json_headers = {"Content-Type": "application/json"}
     if channel == "webhook":
         body = _json(document)
@@ -83,7 +87,10 @@ def build(
         return Request(
             "POST",
             settings["url"],
-            {**json_headers, **signing.headers(secret, message_id, timestamp, body)},
+            {
+                **json_headers,
+                **signing.headers(secret, message_id, timestamp, body, previous_secret),
+            },
             body,
         )
     text = summary(document)

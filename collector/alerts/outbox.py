@@ -17,7 +17,11 @@
    delivered. 410: the endpoint is gone, the subscription is disabled.
    Anything else: retried on the Standard Webhooks schedule (5 s, 5 min, 30 min,
    2 h, 5 h, 10 h, 10 h: about a day) with jitter, or later if ``Retry-After``
-   says so; then dead, and the subscription is marked failing.
+   says so; then dead, and the subscription is marked failing. The
+   subscription's settings and secrets are stored sealed
+   (collector/core/secrets.py): they are opened here, in memory, for the
+   request only. A secret none of the keys opens is a failed attempt, retried
+   like any other (the operator may add the missing key), and logged by key id.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from collector.core.models import (
     TargetRow,
 )
 from collector.core.publication import Publication, network_volunteers
+from collector.core.secrets import Sealer, SecretKeyError
 from collector.core.settings import CollectorSettings
 from collector.netsafety import (
     MAX_RESPONSE_BYTES,
@@ -115,6 +120,7 @@ class Outbox:
         self.sessions = sessions
         self.rng = rng or random.Random()  # noqa: S311 (retry jitter, not a secret)
         self.publication = Publication.public(settings)
+        self.sealer = Sealer(settings)
         allow = parse_allowlist(settings.webhook_allowlist)
         if settings.webhook_allow_private:
             allow += parse_allowlist("0.0.0.0/0,::/0")
@@ -326,14 +332,20 @@ class Outbox:
         self, http: aiohttp.ClientSession, delivery: DeliveryRow, sub: SubscriptionRow
     ) -> tuple[int | None, str | None, float | None]:
         document = json.loads(delivery.payload)
-        settings = json.loads(sub.settings)
         try:
+            settings = json.loads(self.sealer.open(sub.settings))
             if sub.channel == "mastodon":
                 request = await self._mastodon_request(http, sub, settings, delivery, document)
             else:
-                timestamp = int(self.clock.now().timestamp())
+                now = self.clock.now()
                 request = channels.build(
-                    sub.channel, settings, sub.secret, delivery.message_id, timestamp, document
+                    sub.channel,
+                    settings,
+                    self.sealer.open_optional(sub.secret),
+                    delivery.message_id,
+                    int(now.timestamp()),
+                    document,
+                    self._previous_secret(sub, now),
                 )
             check_literal(request.url, self.allow)
             async with http.request(
@@ -350,8 +362,18 @@ class Outbox:
                 return answer.status, f"HTTP {answer.status}", retry_after
         except UnsafeDestination as exc:
             return None, f"refused: {exc}"[:200], None
+        except SecretKeyError as exc:  # names key ids only, never a key or a secret
+            log.error("subscription %s: %s", sub.id, exc.message)
+            return None, exc.code, None
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError) as exc:
             return None, type(exc).__name__, None
+
+    def _previous_secret(self, sub: SubscriptionRow, now: datetime) -> str | None:
+        """The secret a rotation replaced, while it still signs (services.subscriptions)."""
+        until = sub.previous_secret_until
+        if sub.previous_secret is None or until is None or until <= now:
+            return None
+        return self.sealer.open(sub.previous_secret)
 
     async def _mastodon_request(
         self,

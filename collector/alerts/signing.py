@@ -36,10 +36,20 @@ def hub_signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def headers(
+    secret: str, message_id: str, timestamp: int, body: bytes, previous: str | None = None
+) -> dict[str, str]:
+    """The signature headers; *previous*, a secret just rotated out, signs beside *secret*.
+
+    Standard Webhooks lets ``webhook-signature`` carry several space-separated
+    signatures (a receiver accepts any one it can check), which is how a rotation
+    overlaps; ``X-Hub-Signature-256`` holds one, made with the new secret."""
+    signatures = [standard_signature(secret, message_id, timestamp, body)]
+    if previous is not None:
+        signatures.append(standard_signature(previous, message_id, timestamp, body))
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": standard_signature(secret, message_id, timestamp, body),
+        "webhook-signature": " ".join(signatures),
         "X-Hub-Signature-256": hub_signature(secret, body),
     }

@@ -34,6 +34,7 @@ from collector.core.errors import CollectorError, RateLimited
 from collector.core.settings import CollectorSettings
 from collector.detection.loops import BackgroundLoops
 from collector.services.geo import Geolocator, make_geolocator
+from collector.services.subscriptions import seal_at_startup
 
 log = logging.getLogger("blockwatch.collector")
 # Batches verified and stored at once per process (CPU- and GIL-bound work).
@@ -93,6 +94,7 @@ def create_app(
             warm_up()  # ~0.1 s once, rather than on the first check-in
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
+        seal_at_startup(settings, app.state.sessions, app.state.clock.now())  # or refuse
         app.state.ingest_limiter = anyio.CapacityLimiter(INGEST_THREADS)
         loops = None
         if settings.detector:

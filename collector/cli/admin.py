@@ -182,11 +182,12 @@ def subscriptions_add(
     settings = admin_settings(database_url)
     try:
         with sessions(settings) as factory, session_scope(factory) as session:
-            row, token = SubscriptionService(settings).create(
+            service = SubscriptionService(settings)
+            row, token = service.create(
                 session, domain=domain, group=group, channel=channel, channel_settings=values,
                 admin=True,
             )  # fmt: skip
-            sub_id, secret = row.id, row.secret
+            sub_id, secret = row.id, service.secret(row)
     except CollectorError as exc:
         raise fail(exc) from None
     typer.echo(f"subscription {sub_id} (active)")
@@ -247,7 +248,8 @@ def _subscription_action(action: str, sub_id: str, database_url: str | None) -> 
             elif action == "resume":
                 service.resume(row)
             elif action == "rotate":
-                typer.echo(f"new signing secret: {service.rotate(row)}")
+                new = service.rotate(row, SystemClock().now())
+                typer.echo(f"new signing secret: {new} (the old one signs too for 24 hours)")
             else:
                 service.delete(session, row)
     except CollectorError as exc:

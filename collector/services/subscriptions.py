@@ -8,6 +8,13 @@ shown once, stored hashed) with which its owner lists, pauses, resumes, rotates
 the secret of and deletes it, and, for webhooks, the signing secret
 (``whsec_...``, shown once). Channel settings that are secrets (access tokens)
 are never shown back.
+
+Secrets at rest (collector/core/secrets.py): the channel settings, the signing
+secret and the one it replaced are stored sealed, on every write here; the
+outbox opens them to send. ``rotate`` keeps the old secret signing beside the
+new one for ``ROTATION_OVERLAP``, so that a receiver switches without losing a
+message. ``seal_stored`` seals what an older version left clear (at startup)
+and re-seals with a new key (``secrets rotate``); ``sealing_status`` counts.
 """
 
 from __future__ import annotations
@@ -15,22 +22,31 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
-from datetime import datetime
-from typing import Any
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from collector.alerts import channels, signing
 from collector.alerts.verify import FILE_PATH, TXT_PREFIX, file_url
+from collector.core.db import session_scope
 from collector.core.errors import Conflict, NotFound, Unauthorized, Unprocessable
 from collector.core.models import SubscriptionRow, TargetGroupRow, TargetRow
+from collector.core.secrets import VARIABLE, Keyring, Sealer, SecretKeyError, sealed_key_id
 from collector.core.settings import CollectorSettings, Mode
 from collector.netsafety import UnsafeDestination, check_literal, check_url, parse_allowlist
 from collector.services.targets import normalize
 
 URL_SETTINGS = ("url", "homeserver", "bot_instance", "instance_url")
+log = logging.getLogger("blockwatch.collector.subscriptions")
+# How long the replaced secret still signs after a rotation (both signatures sent).
+ROTATION_OVERLAP = timedelta(hours=24)
+SEALED_COLUMNS: tuple[str, ...] = ("settings", "secret", "previous_secret")
 
 
 def _hash(token: str) -> str:
@@ -42,7 +58,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def subscription_json(row: SubscriptionRow, settings: CollectorSettings) -> dict[str, Any]:
-    shown = {k: v for k, v in json.loads(row.settings).items() if k not in channels.SECRET_SETTINGS}
+    stored = json.loads(Sealer(settings).open(row.settings))
+    shown = {k: v for k, v in stored.items() if k not in channels.SECRET_SETTINGS}
     out: dict[str, Any] = {
         "id": row.id,
         "domain": row.domain,
@@ -70,6 +87,7 @@ def subscription_json(row: SubscriptionRow, settings: CollectorSettings) -> dict
 class SubscriptionService:
     def __init__(self, settings: CollectorSettings) -> None:
         self.settings = settings
+        self.sealer = Sealer(settings)
         self.allow = parse_allowlist(settings.webhook_allowlist)
         if settings.webhook_allow_private:
             self.allow += parse_allowlist("0.0.0.0/0,::/0")
@@ -108,7 +126,7 @@ class SubscriptionService:
         channel_settings: dict[str, Any],
         admin: bool,
     ) -> tuple[SubscriptionRow, str]:
-        """A new subscription and its management token (the row holds the secret)."""
+        """A new subscription and its management token (``secret(row)`` opens its secret)."""
         if (domain is None) == (group is None):
             raise Unprocessable("name a domain or a group, not both", "err_subscription_target")
         if domain is not None:
@@ -130,8 +148,8 @@ class SubscriptionService:
             domain=domain,
             group_name=group,
             channel=channel,
-            settings=json.dumps(cleaned),
-            secret=signing.new_secret() if channel == "webhook" else None,
+            settings=self.sealer.seal(json.dumps(cleaned)),
+            secret=self.sealer.seal(signing.new_secret()) if channel == "webhook" else None,
             state="active" if admin else "pending",
             challenge=None if admin else "bwv_" + secrets.token_urlsafe(24),
             manage_hash=_hash(token),
@@ -172,13 +190,159 @@ class SubscriptionService:
             raise Conflict(f"the subscription is {row.state}", "err_not_paused")
         row.state, row.failing_since = "active", None
 
-    def rotate(self, row: SubscriptionRow) -> str:
+    def secret(self, row: SubscriptionRow) -> str | None:
+        """The signing secret in clear: for its one-time display, never for a listing."""
+        return self.sealer.open_optional(row.secret)
+
+    def rotate(self, row: SubscriptionRow, now: datetime) -> str:
+        """A new signing secret (returned in clear, once); the old one signs for a day more.
+
+        Rotating again within the overlap drops the oldest: only the secret being
+        replaced keeps signing."""
         if row.channel != "webhook":
             raise Conflict("only webhooks have a signing secret", "err_no_secret")
-        row.secret = signing.new_secret()
-        assert row.secret is not None
-        return row.secret
+        new = signing.new_secret()
+        # The old value moves as it is stored (sealed): it need not be opened.
+        row.previous_secret, row.previous_secret_until = row.secret, now + ROTATION_OVERLAP
+        row.secret = self.sealer.seal(new)
+        return new
 
     def delete(self, session: Session, row: SubscriptionRow) -> None:
         session.delete(row)
         session.flush()
+
+
+def seal_at_startup(
+    settings: CollectorSettings, sessions: sessionmaker[Session], now: datetime
+) -> None:
+    """Find the key (a lone instance makes its file now), then seal what is still clear.
+
+    A malformed key refuses the start; no key at all only in production (the lab
+    and demo modes on PostgreSQL run without, until something must be sealed).
+    Values sealed with a key the collector lacks are reported, by key id: their
+    deliveries fail (and are retried) until the key is given back."""
+    sealer = Sealer(settings)
+    try:
+        sealer.keyring()
+        written = seal_stored(sessions, sealer, now).written
+    except SecretKeyError as exc:
+        if exc.code == "err_no_secret_key" and settings.mode is not Mode.PRODUCTION:
+            log.warning("secrets at rest: %s", exc.message)
+            return
+        log.error("secrets at rest: %s", exc.message)
+        raise
+    if written:
+        log.info("secrets at rest: %d stored values sealed or forgotten", written)
+    with session_scope(sessions) as session:
+        unknown = [k for k in sealing_status(session, sealer)["keys"] if k["role"] == "unknown"]
+    for key in unknown:
+        count = sum(key[c] for c in SEALED_COLUMNS)
+        log.error(
+            "secrets at rest: %d stored values are sealed with key %s, which %s lacks",
+            count,
+            key["id"],
+            VARIABLE,
+        )
+
+
+@dataclass(frozen=True)
+class Sealing:
+    """What ``seal_stored`` did: values written, and values no key opened (left as they are)."""
+
+    written: int
+    unopened: int
+
+
+def seal_stored(
+    sessions: sessionmaker[Session], sealer: Sealer, now: datetime, *, reseal: bool = False
+) -> Sealing:
+    """Seal the values still clear (*reseal*: and those another key than the first sealed),
+    and forget replaced secrets past their overlap.
+
+    Safe with several processes at once (replicas starting together): every write
+    is a compare-and-set on the value read, so a value another process sealed or
+    rotated meanwhile is left alone. Rows are written in id order (no deadlock)."""
+    keyring = sealer.keyring() if reseal else None
+    written = unopened = 0
+    with session_scope(sessions) as session:
+        rows = session.execute(
+            select(
+                SubscriptionRow.id,
+                SubscriptionRow.previous_secret_until,
+                *(getattr(SubscriptionRow, c) for c in SEALED_COLUMNS),
+            ).order_by(SubscriptionRow.id)
+        ).all()
+        for row in rows:
+            until = row.previous_secret_until
+            columns: tuple[str, ...] = SEALED_COLUMNS
+            if until is not None and until <= now:
+                written += _forget_previous(session, row.id, until)
+                columns = tuple(c for c in columns if c != "previous_secret")
+            for column in columns:
+                value = getattr(row, column)
+                if value is None or not _stale(value, keyring):
+                    continue
+                keyring = keyring or sealer.keyring()  # asked only when something is clear
+                try:
+                    sealed = keyring.reseal(value)
+                except SecretKeyError:  # sealed with a key we lack: kept, counted
+                    unopened += 1
+                    continue
+                written += _swap(session, row.id, column, value, sealed)
+    return Sealing(written, unopened)
+
+
+def _stale(value: str, keyring: Keyring | None) -> bool:
+    kid = sealed_key_id(value)
+    return kid is None or (keyring is not None and kid != keyring.ids[0])
+
+
+def _swap(session: Session, sub_id: str, column: str, old: str, new: str) -> int:
+    attribute = getattr(SubscriptionRow, column)
+    result = session.execute(
+        update(SubscriptionRow)
+        .where(SubscriptionRow.id == sub_id, attribute == old)
+        .values({column: new})
+        .execution_options(synchronize_session=False)
+    )
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _forget_previous(session: Session, sub_id: str, until: datetime) -> int:
+    result = session.execute(
+        update(SubscriptionRow)
+        .where(SubscriptionRow.id == sub_id, SubscriptionRow.previous_secret_until == until)
+        .values(previous_secret=None, previous_secret_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return cast(CursorResult[Any], result).rowcount
+
+
+def sealing_status(session: Session, sealer: Sealer) -> dict[str, Any]:
+    """How many stored values each key sealed, per column, and how many are clear.
+
+    ``{"keys": [{"id", "role": "sealing|opening|unknown", "settings", "secret",
+    "previous_secret"}], "clear": {column: N}, "source", "error"}``; no value shown."""
+    counts: dict[str, Counter[str]] = {c: Counter() for c in SEALED_COLUMNS}
+    for row in session.execute(select(*(getattr(SubscriptionRow, c) for c in SEALED_COLUMNS))):
+        for column, value in zip(SEALED_COLUMNS, row, strict=True):
+            if value is not None:
+                counts[column][sealed_key_id(value) or "clear"] += 1
+    ids: tuple[str, ...] = ()
+    source, error = None, None
+    try:
+        keyring = sealer.keyring()
+        ids, source = keyring.ids, keyring.source
+    except SecretKeyError as exc:
+        error = exc.message
+    seen = {kid for c in counts.values() for kid in c if kid != "clear"}
+    keys = [
+        {
+            "id": kid,
+            "role": "sealing" if ids[:1] == (kid,) else "opening" if kid in ids else "unknown",
+            **{column: counts[column][kid] for column in SEALED_COLUMNS},
+        }
+        for kid in [*ids, *sorted(seen - set(ids))]
+    ]
+    clear = {column: counts[column]["clear"] for column in SEALED_COLUMNS}
+    return {"keys": keys, "clear": clear, "source": source, "error": error}

@@ -24,6 +24,8 @@ from tests.collector.helpers import ADMIN_TOKEN
 PG_ADMIN_URL = os.environ.get(
     "BLOCKWATCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+# The key sealing secrets at rest on PostgreSQL (collector/core/secrets.py): a test key.
+TEST_SECRET_KEY = "dGVzdC1zZWFsaW5nLWtleS1ub3QtYS1zZWNyZXQtMDA="
 # A public address the fake geolocator knows: where test requests come from.
 CLIENT_IP = "202.96.134.133"  # a global address (never contacted: only a label)
 
@@ -106,6 +108,8 @@ def settings(database_url: str) -> CollectorSettings:
         open_enrollment=False,
         probe_rate_limit=0,
         detector=False,  # tests of the detector run its passes themselves
+        # SQLite keeps its sealing key in a file beside the database; PostgreSQL needs one.
+        secret_key="" if database_url.startswith("sqlite") else TEST_SECRET_KEY,
     )
 
 

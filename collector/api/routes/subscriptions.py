@@ -68,8 +68,9 @@ def create_subscription(
     )
     out = subscription_json(row, settings)
     out["token"] = token  # shown once
-    if row.secret:
-        out["secret"] = row.secret  # shown once
+    secret = SubscriptionService(settings).secret(row)
+    if secret:
+        out["secret"] = secret  # shown once (stored sealed)
     return out
 
 
@@ -122,7 +123,7 @@ async def verify_subscription(
 
 def _action(name: str) -> Any:
     def act(
-        sub_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep
+        sub_id: str, caller: CallerDep, session: SessionDep, settings: SettingsDep, clock: ClockDep
     ) -> dict[str, Any]:
         service = SubscriptionService(settings)
         row = service.get(session, sub_id, caller.token, caller.admin)
@@ -132,7 +133,7 @@ def _action(name: str) -> Any:
         elif name == "resume":
             service.resume(row)
         else:
-            out["secret"] = service.rotate(row)
+            out["secret"] = service.rotate(row, clock.now())  # shown once
         session.flush()
         return subscription_json(row, settings) | out
 

@@ -112,19 +112,28 @@ SERVE = ["--webhook-allow-private", "--detect-interval", "0.5s"]
 ENV = {"BLOCKWATCH_ALERT_TIMEOUT": "2", "BLOCKWATCH_ALERT_INTERVAL": "0.2"}
 
 
+def env(settings: CollectorSettings) -> dict[str, str]:
+    """ENV, and the sealing key the test's settings have (SQLite: the file both find)."""
+    return {**ENV, "BLOCKWATCH_SECRET_KEY": settings.secret_key.get_secret_value()}
+
+
 def test_kill_9_mid_delivery_then_delivered_after_restart(
     prepared: Any, settings: CollectorSettings, tmp_path: Path
 ) -> None:
     with SlowReceiver(hang_first=30) as receiver:
         add_subscription(prepared, settings, receiver.url)
         change(prepared, FakeClock(), "opened")
-        first = ServedCollector(settings.database_url, tmp_path / "a.log", SERVE, ENV).start()
+        first = ServedCollector(
+            settings.database_url, tmp_path / "a.log", SERVE, env(settings)
+        ).start()
         try:
             assert wait_for(lambda: len(receiver.ids) == 1, 20), "never sent"
             assert delivery_states(prepared) == {"sending": 1}
         finally:
             first.kill9()  # mid-request: the receiver never answered it
-        second = ServedCollector(settings.database_url, tmp_path / "b.log", SERVE, ENV).start()
+        second = ServedCollector(
+            settings.database_url, tmp_path / "b.log", SERVE, env(settings)
+        ).start()
         try:
             assert wait_for(lambda: delivery_states(prepared) == {"delivered": 1}, 30), (
                 delivery_states(prepared)
@@ -146,7 +155,9 @@ def test_two_collectors_on_postgresql_send_each_delivery_once(
         for _ in range(40):
             change(prepared, clock, "opened")
         collectors = [
-            ServedCollector(settings.database_url, tmp_path / f"{n}.log", SERVE, ENV).start()
+            ServedCollector(
+                settings.database_url, tmp_path / f"{n}.log", SERVE, env(settings)
+            ).start()
             for n in ("a", "b")
         ]
         try:
