@@ -26,11 +26,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from collector import __version__
 from collector.api.deps import require_metrics_reader
 from collector.api.ratelimit import RateLimiter
-from collector.api.routes import events, measurements, probes, subscriptions, targets
+from collector.api.routes import events, evidence, measurements, probes, subscriptions, targets
 from collector.core import metrics
 from collector.core.clock import Clock, SystemClock
 from collector.core.db import make_engine, make_session_factory, migrate
 from collector.core.errors import CollectorError, RateLimited
+from collector.core.keys import collector_key
 from collector.core.settings import CollectorSettings
 from collector.detection.loops import BackgroundLoops
 from collector.services.geo import Geolocator, make_geolocator
@@ -122,9 +123,11 @@ def create_app(
         settings.geoip_country_db, settings.geoip_asn_db
     )
     app.state.rate_limiter = RateLimiter(settings.probe_rate_limit)
-    routers = (probes, measurements, targets, events, subscriptions)
+    app.state.collector_key = collector_key(settings)  # before serving: refused, or made once
+    routers = (probes, measurements, targets, events, evidence, subscriptions)
     for router in (module.router for module in routers):
         app.include_router(router, prefix="/api/v1")
+    app.include_router(evidence.well_known)
     _install_error_handlers(app)
 
     # Always a token here; the private listener asks none (collector/api/metrics_listener.py).

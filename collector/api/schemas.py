@@ -210,6 +210,7 @@ class EventOut(BaseModel):
     revision: int
     rule_version: str
     forged_pool_version: str
+    evidence_bundle_url: str | None = None  # docs/evidence.md
 
 
 class EventList(BaseModel):

@@ -39,8 +39,14 @@ def json_list(text: str | None) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def event_json(row: EventRow) -> dict[str, Any]:
-    """An event as ``GET /api/v1/events`` shows it (docs/api.md)."""
+def evidence_bundle_url(event_id: int, public_url: str = "") -> str:
+    """Where the event's evidence bundle is (docs/evidence.md); a path without *public_url*."""
+    return f"{public_url.rstrip('/')}/api/v1/events/{event_id}/evidence"
+
+
+def event_json(row: EventRow, public_url: str = "") -> dict[str, Any]:
+    """An event as ``GET /api/v1/events`` shows it (docs/api.md); its evidence bundle's
+    URL is absolute when the collector's *public_url* is given."""
     return {
         "id": row.id,
         "domain": row.domain,
@@ -61,6 +67,7 @@ def event_json(row: EventRow) -> dict[str, Any]:
         "revision": row.revision,
         "rule_version": row.rule_version,
         "forged_pool_version": row.forged_pool_version,
+        "evidence_bundle_url": evidence_bundle_url(row.id, public_url),
     }
 
 
