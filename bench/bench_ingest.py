@@ -622,11 +622,13 @@ def run_posts(
         raise
 
 
-async def scrape_batch_seconds(base: str) -> tuple[float, int]:
-    """The collector's own ``blockwatch_ingest_batch_seconds`` (sum, count)."""
+async def scrape_batch_seconds(collector: Collector) -> tuple[float, int]:
+    """The collector's own ``blockwatch_ingest_batch_seconds`` (sum, count); /metrics
+    needs a token (the admin's here)."""
+    bearer = {"Authorization": f"Bearer {collector.admin_token}"}
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-        session.get(base + "/metrics") as resp,
+        session.get(collector.url + "/metrics", headers=bearer) as resp,
     ):
         text = await resp.text()
     total, count = 0.0, 0
@@ -740,7 +742,7 @@ def run_backend(
         pg0 = tree_cpu_seconds(postmaster) if postmaster else 0.0
         busy0 = machine_busy_seconds()
         me0 = resource.getrusage(resource.RUSAGE_SELF)
-        before_sum, before_count = asyncio.run(scrape_batch_seconds(collector.url))
+        before_sum, before_count = asyncio.run(scrape_batch_seconds(collector))
         tally = Tally()
         run_posts(collector.url, per_client, workload.batch_size, tally, args.max_seconds)
         wall = tally.last_answer - tally.first_sent
@@ -748,7 +750,7 @@ def run_backend(
         me1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu1 = tree_cpu_seconds(collector.pid)
         pg1 = tree_cpu_seconds(postmaster) if postmaster else 0.0
-        after_sum, after_count = asyncio.run(scrape_batch_seconds(collector.url))
+        after_sum, after_count = asyncio.run(scrape_batch_seconds(collector))
         collector.check_alive()
         result.wall_s = round(wall, 3)
         result.accepted = tally.accepted
