@@ -14,7 +14,10 @@ the Great Firewall treats blocked instances, then:
 3. the collector matches each measurement with a control, turns them into
    verdicts and the verdicts of the two probes into block events: the demo
    shows ``blockwatch-collector events`` and the status of an instance with its
-   mirror. The outage (broken.demo) is ``down``, never an event.
+   mirror. The outage (broken.demo) is ``down``, never an event;
+4. alive.demo's evidence bundle, fetched with the admin token while the
+   collector runs, is verified offline at the end (``blockwatch-probe verify``
+   against the saved ``/.well-known/blockwatch.json``; docs/evidence.md).
 
 No packet leaves the machine: the resolver, the instances and the collector all
 live in 127.0.0.0/8.
@@ -23,10 +26,13 @@ live in 127.0.0.0/8.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +121,9 @@ async def _collector_round(
     collector, probe = str(bin_dir / "blockwatch-collector"), str(bin_dir / "blockwatch-probe")
     database = f"sqlite:///{tmp}/collector.db"
     port = free_tcp_port("127.0.0.1")
-    env = {**os.environ, "BLOCKWATCH_DATABASE_URL": database, "COLUMNS": "160"}
+    admin_token = secrets.token_urlsafe(32)  # the evidence bundle is fetched as the operator
+    env = {**os.environ, "BLOCKWATCH_DATABASE_URL": database, "COLUMNS": "160",
+           "BLOCKWATCH_ADMIN_TOKEN": admin_token}  # fmt: skip
     domains = [inst.domain for inst, _ in INSTANCES if "alive" not in inst.domain] + [BOGON[0]]
     await _run(console, [collector, "targets", "add", *domains], env)
     await _run(console, [collector, "targets", "add", "alive.demo", "--group", "alive"], env)
@@ -152,6 +160,7 @@ async def _collector_round(
                 )  # fmt: skip
             console.print("\n[dim]waiting for controls and the detector's passes...[/]")
             await _wait_for_events(collector, env, minimum=4)
+            await _fetch_evidence(console, tmp, port, admin_token)
         finally:
             server.terminate()
             await server.wait()
@@ -167,7 +176,35 @@ async def _collector_round(
         "the exact bytes the probe signed, attributed to the declared network and never "
         "to an address."
     )
-    return int(code)
+    # Offline, with the collector stopped: the bundle and its key are all it takes.
+    console.rule("[bold]Evidence anyone can verify (docs/evidence.md)")
+    verify = [probe, "verify", str(tmp / "bundle.json"), "--collector-key",
+              str(tmp / "blockwatch.json")]  # fmt: skip
+    return int(code) or int(await _run(console, verify, env))
+
+
+async def _fetch_evidence(console: Console, tmp: Path, port: int, admin_token: str) -> None:
+    """alive.demo's evidence bundle, as the operator, and the collector's key (saved)."""
+    base = f"http://127.0.0.1:{port}"
+    events = await asyncio.to_thread(_get, f"{base}/api/v1/events?domain=alive.demo", admin_token)
+    event_id = json.loads(events)["data"][0]["id"]
+    bundle, known = tmp / "bundle.json", tmp / "blockwatch.json"
+    bundle.write_bytes(
+        await asyncio.to_thread(_get, f"{base}/api/v1/events/{event_id}/evidence", admin_token)
+    )
+    known.write_bytes(await asyncio.to_thread(_get, f"{base}/.well-known/blockwatch.json", None))
+    console.print(f"[dim]GET /api/v1/events/{event_id}/evidence -> {bundle.name}; "
+                  f"GET /.well-known/blockwatch.json -> {known.name}[/]")  # fmt: skip
+
+
+def _get(url: str, token: str | None) -> bytes:
+    request = urllib.request.Request(url)  # noqa: S310 (http://127.0.0.1 built above)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+    with opener.open(request, timeout=10) as answer:
+        body: bytes = answer.read()
+        return body
 
 
 async def _wait_for_events(collector: str, env: dict[str, str], minimum: int) -> None:
