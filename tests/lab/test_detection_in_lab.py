@@ -252,6 +252,25 @@ def test_healthy_network_status_and_mirrors(stack: Stack) -> None:
     assert status["events"] == []
 
 
+def test_the_public_sees_one_country_row_and_rounded_times(stack: Stack) -> None:
+    """At the default K (3) the lab's two networks of two volunteers are named to no one."""
+    stack.quiet()
+
+    def folded() -> list[dict[str, Any]]:
+        return stack.collector.api("/api/v1/status/alive.test", admin=False)["networks"]  # type: ignore[no-any-return]
+
+    # Every volunteer of both networks counted, in the one country row.
+    stack.wait(lambda: [(n["asn"], n["probes"]) for n in folded()] == [(None, 4)],
+               OPEN_TIMEOUT, "one country row of four volunteers")  # fmt: skip
+    [country] = folded()
+    assert (country["cc"], country["state"]) == ("CN", "ok")
+    admin = stack.collector.api("/api/v1/status/alive.test")
+    assert {n["asn"] for n in admin["networks"]} == {CN_A, CN_B}
+    for time_ in (country["since"], country["updated_at"]):
+        seconds = parse_time(time_).timestamp()  # type: ignore[union-attr]
+        assert seconds % INTERVAL == 0, time_  # rounded down to the 4 s interval
+
+
 def test_live_bar_dns_injection_and_sni_reset(stack: Stack) -> None:
     stack.block(
         national(dns_inject=["alive.test"], sni_rst=["alive.test"]),
@@ -411,8 +430,11 @@ def test_alerts_opened_updated_closed_once_each(stack: Stack) -> None:
             assert headers["x-hub-signature-256"] == expected
             assert document["data"]["domain"] == "alive.test"
         opened, updated, closed = (json.loads(x["body"])["data"] for x in received())
-        assert (opened["scope"], opened["asns"]) == ("regional", [CN_A])
-        assert (updated["scope"], updated["asns"]) == ("national", [CN_A, CN_B])
+        # Alerts are k-anonymous (default K = 3): two volunteers a network name none of them.
+        assert (opened["scope"], opened["asns"], opened["withheld_networks"]) == ("regional", [], 1)
+        assert (updated["scope"], updated["asns"], updated["withheld_networks"]) == (
+            "national", [], 2,
+        )  # fmt: skip
         assert closed["state"] == "closed" and closed["ended_at"]
         assert opened["mirrors"] == [
             {"domain": "alive-mirror.test", "kind": "mirror", "state": "ok"}
