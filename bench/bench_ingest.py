@@ -502,10 +502,30 @@ GZIP_HEADERS = {
 }
 
 
+def bench_domains() -> list[str]:
+    """Every domain the workload measures: probe_batches names serial s
+    instance{s % 20000}.{TLDS[s % 6]}, and 20000 and 6 are both even, so n and the
+    TLD's index have the same parity (60,000 domains)."""
+    return sorted(
+        f"instance{n}.{tld}" for n in range(20000) for i, tld in enumerate(TLDS) if n % 2 == i % 2
+    )
+
+
 async def enroll_all(base: str, admin_token: str, probes: list[Probe]) -> None:
-    """One token with uses=len(probes) from the admin API; each probe enrolls with its own key."""
-    timeout = aiohttp.ClientTimeout(total=30)
+    """The workload's domains become targets (the collector stores measurements of
+    targets only); one token with uses=len(probes) from the admin API; each probe
+    enrolls with its own key."""
+    timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
+        domains = bench_domains()
+        for start in range(0, len(domains), 10_000):
+            async with session.post(
+                base + API + "/targets",
+                json={"domains": domains[start : start + 10_000]},
+                headers={"Authorization": f"Bearer {admin_token}"},
+            ) as resp:
+                if resp.status != 201:
+                    raise BenchFailure(f"targets: HTTP {resp.status} {await resp.text()}")
         async with session.post(
             base + API + "/probes/tokens",
             json={"uses": len(probes), "expires_in": 3600, "role": "probe"},

@@ -34,6 +34,7 @@ from collector.core.errors import CollectorError, RateLimited
 from collector.core.keys import collector_key
 from collector.core.settings import CollectorSettings
 from collector.detection.loops import BackgroundLoops
+from collector.services.admission import Admission
 from collector.services.geo import Geolocator, make_geolocator
 from collector.services.subscriptions import seal_at_startup
 
@@ -123,6 +124,9 @@ def create_app(
         settings.geoip_country_db, settings.geoip_asn_db
     )
     app.state.rate_limiter = RateLimiter(settings.probe_rate_limit)
+    app.state.admission = Admission(
+        settings, app.state.rate_limiter, RateLimiter(settings.unverified_rate_limit)
+    )
     app.state.collector_key = collector_key(settings)  # before serving: refused, or made once
     routers = (probes, measurements, targets, events, evidence, subscriptions)
     for router in (module.router for module in routers):
@@ -169,9 +173,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "err_not_found", 405: "err_method_not_allowed"}
+        # Starlette's own 400 is a body it could not parse (bad or too deeply nested JSON).
+        codes = {400: "err_malformed_json", 404: "err_not_found", 405: "err_method_not_allowed"}
         code = codes.get(exc.status_code, f"err_http_{exc.status_code}")
         return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(_request: Request, _exc: RecursionError) -> JSONResponse:
+        # JSON nested thousands deep (any JSON body, any route): bad input, not a 500.
+        metrics.REJECTIONS.labels(reason="malformed_json").inc()
+        return error_response(400, "err_malformed_json", "the JSON is nested too deeply")
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -107,7 +107,7 @@ class TokenIn(BaseModel):
     # The network the token vouches for (both or neither), and its ISO 3166-2 region.
     cc: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")] | None = None
     asn: int | None = Field(None, ge=1, lt=2**32)
-    region: Annotated[str, StringConstraints(max_length=6)] | None = None
+    region: Annotated[str, StringConstraints(max_length=16)] | None = None
 
 
 class TokenOut(BaseModel):
@@ -148,7 +148,7 @@ class VouchIn(BaseModel):
 
     cc: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")]
     asn: int = Field(ge=1, lt=2**32)
-    region: Annotated[str, StringConstraints(max_length=6)] | None = None
+    region: Annotated[str, StringConstraints(max_length=16)] | None = None
 
 
 class ProbeOut(BaseModel):

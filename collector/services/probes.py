@@ -14,6 +14,7 @@ import base64
 import hashlib
 import re
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
 
@@ -201,10 +202,17 @@ class ProbeService:
     # -- check-in -------------------------------------------------------------
 
     def checkin(
-        self, session: Session, envelope: Envelope, network_of: NetworkOf
+        self,
+        session: Session,
+        envelope: Envelope,
+        network_of: NetworkOf,
+        limit: Callable[[str], None] | None = None,
     ) -> tuple[ProbeRow, Network, list[TargetRow]]:
-        """*network_of(declared, via_proxy) -> Network* geolocates the caller, then forgets it."""
+        """*network_of(declared, via_proxy) -> Network* geolocates the caller, then forgets it;
+        *limit(key_id)* (the rate limiter) is called once the signature verified."""
         signer, doc = self.authenticate(session, envelope, Purpose.CHECKIN, CheckinDocument)
+        if limit is not None:
+            limit(signer.key.key_id)
         declared = (doc.declared.cc.upper(), doc.declared.asn) if doc.declared else None
         network = network_of(declared, doc.via_proxy)
         probe = signer.probe

@@ -91,9 +91,10 @@ def checkin(
     network_of: NetworkOfDep,
     seen_address: SeenAddressDep,
 ) -> CheckinOut:
-    request.app.state.rate_limiter.check(body.key_id)
+    # The key's bucket is taken after its signature verified: junk naming a probe's key
+    # cannot spend that probe's check-ins, nor a fresh key id buy a fresh bucket.
     probe, network, targets = ProbeService(settings, clock).checkin(
-        session, body.envelope(), network_of
+        session, body.envelope(), network_of, limit=request.app.state.rate_limiter.check
     )
     metrics.CHECKINS.labels(role=probe.role).inc()
     return CheckinOut(
@@ -142,11 +143,12 @@ def token_info(row: TokenRow, probes: int) -> TokenInfo:
 
 
 def token_infos(session: Session, service: ProbeService) -> list[TokenInfo]:
-    counts = dict(
-        session.execute(
+    counts = {
+        token_id: count
+        for token_id, count in session.execute(
             select(ProbeRow.token_id, func.count()).group_by(ProbeRow.token_id)
-        ).tuples()
-    )
+        )
+    }
     return [token_info(row, counts.get(row.id, 0)) for row in service.tokens(session)]
 
 

@@ -239,3 +239,16 @@ def test_a_real_batch_fits_the_body_limit(settings: CollectorSettings) -> None:
     item = TestProbe().measure(measurement(tls=[{"certificate": {"pem": "x" * 3000}}]))
     body = json.dumps({"measurements": [item] * MAX_BATCH}).encode()
     assert len(body) * 4 < settings.max_body_bytes  # a quarter of the limit
+
+
+def test_junk_naming_a_probes_key_cannot_spend_its_check_ins(
+    settings: CollectorSettings, clock: FakeClock
+) -> None:
+    with serving(settings, clock, probe_rate_limit=2) as client:
+        probe = enrolled(client)
+        forged = dict(probe.checkin(), signature="A" * 86 + "==")
+        for _ in range(5):
+            answer = client.post("/api/v1/probes/checkin", json=forged)
+            assert answer.status_code == 401 and error_code(answer) == "err_bad_signature"
+        answers = [client.post("/api/v1/probes/checkin", json=probe.checkin()) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]

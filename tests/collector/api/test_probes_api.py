@@ -130,6 +130,7 @@ def test_revocation(client: TestClient) -> None:
 
 def test_key_rotation(client: TestClient) -> None:
     old, new = TestProbe(), TestProbe()
+    client.post("/api/v1/targets", json={"domains": ["alive.bar"]}, headers=ADMIN)
     enrolled = enroll(client, old, token=token(client))
     before = old.measure()  # signed before the rotation: still accepted afterwards
     answer = client.post("/api/v1/probes/rotate", json=old.rotate_to(new))
