@@ -124,6 +124,7 @@ def create_app(
         settings.geoip_country_db, settings.geoip_asn_db
     )
     app.state.rate_limiter = RateLimiter(settings.probe_rate_limit)
+    app.state.verify_limiter = RateLimiter(settings.verify_rate_limit)
     app.state.admission = Admission(
         settings, app.state.rate_limiter, RateLimiter(settings.unverified_rate_limit)
     )

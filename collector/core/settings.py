@@ -155,6 +155,18 @@ class CollectorSettings(BaseSettings):
     max_pending_enrollments: int = Field(
         1000, ge=0, description="Enrollments waiting for approval, at most."
     )
+    max_pending_subscriptions: int = Field(
+        1000, ge=0, description="Subscriptions waiting for their ownership check, at most."
+    )
+    max_pending_per_domain: int = Field(
+        10, ge=0, description="Subscriptions of one domain waiting for their ownership check."
+    )
+    verify_rate_limit: int = Field(
+        6,
+        ge=0,
+        description="Ownership checks a minute per subscription (each one is DNS and HTTPS "
+        "requests from the collector; 0: no limit).",
+    )
     probe_rate_limit: int = Field(
         120, ge=0, description="Requests per minute per probe key on check-in and submission "
         "(0: no limit).",

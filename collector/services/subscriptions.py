@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector.alerts import channels, signing
 from collector.alerts.verify import FILE_PATH, TXT_PREFIX, file_url
 from collector.core.db import session_scope
-from collector.core.errors import Conflict, NotFound, Unauthorized, Unprocessable
+from collector.core.errors import Conflict, NotFound, RateLimited, Unauthorized, Unprocessable
 from collector.core.models import SubscriptionRow, TargetGroupRow, TargetRow
 from collector.core.secrets import VARIABLE, Keyring, Sealer, SecretKeyError, sealed_key_id
 from collector.core.settings import CollectorSettings, Mode
@@ -142,6 +142,8 @@ class SubscriptionService:
             ):
                 raise NotFound(f"no group {group!r}", "err_unknown_group")
         cleaned = self._check_settings(channel, channel_settings)
+        if not admin:
+            self._check_queue(session, domain)
         token = "bwm_" + secrets.token_urlsafe(24)
         row = SubscriptionRow(
             id="sub_" + secrets.token_hex(8),
@@ -157,6 +159,21 @@ class SubscriptionService:
         session.add(row)
         session.flush()
         return row, token
+
+    def _check_queue(self, session: Session, domain: str | None) -> None:
+        """Anyone may ask, unauthenticated: the queue of unverified requests is bounded,
+        overall and per domain (a flood for one instance cannot crowd out the others)."""
+        pending = select(func.count()).where(SubscriptionRow.state == "pending")
+        if (session.scalar(pending) or 0) >= self.settings.max_pending_subscriptions:
+            raise RateLimited("too many subscriptions wait for their ownership check", 3600)
+        if domain is not None:
+            mine = pending.where(SubscriptionRow.domain == domain)
+            if (session.scalar(mine) or 0) >= self.settings.max_pending_per_domain:
+                raise RateLimited(
+                    f"too many subscriptions of {domain} wait for their ownership check: "
+                    "verify or delete one",
+                    3600,
+                )
 
     def owned(self, session: Session, token: str | None, admin: bool) -> list[SubscriptionRow]:
         query = select(SubscriptionRow).order_by(SubscriptionRow.created_at)

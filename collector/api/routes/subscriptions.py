@@ -100,6 +100,8 @@ async def verify_subscription(
     with sessions() as session:
         row = service.get(session, sub_id, caller.token, caller.admin)
         domain, challenge = row.domain, row.challenge
+    # Each check sends DNS and HTTPS requests from the collector: a few a minute each.
+    request.app.state.verify_limiter.check(sub_id)
     if not domain or not challenge:
         raise Unprocessable("nothing to verify", "err_not_pending")
     allow = parse_allowlist(settings.webhook_allowlist)

@@ -246,3 +246,36 @@ def test_operator_cli_adds_lists_pauses_rotates_deletes(tmp_path: Path) -> None:
     assert "whsec_" in run("subscriptions", "rotate", sub_id)
     assert "deleted" in run("subscriptions", "delete", sub_id)
     assert json.loads(run("subscriptions", "list", "--json")) == []
+
+
+def test_the_unverified_queue_is_bounded_per_domain(api: TestClient) -> None:
+    api.app.state.settings.max_pending_per_domain = 2  # type: ignore[attr-defined]
+    for _ in range(2):
+        subscribe(api)
+    answer = api.post(
+        "/api/v1/subscriptions",
+        json={"domain": DOMAIN, "channel": "webhook", "url": "https://hooks.example/y"},
+    )
+    assert answer.status_code == 429 and answer.json()["error"]["code"] == "err_rate_limited"
+    assert "verify or delete one" in answer.json()["error"]["message"]
+    # The operator is not queued.
+    answer = api.post(
+        "/api/v1/subscriptions",
+        json={"domain": DOMAIN, "channel": "webhook", "url": "https://hooks.example/z"},
+        headers=ADMIN,
+    )
+    assert answer.status_code == 201, answer.text
+
+
+def test_ownership_checks_are_rate_limited_per_subscription(api: TestClient) -> None:
+    from collector.api.ratelimit import RateLimiter
+
+    api.app.state.verify_limiter = RateLimiter(per_minute=2)  # type: ignore[attr-defined]
+    sub, other = subscribe(api), subscribe(api)
+    codes = []
+    for _ in range(3):
+        answer = api.post(f"/api/v1/subscriptions/{sub['id']}/verify", headers=bearer(sub["token"]))
+        codes.append(answer.json()["error"]["code"])
+    assert codes == ["err_verification_failed", "err_verification_failed", "err_rate_limited"]
+    answer = api.post(f"/api/v1/subscriptions/{other['id']}/verify", headers=bearer(other["token"]))
+    assert answer.json()["error"]["code"] == "err_verification_failed"  # its own budget
