@@ -58,6 +58,7 @@ from collector.core.models import (
     TargetRow,
     VerdictRow,
 )
+from collector.core.publication import floor_time, iso
 from collector.core.settings import CollectorSettings
 from collector.services.events import json_list
 from collector.services.subscriptions import SubscriptionService
@@ -124,14 +125,7 @@ def well_known(settings: CollectorSettings, key: CollectorKey) -> dict[str, Any]
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
-def _floor(value: datetime | None, step: float) -> datetime | None:
-    """*value* rounded down to the measurement interval (every public time is)."""
-    if value is None:
-        return None
-    return datetime.fromtimestamp(math.floor(value.timestamp() / step) * step, UTC)
+    return iso(value) if value is not None else None
 
 
 class EvidenceService:
@@ -244,7 +238,8 @@ class EvidenceService:
         step = self.settings.measure_interval
 
         def when(value: datetime | None) -> str | None:
-            return _iso(value if full else _floor(value, step))
+            # Every public time is rounded down to the measurement interval.
+            return _iso(value if full or value is None else floor_time(value, step))
 
         asns = [int(a) for a in json_list(event.asns)]
         regions = {i.region for i in probes if i.region and (full or i.network in named)}
