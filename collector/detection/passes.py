@@ -273,7 +273,7 @@ class Detector:
                         kind=outcome.change.value,
                         revision=event_row.revision,
                         at=now,
-                        snapshot=json.dumps(event_json(event_row)),
+                        snapshot=json.dumps(event_json(event_row, self.settings.public_url)),
                     )
                 )
                 log.info(

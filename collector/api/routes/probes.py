@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -162,7 +164,11 @@ def list_tokens(
 
 @router.post("/probes/tokens/{token_id}/revoke", response_model=TokenInfo)
 def revoke_token(
-    token_id: int, _admin: Admin, session: SessionDep, settings: SettingsDep, clock: ClockDep
+    token_id: Annotated[int, Path(ge=1, lt=2**63)],
+    _admin: Admin,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
 ) -> TokenInfo:
     row = ProbeService(settings, clock).revoke_token(session, token_id)
     probes = session.scalar(select(func.count()).where(ProbeRow.token_id == row.id)) or 0
