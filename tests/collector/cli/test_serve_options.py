@@ -89,6 +89,11 @@ OPTIONS = [
     Option("--metrics-host", ("127.0.0.1", "--metrics-port", str(METRICS_PORT)), "metrics_host",
            "127.0.0.1", {"BLOCKWATCH_METRICS_HOST": "127.0.0.1",
                          "BLOCKWATCH_METRICS_PORT": str(METRICS_PORT)}),
+    # Added with the evidence bundles (issue 14).
+    Option("--evidence-delay", ("2h",), "evidence_delay", 7200.0,
+           {"BLOCKWATCH_EVIDENCE_DELAY": "2h"}),
+    Option("--key-file", ("/tmp/bw-collector-key.pem",), "key_file",
+           Path("/tmp/bw-collector-key.pem"), {"BLOCKWATCH_KEY_FILE": "/tmp/bw-collector-key.pem"}),
 ]  # fmt: skip
 # The variables named after the settings' fields (read by the settings themselves).
 FIELD_VARIABLES = [
