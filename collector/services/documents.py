@@ -151,4 +151,3 @@ class MeasurementDocument(SignedDocument):
     measurement: MeasurementBody
     declared: Declared | None = None
     via_proxy: bool = False
-
