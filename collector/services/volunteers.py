@@ -82,13 +82,14 @@ def reevaluate(session: Session, probe_ids: Iterable[str], since: datetime) -> i
     ids = sorted(set(probe_ids))
     if not ids:
         return 0
-    keys = set(
-        session.execute(
+    keys: set[tuple[str, str]] = {
+        (domain, cc)
+        for domain, cc in session.execute(
             select(VerdictRow.domain, VerdictRow.cc)
             .where(VerdictRow.probe_id.in_(ids), VerdictRow.started_at >= since)
             .distinct()
-        ).tuples()
-    )
+        )
+    }
     for domain, cc in keys:
         row = session.get(DetectorStateRow, (domain, cc))
         if row is None:

@@ -192,3 +192,13 @@ def control() -> dict[str, Any]:
 def failed_control(failure: str = "generic_timeout_error") -> dict[str, Any]:
     """The control resolves the instance but cannot connect (the instance is down)."""
     return measurement(dns_steps=[dns(REAL_IP)], tcp_steps=[tcp(REAL_IP, failure)])
+
+
+def sni_blocked() -> dict[str, Any]:
+    """A probe behind the GFW: a forged DNS answer (the real one late), then the TLS
+    handshakes with the instance's name reset (the detection tests' usual block)."""
+    return measurement(
+        dns_steps=[dns(FORGED_IP, late=(REAL_IP,), agree=False)],
+        tcp_steps=[tcp()],
+        tls_steps=handshakes(failure="connection_reset"),
+    )

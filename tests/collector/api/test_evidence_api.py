@@ -37,14 +37,6 @@ ROOT = Path(__file__).resolve().parents[3]
 PROBE_CLI = str(Path(sys.executable).parent / "blockwatch-probe")
 
 
-def sni_blocked() -> dict[str, Any]:
-    return b.measurement(
-        dns_steps=[b.dns(b.FORGED_IP, late=(b.REAL_IP,), agree=False)],
-        tcp_steps=[b.tcp()],
-        tls_steps=b.handshakes(failure="connection_reset"),
-    )
-
-
 class World:
     """Probes and a control submitting through the API, one detection pass by hand."""
 
@@ -89,7 +81,7 @@ class World:
     def open_event(self) -> dict[str, Any]:
         blocked_at = self.clock.now() - timedelta(seconds=60)
         for probe in self.probes:
-            self.submit(probe, sni_blocked(), blocked_at)
+            self.submit(probe, b.sni_blocked(), blocked_at)
         self.submit(self.control, b.control(), blocked_at + timedelta(seconds=3))
         sessions = make_session_factory(self.engine)
         self.detector.run_pass(sessions)

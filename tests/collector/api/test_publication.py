@@ -53,14 +53,6 @@ TIMED = (MeasurementRow, VerdictRow, EventRow, EventChangeRow, NetworkStateRow,
          DetectorStateRow, ProbeRow)  # fmt: skip
 
 
-def blocked() -> dict[str, Any]:
-    return b.measurement(
-        dns_steps=[b.dns(b.FORGED_IP, late=(b.REAL_IP,), agree=False)],
-        tcp_steps=[b.tcp()],
-        tls_steps=b.handshakes(failure="connection_reset"),
-    )
-
-
 class World:
     """Four volunteers (three in AS4134, one in AS137693) and a control; one event open."""
 
@@ -72,7 +64,7 @@ class World:
         volunteers = [self.volunteer(LARGE) for _ in range(3)] + [self.volunteer(SMALL)]
         at = clock.now() - timedelta(seconds=30)
         for probe in volunteers:
-            self.submit(probe, blocked(), at, proxy=True)
+            self.submit(probe, b.sni_blocked(), at, proxy=True)
         self.submit(control, b.control(), at + timedelta(seconds=3), proxy=False)
         self.engine = make_engine(settings.database_url)
         self.sessions = make_session_factory(self.engine)

@@ -25,14 +25,6 @@ DOMAIN = b.DOMAIN
 CN_ASN = 4134  # where tests.collector.conftest's FakeGeolocator puts the client
 
 
-def blocked() -> dict[str, Any]:
-    return b.measurement(
-        dns_steps=[b.dns(b.FORGED_IP, late=(b.REAL_IP,), agree=False)],
-        tcp_steps=[b.tcp()],
-        tls_steps=b.handshakes(failure="connection_reset"),
-    )
-
-
 class Network:
     """Probes and a control submitting through the API; detection passes run by hand."""
 
@@ -65,7 +57,7 @@ class Network:
     def blocked_round(self, probes: list[TestProbe], proxy: bool = False) -> None:
         """*probes* see the block; the control reaches the instance just after."""
         at = self.clock.now() - timedelta(seconds=30)
-        self.submit(probes, blocked(), at, proxy)
+        self.submit(probes, b.sni_blocked(), at, proxy)
         self.submit([self.control], b.control(), at + timedelta(seconds=3), proxy=False)
         self.pass_()
 
