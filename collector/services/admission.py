@@ -48,7 +48,12 @@ class Limiter(Protocol):
 
 
 class _Targets:
-    """The domains a measurement may name, read at most every TARGETS_TTL seconds."""
+    """The domains a measurement may name, read at most every TARGETS_TTL seconds.
+
+    One thread reads; while it does, the others go on with the snapshot it replaces
+    (a target added a few seconds ago may wait one more read). Only the first read,
+    with nothing to go on, makes them wait. Without that, every request thread that
+    found the snapshot stale read the whole target list at once."""
 
     def __init__(self, settings: CollectorSettings, monotonic: Callable[[], float]) -> None:
         self.settings = settings
@@ -56,15 +61,38 @@ class _Targets:
         self._domains: frozenset[str] = frozenset()
         self._count = 0
         self._read_at = float("-inf")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the three fields above
+        self._reading = threading.Lock()  # held by the one thread that reads
         own = urlsplit(settings.public_url).hostname if settings.public_url else None
         self._own = frozenset({own.lower()}) if own else frozenset()
 
-    def snapshot(self, session: Session, now: datetime) -> tuple[frozenset[str], int]:
-        """(the allowed domains, the number of enabled targets)."""
+    def _current(self) -> tuple[frozenset[str], int] | None:
         with self._lock:
             if self.monotonic() - self._read_at < TARGETS_TTL:
                 return self._domains, self._count
+        return None
+
+    def snapshot(self, session: Session, now: datetime) -> tuple[frozenset[str], int]:
+        """(the allowed domains, the number of enabled targets)."""
+        current = self._current()
+        if current is not None:
+            return current
+        first = self._read_at == float("-inf")
+        if not self._reading.acquire(blocking=first):
+            with self._lock:  # another thread is reading: the previous snapshot serves
+                return self._domains, self._count
+        try:
+            current = self._current()  # read by the thread this one waited for
+            if current is not None:
+                return current
+            domains, count = self._read(session, now)
+            with self._lock:
+                self._domains, self._count, self._read_at = domains, count, self.monotonic()
+            return domains, count
+        finally:
+            self._reading.release()
+
+    def _read(self, session: Session, now: datetime) -> tuple[frozenset[str], int]:
         since = now - timedelta(seconds=self.settings.max_age)
         rows = session.execute(
             select(TargetRow.domain, TargetRow.enabled, TargetRow.removed_at).where(
@@ -73,8 +101,6 @@ class _Targets:
         ).all()
         domains = frozenset(r.domain for r in rows) | self._own
         count = sum(1 for r in rows if r.enabled and r.removed_at is None)
-        with self._lock:
-            self._domains, self._count, self._read_at = domains, count, self.monotonic()
         return domains, count
 
 
