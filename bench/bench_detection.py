@@ -72,6 +72,7 @@ from procstat import cpu_seconds, machine_busy_seconds  # noqa: E402
 
 from collector.analysis import RULES_VERSION, Context, analyze, sni_triggers  # noqa: E402
 from collector.core.db import make_engine, make_session_factory, migrate, session_scope  # noqa: E402
+from collector.core.models import pack_payload  # noqa: E402
 from collector.core.settings import CollectorSettings  # noqa: E402
 from collector.detection.passes import Detector, PassStats  # noqa: E402
 from collector.services.ingest import COLUMNS as INGEST_COLUMNS  # noqa: E402
@@ -307,7 +308,7 @@ class World:
 
 
 def signed_payload(measurement: dict[str, Any], cc: str, asn: int) -> bytes:
-    """What ingestion stores: zlib level 1 of the signed JSON document's exact bytes."""
+    """What ingestion stores: the signed JSON document's exact bytes, packed."""
     document = {
         "signed_at": measurement["started_at"],
         "measurement": measurement,
@@ -315,7 +316,7 @@ def signed_payload(measurement: dict[str, Any], cc: str, asn: int) -> bytes:
         "via_proxy": False,
     }
     raw = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-    return zlib.compress(raw, 1)
+    return pack_payload(raw)
 
 
 def rfc3339(when: dt.datetime) -> str:

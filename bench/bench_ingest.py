@@ -67,6 +67,7 @@ sys.path.insert(0, str(REPO))  # run as a script: make the project's packages im
 
 from procstat import cpu_seconds, machine_busy_seconds, status_kb  # noqa: E402
 
+from collector.core.models import pack_payload  # noqa: E402
 from probe_agent.protocol.envelope import (  # noqa: E402
     Envelope,
     Purpose,
@@ -919,9 +920,7 @@ def stage_costs(workload: Workload, rounds: int = 5) -> dict[str, float]:
         "envelope_from_json": best(lambda: [Envelope.from_json(w) for w in wire]),
         "ed25519_envelope_verify": best(verify_all),
         "pydantic_measurement_document": best(documents),
-        "zlib_compress_payload_6": best(
-            lambda: [zlib.compress(e.payload, 6) for e in workload.sample]
-        ),
+        "pack_payload": best(lambda: [pack_payload(e.payload) for e in workload.sample]),
         "sha256_payload": best(lambda: [hashlib.sha256(e.payload) for e in workload.sample]),
     }
 

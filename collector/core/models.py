@@ -9,6 +9,7 @@ verify again later. No table has a column for a probe's address.
 
 from __future__ import annotations
 
+import zlib
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -27,6 +28,23 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# A 4 KiB window rather than zlib's default 32 KiB: the same size for documents of
+# a few KB (median 3.1 KB) at a quarter of the CPU (86-106 µs a 3.4 KB document at
+# level 1, 25 µs here: most of the cost was setting up the large window's tables).
+# Any zlib reader inflates it: its default window covers the smaller one.
+_PAYLOAD_WBITS, _PAYLOAD_MEMLEVEL = 12, 6
+
+
+def pack_payload(payload: bytes) -> bytes:
+    """The stored form of a signed payload: zlib, level 1, a 4 KiB window."""
+    deflater = zlib.compressobj(1, zlib.DEFLATED, _PAYLOAD_WBITS, _PAYLOAD_MEMLEVEL)
+    return deflater.compress(payload) + deflater.flush()
+
+
+def unpack_payload(stored: bytes) -> bytes:
+    """The exact signed bytes back (raises zlib.error on a damaged row)."""
+    return zlib.decompress(stored)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -42,7 +42,7 @@ from collector.analysis import (
 from collector.analysis import Flag as VerdictFlag
 from collector.core import metrics
 from collector.core.db import chunks
-from collector.core.models import AnalysisQueueRow, MeasurementRow, VerdictRow
+from collector.core.models import AnalysisQueueRow, MeasurementRow, VerdictRow, unpack_payload
 from collector.core.settings import CollectorSettings
 
 Key = tuple[str, str]  # (domain, country)
@@ -88,7 +88,7 @@ class _Control:
 def _observed(payload: bytes) -> Observed:
     """The observations inside a stored signed document (validated at ingest), read."""
     try:
-        document = json.loads(zlib.decompress(payload))
+        document = json.loads(unpack_payload(payload))
         measurement = document.get("measurement") if isinstance(document, dict) else None
     except (ValueError, zlib.error):
         measurement = None

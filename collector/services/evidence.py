@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from collector.core.models import (
     ProbeRow,
     TargetRow,
     VerdictRow,
+    unpack_payload,
 )
 from collector.core.publication import floor_time, iso
 from collector.core.settings import CollectorSettings
@@ -382,7 +382,7 @@ def _items(
         items.append(
             Item(
                 row=row,
-                payload=zlib.decompress(row.payload),
+                payload=unpack_payload(row.payload),
                 public_key=keys[row.key_id],
                 region=probe.region if probe is not None else None,
                 volunteer=None if control or standing is None else standing.volunteer,
