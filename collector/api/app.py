@@ -36,6 +36,7 @@ from collector.core.settings import CollectorSettings
 from collector.detection.loops import BackgroundLoops
 from collector.services.admission import Admission
 from collector.services.geo import Geolocator, make_geolocator
+from collector.services.reachability import register_at_startup, signed_endpoints
 from collector.services.subscriptions import seal_at_startup
 
 log = logging.getLogger("blockwatch.collector")
@@ -97,6 +98,7 @@ def create_app(
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
         seal_at_startup(settings, app.state.sessions, app.state.clock.now())  # or refuse
+        register_at_startup(settings, app.state.sessions)  # its own names become targets
         app.state.ingest_limiter = anyio.CapacityLimiter(INGEST_THREADS)
         loops = None
         if settings.detector:
@@ -129,6 +131,9 @@ def create_app(
         settings, app.state.rate_limiter, RateLimiter(settings.unverified_rate_limit)
     )
     app.state.collector_key = collector_key(settings)  # before serving: refused, or made once
+    app.state.signed_endpoints = signed_endpoints(  # handed out at every check-in
+        settings, app.state.collector_key, app.state.clock.now()
+    )
     routers = (probes, measurements, targets, events, evidence, subscriptions)
     for router in (module.router for module in routers):
         app.include_router(router, prefix="/api/v1")

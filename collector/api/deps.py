@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from collector.core.clock import Clock
 from collector.core.db import session_scope
 from collector.core.errors import Unauthorized
+from collector.core.keys import CollectorKey
 from collector.core.publication import FULL, Publication
 from collector.core.settings import CollectorSettings
 from collector.services.geo import Network, resolve_network
@@ -36,6 +37,17 @@ def get_settings(request: Request) -> CollectorSettings:
 def get_clock(request: Request) -> Clock:
     clock: Clock = request.app.state.clock
     return clock
+
+
+def get_collector_key(request: Request) -> CollectorKey:
+    key: CollectorKey = request.app.state.collector_key
+    return key
+
+
+def get_signed_endpoints(request: Request) -> dict[str, str] | None:
+    """The signed endpoint list (collector/services/reachability.py), made at startup."""
+    endpoints: dict[str, str] | None = request.app.state.signed_endpoints
+    return endpoints
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -135,3 +147,5 @@ ClockDep = Annotated[Clock, Depends(get_clock)]
 NetworkOfDep = Annotated[NetworkOf, Depends(get_network_of)]
 SeenAddressDep = Annotated[str | None, Depends(get_seen_address)]
 PublicationDep = Annotated[Publication, Depends(get_publication)]
+CollectorKeyDep = Annotated[CollectorKey, Depends(get_collector_key)]
+SignedEndpointsDep = Annotated[dict[str, str] | None, Depends(get_signed_endpoints)]

@@ -57,6 +57,10 @@ class EnrollOut(BaseModel):
     key_id: str
     status: str
     role: str
+    # The collector's own key (/.well-known/blockwatch.json): a probe whose token
+    # carried no fingerprint pins this one, and verifies the endpoint lists with it.
+    collector_key_id: str | None = None
+    collector_public_key: str | None = None
 
 
 class NetworkOut(BaseModel):
@@ -69,6 +73,9 @@ class TargetOut(BaseModel):
     domain: str
     group: str | None
     kind: str
+    # The port to measure it at, when not the probe's own --port: the collector's own
+    # names (kind "collector") carry the port they are served on.
+    port: int | None = None
 
 
 class CheckinOut(BaseModel):
@@ -82,6 +89,8 @@ class CheckinOut(BaseModel):
     # The address the collector saw the check-in come from (echoed, never stored):
     # the probe scrubs it from its measurements.
     seen_address: str | None = None
+    # The collector's other ways in, signed with its key (probe_agent/protocol/endpoints.py).
+    endpoints: dict[str, str] | None = None
 
 
 class TargetsIn(BaseModel):

@@ -24,8 +24,9 @@ import pydantic_core
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from probe_agent.protocol.endpoints import Endpoint
 from probe_agent.protocol.errors import InvalidOptionError
-from probe_agent.protocol.inputs import parse_duration
+from probe_agent.protocol.inputs import parse_collector_url, parse_duration
 
 PLACEHOLDER_TOKENS = frozenset(
     {"", "changeme", "change-me", "admin", "secret", "password", "token", "test", "xxx"}
@@ -192,6 +193,14 @@ class CollectorSettings(BaseSettings):
     # Alerts: the base URL events link to, the least time between two updates of one
     # event to one subscriber, and each request's timeout.
     public_url: str = Field("", description="The collector's public base URL (alerts link to it).")
+    # The collector's other ways in (collector/services/reachability.py): handed to
+    # probes at check-in, signed; their host names are measured like targets.
+    endpoints: Annotated[str, Cli(flag="--endpoint", repeat=True)] = Field(
+        "",
+        description="Another base URL of this collector, URL[;address=IP][;sni=NAME] (a second "
+        "name or address, the operator's own front, a .onion), repeatable: probes get them "
+        "at check-in, signed, try them when the others fail, and measure their names.",
+    )
     alert_update_interval: float = Field(600.0, ge=0, description="Seconds between updates.")
     alert_timeout: float = Field(10.0, gt=0, le=120, description="Each alert request's timeout.")
     alert_interval: float = Field(1.0, gt=0, description="How often due messages are looked for.")
@@ -352,6 +361,23 @@ class CollectorSettings(BaseSettings):
         if self.metrics_port == self.port:
             raise ValueError("--metrics-port must differ from --port (a listener of its own)")
         return self
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        try:
+            return parse_collector_url(value) if value.strip() else ""
+        except InvalidOptionError as exc:
+            raise ValueError(str(exc).replace("collector URL", "URL")) from exc
+
+    @field_validator("endpoints")
+    @classmethod
+    def _check_endpoints(cls, value: str) -> str:
+        entries = [e.strip() for e in value.split(",") if e.strip()]
+        try:
+            return ",".join(Endpoint.parse(e).text() for e in entries)
+        except InvalidOptionError as exc:
+            raise ValueError(str(exc).replace("collector URL", "URL")) from exc
 
     @model_validator(mode="after")
     def _check_detector(self) -> CollectorSettings:

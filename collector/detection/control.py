@@ -27,6 +27,7 @@ from collector.core.clock import Clock
 from collector.core.db import session_scope
 from collector.core.models import ProbeKeyRow, ProbeRow, ServiceKeyRow, TargetRow
 from collector.core.settings import CollectorSettings
+from collector.services import reachability
 from collector.services.geo import Network, NetworkSource
 from collector.services.ingest import IngestService
 from probe_agent.measure.engine import (
@@ -172,7 +173,12 @@ class ControlProber:
                 log.warning("control: internal error measuring a target: %s", result.error)
 
         started = time.monotonic()
-        await self.engine.measure_all(domains, self.settings.control_concurrency, on_result)
+        await self.engine.measure_all(
+            domains,
+            self.settings.control_concurrency,
+            on_result,
+            reachability.ports(self.settings),  # the collector's own names, at their ports
+        )
         stored = await asyncio.to_thread(self._store, items)
         metrics.CONTROL_MEASUREMENTS.inc(stored)
         metrics.CONTROL_ROUND_SECONDS.observe(time.monotonic() - started)

@@ -18,7 +18,8 @@ from collector.core.models import TargetGroupRow, TargetRow
 from probe_agent.protocol.errors import InvalidDomainError
 from probe_agent.protocol.inputs import normalize_domain
 
-KINDS = ("primary", "mirror", "alias")
+COLLECTOR_KIND = "collector"  # the collector's own names (collector/services/reachability.py)
+KINDS = ("primary", "mirror", "alias", COLLECTOR_KIND)
 
 
 def normalize(domain: str) -> str:

@@ -90,6 +90,9 @@ class CheckIn:
     probe_id: str
     status: str
     invalid_targets: int = 0  # domains from the collector that are not valid names, skipped
+    # Targets to measure at another port than --port: the collector's own names
+    # where it is served on its own port (it measures itself like a target).
+    ports: dict[str, int] = field(default_factory=dict)
     # The address the collector saw this request come from (the NAT's public
     # address, or the proxy's); None from a collector that does not send it.
     # Sensitive: for scrubbing only, never printed (repr=False).
@@ -188,13 +191,22 @@ def _seen_address(data: dict[str, Any]) -> str | None:
 
 def _parse_checkin(status: int, data: dict[str, Any]) -> CheckIn:
     targets: dict[str, None] = {}  # ordered and unique
+    ports: dict[str, int] = {}
     invalid = 0
     for item in _field(data, "targets", list, status):
         domain = item.get("domain") if isinstance(item, dict) else None
         try:
-            targets[normalize_domain(domain if isinstance(domain, str) else "")] = None
+            name = normalize_domain(domain if isinstance(domain, str) else "")
         except InvalidDomainError:
             invalid += 1
+            continue
+        port = item.get("port")
+        if port is not None:
+            if type(port) is not int or not 0 < port < 65536:
+                invalid += 1
+                continue
+            ports[name] = port
+        targets[name] = None
     return CheckIn(
         interval_seconds=_seconds(data, "interval_seconds", status),
         retest_spacing_seconds=_seconds(data, "retest_spacing_seconds", status),
@@ -204,6 +216,7 @@ def _parse_checkin(status: int, data: dict[str, Any]) -> CheckIn:
         probe_id=_field(data, "probe_id", str, status),
         status=_field(data, "status", str, status),
         invalid_targets=invalid,
+        ports=ports,
         seen_address=_seen_address(data),
     )
 

@@ -226,6 +226,7 @@ async def _measure_and_sign(
     options: RunOptions,
     identity: Identity,
     targets: list[str],
+    ports: dict[str, int],
     summary: RoundSummary,
     spool: Spool,
 ) -> None:
@@ -249,7 +250,7 @@ async def _measure_and_sign(
         envelope = sign(identity.key, Purpose.MEASUREMENT, document)
         spool.put(envelope, result.started_at, observations["measurement_id"])
 
-    await engine.measure_all(targets, options.concurrency, on_result)
+    await engine.measure_all(targets, options.concurrency, on_result, ports)
 
 
 async def _submit(
@@ -338,7 +339,9 @@ async def _round(
                 # The collector (or its domain) is out of reach: measure the last
                 # targets anyway and keep the evidence in the spool for later.
                 engine = make_engine(options.engine)
-                await _measure_and_sign(engine, options, identity, cached.targets, summary, spool)
+                await _measure_and_sign(
+                    engine, options, identity, cached.targets, cached.ports, summary, spool
+                )
                 report(f"{summary.measured} measurement(s) of the last targets kept in the spool")
             return RoundResult(EXIT_INCOMPLETE, cached)
         schedule = _record(options.state_dir, checkin)
@@ -346,7 +349,9 @@ async def _round(
             return RoundResult(EXIT_INCOMPLETE, schedule)
         summary.targets = len(checkin.targets)
         engine = make_engine(options.engine)
-        await _measure_and_sign(engine, options, identity, checkin.targets, summary, spool)
+        await _measure_and_sign(
+            engine, options, identity, checkin.targets, checkin.ports, summary, spool
+        )
         error = await _submit(client, spool, summary)
         if error is not None:
             record_error(options.state_dir, _code(error))
@@ -358,8 +363,10 @@ async def _round(
 def _record(state_dir: Path, checkin: CheckIn) -> Schedule:
     """Record the check-in (for ``status`` and the next outage); the schedule it handed out."""
     record_checkin(state_dir, datetime.now(UTC), checkin.interval_seconds)
-    record_schedule(state_dir, checkin.retest_spacing_seconds, checkin.targets)
-    return Schedule(checkin.interval_seconds, checkin.retest_spacing_seconds, checkin.targets)
+    record_schedule(state_dir, checkin.retest_spacing_seconds, checkin.targets, checkin.ports)
+    return Schedule(
+        checkin.interval_seconds, checkin.retest_spacing_seconds, checkin.targets, checkin.ports
+    )
 
 
 def _ready(checkin: CheckIn, report: Callable[[str], None]) -> bool:

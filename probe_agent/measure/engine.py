@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -133,14 +133,15 @@ class Engine:
         self.tls = tls_contexts or TLSContexts.create(config.ca_file)
         self.clock_factory = clock_factory
 
-    async def measure(self, domain: str) -> Measurement:
-        """Measure one (already validated, ASCII) domain."""
+    async def measure(self, domain: str, port: int | None = None) -> Measurement:
+        """Measure one (already validated, ASCII) domain, at *port* (default: the config's)."""
         cfg = self.config
+        port = port or cfg.port
         clock = self.clock_factory()
         m = Measurement(
             measurement_id=str(uuid.uuid4()),
             domain=domain,
-            port=cfg.port,
+            port=port,
             scheme=cfg.scheme,
             started_at=utc_now_rfc3339(),
             software=dict(SOFTWARE),
@@ -154,7 +155,7 @@ class Engine:
                 # back long before the UDP queries finish their late-answer window.
                 for ip in select_addresses([obs], cfg.max_addresses, cfg.lab_networks):
                     if ip not in flows and len(flows) < cfg.max_addresses:
-                        flows[ip] = tg.create_task(self._address_flow(domain, ip, clock))
+                        flows[ip] = tg.create_task(self._address_flow(domain, ip, port, clock))
 
             queries = [
                 tg.create_task(self._query(q, domain, clock, dial_new)) for q in self._plan()
@@ -197,10 +198,12 @@ class Engine:
         on_answer(obs)
         return obs
 
-    async def _connect(self, ip: str, clock: Clock) -> tuple[TCPObservation, Stream | None]:
-        obs = TCPObservation(t0=clock.elapsed(), t=0.0, ip=ip, port=self.config.port)
+    async def _connect(
+        self, ip: str, port: int, clock: Clock
+    ) -> tuple[TCPObservation, Stream | None]:
+        obs = TCPObservation(t0=clock.elapsed(), t=0.0, ip=ip, port=port)
         try:
-            stream = await self.dialer.connect(ip, self.config.port, self.config.timeout)
+            stream = await self.dialer.connect(ip, port, self.config.timeout)
         except NETWORK_ERRORS as exc:
             obs.fail(classify(exc, Operation.CONNECT))
             obs.t = clock.elapsed()
@@ -208,67 +211,71 @@ class Engine:
         obs.t = clock.elapsed()
         return obs, stream
 
-    async def _address_flow(self, domain: str, ip: str, clock: Clock) -> _AddressResult:
+    async def _address_flow(self, domain: str, ip: str, port: int, clock: Clock) -> _AddressResult:
         """One address's steps: TCP, then the decoy handshake, a new connection, the
         instance's handshake and HTTP over it (``https``), or HTTP alone (``http``)."""
         out = _AddressResult()
         if self.address_gate is not None:
-            await self.address_gate(ip, self.config.port)
-        tcp_obs, stream = await self._connect(ip, clock)
+            await self.address_gate(ip, port)
+        tcp_obs, stream = await self._connect(ip, port, clock)
         out.tcp.append(tcp_obs)
         if stream is None:
             return out
         if self.config.scheme != "https":
             try:
-                out.http += await self._fetch_api(stream, self.config.scheme, domain, ip, clock)
+                out.http += await self._fetch_api(
+                    stream, self.config.scheme, domain, ip, port, clock
+                )
             finally:
                 stream.close()
             return out
         try:
             decoy_obs, _ = await self._handshake(
-                stream, ip, self.config.decoy_sni, clock, decoy=True
+                stream, ip, port, self.config.decoy_sni, clock, decoy=True
             )
             out.tls.append(decoy_obs)
         finally:
             stream.close()
-        tls_obs, http_obs = await self._instance_handshake(domain, ip, clock)
+        tls_obs, http_obs = await self._instance_handshake(domain, ip, port, clock)
         out.tls.append(tls_obs)
         out.http += http_obs
         return out
 
     async def _instance_handshake(
-        self, domain: str, ip: str, clock: Clock
+        self, domain: str, ip: str, port: int, clock: Clock
     ) -> tuple[TLSObservation, list[HTTPObservation]]:
         """The handshake with the instance's name on a fresh connection (the decoy's is
         spent), then the API round trip over it when the handshake worked."""
-        tcp_obs, stream = await self._connect(ip, clock)
+        tcp_obs, stream = await self._connect(ip, port, clock)
         if stream is None:
             # No ClientHello was sent: the handshake reports the connect's failure.
             return TLSObservation(
                 t0=tcp_obs.t0,
                 t=tcp_obs.t,
                 ip=ip,
-                port=self.config.port,
+                port=port,
                 sni=domain,
                 failure=tcp_obs.failure,
                 failed_operation=tcp_obs.failed_operation,
             ), []
         try:
-            tls_obs, tls_stream = await self._handshake(stream, ip, domain, clock, decoy=False)
+            tls_obs, tls_stream = await self._handshake(
+                stream, ip, port, domain, clock, decoy=False
+            )
             if tls_stream is None:
                 return tls_obs, []
-            return tls_obs, await self._fetch_api(tls_stream, "https", domain, ip, clock)
+            return tls_obs, await self._fetch_api(tls_stream, "https", domain, ip, port, clock)
         finally:
             stream.close()
 
     async def _handshake(
-        self, stream: Stream, ip: str, sni: str, clock: Clock, *, decoy: bool
+        self, stream: Stream, ip: str, port: int, sni: str, clock: Clock, *, decoy: bool
     ) -> tuple[TLSObservation, Stream | None]:
         # The caller says which handshake this is: an instance may be named like the decoy.
         return await tls_handshake(
             stream,
             ip=ip,
-            port=self.config.port,
+            port=port,
             sni=sni,
             contexts=self.tls,
             decoy=decoy,
@@ -277,14 +284,14 @@ class Engine:
         )
 
     async def _fetch_api(
-        self, stream: Stream, scheme: str, domain: str, ip: str, clock: Clock
+        self, stream: Stream, scheme: str, domain: str, ip: str, port: int, clock: Clock
     ) -> list[HTTPObservation]:
         return await fetch_instance_api(
             stream,
             scheme=scheme,
             domain=domain,
             ip=ip,
-            port=self.config.port,
+            port=port,
             settings=self.config.http,
             clock=clock,
         )
@@ -294,8 +301,12 @@ class Engine:
         domains: Iterable[str],
         concurrency: int,
         on_result: Callable[[Result], None],
+        ports: Mapping[str, int] | None = None,
     ) -> None:
-        """Measure every domain with at most *concurrency* at once, reporting each result."""
+        """Measure every domain with at most *concurrency* at once, reporting each result.
+
+        *ports*: the domains measured at another port than the config's (a collector
+        served on its own port is measured there, like a target)."""
         pending = iter(domains)
         stopped = False
 
@@ -305,7 +316,7 @@ class Engine:
                 if stopped:
                     return
                 try:
-                    result: Result = await self.measure(domain)
+                    result: Result = await self.measure(domain, (ports or {}).get(domain))
                 except Exception as exc:  # our bug: report it for this domain, go on
                     result = DomainError(domain, exc)
                 if stopped:

@@ -22,3 +22,11 @@ def rfc3339(when: datetime, timespec: str = "milliseconds") -> str:
 def utc_now_rfc3339() -> str:
     """Wall-clock time now, to the millisecond."""
     return rfc3339(datetime.now(UTC))
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """An RFC 3339 time with its offset (``Z`` or ``+hh:mm``) as an aware UTC datetime."""
+    when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return when.astimezone(UTC)

@@ -43,6 +43,7 @@ ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 LAST_CHECKIN, INTERVAL = "last_checkin_at", "interval_seconds"
 LAST_ERROR, LAST_ERROR_AT = "last_error", "last_error_at"
 RETEST_SPACING, TARGETS = "retest_spacing_seconds", "targets"
+TARGET_PORTS = "target_ports"  # the targets measured at another port (a collector's own)
 
 
 def _rfc3339(when: datetime) -> str:
@@ -180,12 +181,23 @@ class Schedule:
     interval_seconds: float | None = None
     retest_spacing_seconds: float | None = None
     targets: list[str] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)  # targets at another port than --port
 
 
-def record_schedule(state_dir: Path, retest_spacing: float, targets: list[str]) -> None:
+def record_schedule(
+    state_dir: Path, retest_spacing: float, targets: list[str], ports: dict[str, int] | None = None
+) -> None:
     """Keep the last check-in's retest spacing and targets: the daemon measures them
-    again when the collector cannot be reached (its domain may be blocked too)."""
-    update_state_fields(state_dir, {RETEST_SPACING: float(retest_spacing), TARGETS: list(targets)})
+    again when the collector cannot be reached (its domain may be blocked too, and
+    the collector's own names are among the targets: their measurements say so)."""
+    update_state_fields(
+        state_dir,
+        {
+            RETEST_SPACING: float(retest_spacing),
+            TARGETS: list(targets),
+            TARGET_PORTS: dict(ports or {}),
+        },
+    )
 
 
 def cached_schedule(state_dir: Path) -> Schedule:
@@ -196,4 +208,14 @@ def cached_schedule(state_dir: Path) -> Schedule:
     targets = raw.get(TARGETS)
     valid_spacing = float(spacing) if isinstance(spacing, int | float) and spacing >= 0 else None
     valid_targets = [t for t in targets if isinstance(t, str)] if isinstance(targets, list) else []
-    return Schedule(_interval(raw), valid_spacing, valid_targets)
+    ports = raw.get(TARGET_PORTS)
+    valid_ports = (
+        {d: p for d, p in ports.items() if d in valid_targets and _is_port(p)}
+        if isinstance(ports, dict)
+        else {}
+    )
+    return Schedule(_interval(raw), valid_spacing, valid_targets, valid_ports)
+
+
+def _is_port(value: object) -> bool:
+    return type(value) is int and 0 < value < 65536

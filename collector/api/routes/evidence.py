@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel
 
-from collector.api.deps import ClockDep, SessionDep, SettingsDep, require_admin
+from collector.api.deps import ClockDep, SessionDep, SettingsDep, get_collector_key, require_admin
 from collector.core.errors import Unauthorized
 from collector.core.keys import CollectorKey
 from collector.services.evidence import EvidenceService
@@ -66,7 +66,7 @@ class EvidenceBundleOut(BaseModel):
 
 
 def collector_key(request: Request) -> CollectorKey:
-    key: CollectorKey = request.app.state.collector_key
+    key: CollectorKey = get_collector_key(request)
     return key
 
 

@@ -11,11 +11,14 @@ from sqlalchemy.orm import Session
 from collector.api.deps import (
     Admin,
     ClockDep,
+    CollectorKeyDep,
     NetworkOfDep,
     SeenAddressDep,
     SessionDep,
     SettingsDep,
+    SignedEndpointsDep,
 )
+from collector.api.routes.targets import target_out
 from collector.api.schemas import (
     CheckinOut,
     EnrollOut,
@@ -24,7 +27,6 @@ from collector.api.schemas import (
     ProbeList,
     ProbeOut,
     RotateOut,
-    TargetOut,
     TokenIn,
     TokenInfo,
     TokenList,
@@ -33,8 +35,10 @@ from collector.api.schemas import (
 )
 from collector.core import metrics
 from collector.core.models import ProbeRow, TokenRow
+from collector.services import reachability
 from collector.services.probes import ProbeService
 from collector.services.volunteers import volunteer_id, vouched_network
+from probe_agent.protocol.envelope import b64encode
 
 router = APIRouter(tags=["probes"])
 
@@ -75,12 +79,20 @@ def enroll(
     session: SessionDep,
     settings: SettingsDep,
     clock: ClockDep,
+    collector_key: CollectorKeyDep,
 ) -> EnrollOut:
     probe, key, created = ProbeService(settings, clock).enroll(session, body.envelope())
     if not created:
         response.status_code = status.HTTP_200_OK
     metrics.ENROLLMENTS.labels(status=probe.status).inc()
-    return EnrollOut(probe_id=probe.id, key_id=key.key_id, status=probe.status, role=probe.role)
+    return EnrollOut(
+        probe_id=probe.id,
+        key_id=key.key_id,
+        status=probe.status,
+        role=probe.role,
+        collector_key_id=collector_key.key_id,
+        collector_public_key=b64encode(collector_key.public_key),
+    )
 
 
 @router.post("/probes/checkin", response_model=CheckinOut)
@@ -92,6 +104,7 @@ def checkin(
     clock: ClockDep,
     network_of: NetworkOfDep,
     seen_address: SeenAddressDep,
+    endpoints: SignedEndpointsDep,
 ) -> CheckinOut:
     # The key's bucket is taken after its signature verified: junk naming a probe's key
     # cannot spend that probe's check-ins, nor a fresh key id buy a fresh bucket.
@@ -99,6 +112,7 @@ def checkin(
         session, body.envelope(), network_of, limit=request.app.state.rate_limiter.check
     )
     metrics.CHECKINS.labels(role=probe.role).inc()
+    own_ports = reachability.ports(settings)
     return CheckinOut(
         probe_id=probe.id,
         status=probe.status,
@@ -106,11 +120,9 @@ def checkin(
         interval_seconds=settings.measure_interval,
         retest_spacing_seconds=settings.retest_spacing,
         network=NetworkOut(cc=network.cc, asn=network.asn, source=str(network.source)),
-        targets=[
-            TargetOut(domain=t.domain, group=t.group.name if t.group else None, kind=t.kind)
-            for t in targets
-        ],
+        targets=[target_out(t, own_ports) for t in targets],  # own: the collector's names
         seen_address=seen_address,
+        endpoints=endpoints,
     )
 
 

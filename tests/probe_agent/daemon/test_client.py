@@ -156,6 +156,35 @@ async def test_checkin_skips_invalid_target_names(collector: FakeCollector) -> N
     assert checkin.invalid_targets == 1
 
 
+async def test_checkin_hands_out_the_ports_of_targets_measured_elsewhere(
+    collector: FakeCollector,
+) -> None:
+    """The collector's own names come with the port they are served on; a bad port
+    makes that target invalid (skipped and counted), never the whole answer."""
+    answer = {
+        "probe_id": "p_1",
+        "status": "active",
+        "server_time": "2026-11-21T15:00:01Z",
+        "interval_seconds": 300,
+        "retest_spacing_seconds": 180,
+        "network": {"cc": "DE", "asn": 3320, "source": "declared"},
+        "targets": [
+            {"domain": "alive.example", "group": None, "kind": "primary", "port": None},
+            {"domain": "bw.example", "group": None, "kind": "collector", "port": 8443},
+            {"domain": "bad1.example", "kind": "collector", "port": 0},
+            {"domain": "bad2.example", "kind": "collector", "port": "443"},
+            {"domain": "bad3.example", "kind": "collector", "port": True},
+            {"domain": "bad4.example", "kind": "collector", "port": 65536},
+        ],
+    }
+    collector.script("/probes/checkin", 200, json.dumps(answer).encode())
+    async with CollectorClient([collector.url], Ed25519PrivateKey.generate()) as client:
+        checkin = await client.checkin(None)
+    assert checkin.targets == ["alive.example", "bw.example"]
+    assert checkin.ports == {"bw.example": 8443}
+    assert checkin.invalid_targets == 4
+
+
 async def test_checkin_with_an_unknown_key(collector: FakeCollector) -> None:
     async with CollectorClient([collector.url], Ed25519PrivateKey.generate()) as client:
         with pytest.raises(CollectorRefused) as info:

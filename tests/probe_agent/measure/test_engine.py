@@ -159,10 +159,10 @@ async def test_measure_all_isolates_internal_errors(tmp_path: Path, contexts: TL
     engine = make_engine(dns, healthy(tmp_path), contexts)
     original = engine.measure
 
-    async def flaky(domain: str):  # type: ignore[no-untyped-def]
+    async def flaky(domain: str, port: int | None = None):  # type: ignore[no-untyped-def]
         if domain.startswith("bad"):
             raise RuntimeError("a bug of ours")
-        return await original(domain)
+        return await original(domain, port)
 
     engine.measure = flaky  # type: ignore[method-assign]
     results: list[Result] = []

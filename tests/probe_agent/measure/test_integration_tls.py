@@ -17,12 +17,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from probe_agent.measure.engine import DEFAULT_DECOY_SNI
+from probe_agent.measure.engine import DEFAULT_DECOY_SNI, Result
 from probe_agent.measure.http import API_PATHS
 from probe_agent.measure.observations import Measurement
 from probe_agent.protocol.vocabulary import Failure, Hint, Operation
 from tests.support.probing import assert_no_lingering_tasks, loopback_engine, tls_obs
-from tests.support.simnet import STEP_TIMEOUT, SimInstance, SimulatedNetwork
+from tests.support.simnet import STEP_TIMEOUT, SimInstance, SimulatedNetwork, free_tcp_port
 from tests.support.tls_servers import WRONG_NAME, ServerBehaviour
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(15)]
@@ -200,3 +200,25 @@ async def test_address_going_dark_after_the_decoy_fails_at_connect(tmp_path: Pat
     assert real.failure == Failure.GENERIC_TIMEOUT
     assert real.failed_operation == Operation.CONNECT
     assert Hint.TLS_SNI_BLOCKED not in m.hints
+
+
+async def test_a_domain_with_its_own_port_is_measured_there(tmp_path: Path) -> None:
+    """A collector served on its own port (check-in's ``port``) is measured at it; the
+    other domains at the config's port (here one where nothing listens)."""
+    async with SimulatedNetwork(
+        tmp_path, [SimInstance(DOMAIN), SimInstance("other.example")]
+    ) as net:
+        engine = loopback_engine(net.engine_config(port=free_tcp_port(net.ip_of(DOMAIN))))
+        results: list[Result] = []
+        await engine.measure_all(
+            [DOMAIN, "other.example"], 2, results.append, ports={DOMAIN: net.port}
+        )
+    by_domain = {r.domain: r for r in results if isinstance(r, Measurement)}
+    own = by_domain[DOMAIN]
+    assert own.port == net.port
+    assert [(o.port, o.failure) for o in own.tcp] == [(net.port, None)]
+    assert {o.port for o in own.tls} == {net.port} and tls_obs(own, decoy=False).failure is None
+    assert own.http[0].url == f"https://{DOMAIN}:{net.port}{API_PATHS[0]}"
+    other = by_domain["other.example"]
+    assert other.port != net.port
+    assert [o.failure for o in other.tcp] == ["connection_refused"]

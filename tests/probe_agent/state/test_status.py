@@ -18,6 +18,7 @@ from probe_agent.state.identity import (
     Identity,
     load_or_create_key,
     load_state,
+    update_state_fields,
 )
 from probe_agent.state.spool import Spool
 from probe_agent.state.status import (
@@ -197,3 +198,23 @@ def test_a_long_schedule_keeps_the_enrollment(tmp_path: Path) -> None:
     assert Identity.open(tmp_path).enrolled
     assert read_status(tmp_path).enrolled
     assert cached_schedule(tmp_path).targets == targets
+
+
+def test_the_schedule_keeps_the_ports_of_its_targets(tmp_path: Path) -> None:
+    """An unreachable collector's round measures its own names at their ports too."""
+    record_schedule(tmp_path, 180, ["alive.example", "bw.example"], {"bw.example": 8443})
+    assert cached_schedule(tmp_path).ports == {"bw.example": 8443}
+    record_schedule(tmp_path, 180, ["alive.example"])  # the next check-in had none
+    assert cached_schedule(tmp_path).ports == {}
+
+
+def test_damaged_ports_in_the_state_file_are_dropped(tmp_path: Path) -> None:
+    _enrolled(tmp_path)
+    update_state_fields(
+        tmp_path,
+        {
+            "targets": ["a.example", "b.example"],
+            "target_ports": {"a.example": 8443, "b.example": "x", "gone.example": 443},
+        },
+    )
+    assert cached_schedule(tmp_path).ports == {"a.example": 8443}
