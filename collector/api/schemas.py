@@ -121,6 +121,9 @@ class TokenIn(BaseModel):
 
 class TokenOut(BaseModel):
     token: str
+    # The token with the collector key's fingerprint prefix: give volunteers this one
+    # (the probe then trusts only this collector's key). Added 2026-12-03.
+    anchored_token: str | None = None
     uses: int
     expires_at: datetime
     role: str

@@ -18,7 +18,8 @@ from collector.cli.options import DatabaseUrl, admin_settings
 from collector.core.clock import SystemClock
 from collector.core.db import session_scope
 from collector.core.errors import CollectorError
-from collector.services.probes import ProbeService
+from collector.core.keys import CollectorKey, KeyFileError, collector_key
+from collector.services.probes import ProbeService, anchored
 
 probes_app = typer.Typer(no_args_is_help=True, help="Probe enrollment tokens and probes.")
 subscriptions_app = typer.Typer(
@@ -45,9 +46,16 @@ def probes_token(
 ) -> None:
     """Print a new enrollment token (shown once; only its hash is stored).
 
-    Every probe enrolled with one token is one volunteer: its votes count once.
+    Every probe enrolled with one token is one volunteer: its votes count once. The
+    token carries the collector key's fingerprint after a dot: a probe enrolling with
+    it trusts that collector key only (the collector reads the part before the dot).
     """
     settings = admin_settings(database_url)
+    try:
+        key: CollectorKey | None = collector_key(settings)
+    except KeyFileError as exc:  # e.g. PostgreSQL without BLOCKWATCH_KEY_FILE here
+        typer.echo(f"warning: {exc.message}: the token carries no key fingerprint", err=True)
+        key = None
     try:
         with sessions(settings) as factory, session_scope(factory) as session:
             token, _ = ProbeService(settings, SystemClock()).create_token(
@@ -56,7 +64,7 @@ def probes_token(
             )  # fmt: skip
     except CollectorError as exc:
         raise fail(exc) from None
-    typer.echo(token)
+    typer.echo(anchored(token, key.key_id) if key is not None else token)
 
 
 @probes_app.command("tokens")

@@ -48,6 +48,16 @@ from collector.services.volunteers import reevaluate, window_start
 from probe_agent.protocol.envelope import Envelope, EnvelopeError, Purpose, fingerprint
 
 TOKEN_PREFIX = "bwt_"  # noqa: S105 (a prefix, not a secret)
+ANCHOR_HEX = 32  # the collector key's fingerprint prefix an anchored token carries
+
+
+def anchored(token: str, collector_key_id: str) -> str:
+    """``bwt_<secret>.<the collector key's fingerprint, 128 bits>``: what volunteers get.
+    The probe sends the token and trusts only a collector key with that fingerprint
+    (probe_agent/state/reach.py); the collector ignores the part after the dot."""
+    return f"{token}.{collector_key_id[:ANCHOR_HEX]}"
+
+
 ROLES = ("probe", "control")
 Signed = TypeVar("Signed", bound=SignedDocument)
 
@@ -118,6 +128,8 @@ class ProbeService:
         return row
 
     def _consume_token(self, session: Session, token: str, role: str) -> TokenRow:
+        # A probe older than anchored tokens sends the collector key's prefix too.
+        token = token.partition(".")[0]
         row = session.scalar(select(TokenRow).where(TokenRow.token_hash == hash_token(token)))
         if row is None or row.expires_at <= self.clock.now() or row.revoked_at is not None:
             raise Unauthorized("unknown, expired or revoked enrollment token", "err_invalid_token")

@@ -254,8 +254,10 @@ def run(
     enroll_token: Annotated[
         str | None,
         typer.Option(
-            help="Enrollment token from the collector's admin (bwt_...). Prefer the "
-            "environment variable: other users can read command lines.",
+            help="Enrollment token from the collector's admin (bwt_..., with the "
+            "collector key's fingerprint after a dot: the probe then trusts only that "
+            "collector key). Prefer the environment variable: other users can read "
+            "command lines.",
             envvar=_env("ENROLL_TOKEN"),
         ),
     ] = None,
@@ -283,6 +285,15 @@ def run(
     ] = False,
     collector_timeout: CollectorTimeoutOption = 30.0,
     proxy: ProxyOption = None,
+    collector_pin: Annotated[
+        str | None,
+        typer.Option(
+            help="Pin the collector's certificate key: base64 SHA-256 of its "
+            "SubjectPublicKeyInfo. A certificate without that key fails the handshake, "
+            "whoever issued it.",
+            envvar=_env("COLLECTOR_PIN"),
+        ),
+    ] = None,
     public_evidence: Annotated[
         bool,
         typer.Option(
@@ -339,6 +350,7 @@ def run(
     # The collector client pulls in aiohttp: only `run` needs it, and `measure`
     # (which may fork workers) starts faster and smaller without it.
     from probe_agent.daemon.round import RunOptions  # noqa: PLC0415
+    from probe_agent.daemon.tactics import parse_pin  # noqa: PLC0415
 
     _set_log_level(log_level)
     try:  # every option is checked before anything is sent
@@ -346,6 +358,8 @@ def run(
         collectors = _collectors(collector)
         declared = parse_declared(cc, asn)
         proxy_url = parse_proxy_url(proxy) if proxy else None
+        token, anchor = _split_token(enroll_token)
+        pin = parse_pin(collector_pin) if collector_pin else None
         config = engine_config(
             resolver=resolver,
             injection_sink=injection_sink,
@@ -365,7 +379,9 @@ def run(
         state_dir=state_dir,
         engine=config,
         concurrency=bounded_concurrency(concurrency, config),
-        enroll_token=enroll_token,
+        enroll_token=token,
+        collector_anchor=anchor,
+        collector_pin=pin,
         declared=declared,
         collector_timeout=collector_timeout,
         proxy=proxy_url,
@@ -373,6 +389,18 @@ def run(
         public_evidence=public_evidence,
     )
     raise typer.Exit(_start(options, None if once else daemon))
+
+
+def _split_token(text: str | None) -> tuple[str | None, str | None]:
+    """``bwt_<secret>.<collector key prefix>``: (the token, the anchor)."""
+    if text is None:
+        return None, None
+    from probe_agent.state.reach import split_token  # noqa: PLC0415
+
+    try:
+        return split_token(text)
+    except ValueError as exc:
+        raise InvalidOptionError(f"invalid --enroll-token: {exc}") from None
 
 
 def _set_log_level(log_level: LogLevel) -> None:

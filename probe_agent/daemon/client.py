@@ -5,9 +5,13 @@ The round hands it signed measurement envelopes, a batch at a time; it signs
 the enrollment and the check-in itself (``envelope.sign``, ``signed_at`` = now) and parses what the
 collector answers into small typed records.
 
-Collector URLs are tried in order: the first one that answers wins. A
+Ways to the collector (``daemon.tactics``: the ``--collector`` URLs, then the
+endpoints of the signed list the collector handed out, each direct, at another
+address, through the operator's front or as a ``.onion``) are tried in order,
+the one that answered last first: the first one that answers wins. A
 connection error, a timeout or a 5xx moves on to the next one; any other answer
-(success or a 4xx error) is final. Every request is idempotent on the
+(success or a 4xx error) is final. Every attempt is kept in ``attempts`` for the
+probe's statistics (``state.reach``). Every request is idempotent on the
 collector's side (the same key enrolls to the same probe, a measurement id is
 stored once), so trying the next URL after a lost answer is safe. Library
 exceptions (aiohttp, ssl, OSError, timeouts) are translated here, at this one
@@ -45,8 +49,10 @@ from aiohttp_socks import ProxyConnector
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from probe_agent import __version__
+from probe_agent.daemon.tactics import NameMismatch, PinMismatch, Way, WayContext, way_context, ways
 from probe_agent.measure.engine import SOFTWARE
 from probe_agent.protocol.addresses import parse_address
+from probe_agent.protocol.endpoints import Endpoint
 from probe_agent.protocol.envelope import (
     Envelope,
     Purpose,
@@ -93,6 +99,8 @@ class CheckIn:
     # Targets to measure at another port than --port: the collector's own names
     # where it is served on its own port (it measures itself like a target).
     ports: dict[str, int] = field(default_factory=dict)
+    # The collector's signed endpoint list as it came (verified by state.reach), or None.
+    endpoints: Any = field(default=None, repr=False)
     # The address the collector saw this request come from (the NAT's public
     # address, or the proxy's); None from a collector that does not send it.
     # Sensitive: for scrubbing only, never printed (repr=False).
@@ -127,6 +135,10 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        if isinstance(exc.certificate_error, PinMismatch):
+            return "TLS certificate key not the pinned one"
+        if isinstance(exc.certificate_error, NameMismatch):
+            return "TLS certificate of the front not valid for the collector"
         return "TLS certificate not trusted"
     if isinstance(exc, aiohttp.ClientSSLError):
         return "TLS handshake failed"
@@ -218,6 +230,7 @@ def _parse_checkin(status: int, data: dict[str, Any]) -> CheckIn:
         invalid_targets=invalid,
         ports=ports,
         seen_address=_seen_address(data),
+        endpoints=data.get("endpoints"),
     )
 
 
@@ -247,13 +260,7 @@ def _parse_results(status: int, data: dict[str, Any], count: int, offset: int) -
 
 def ssl_context(ca_file: str | None) -> ssl.SSLContext:
     """The system's trust store, plus *ca_file* (a lab or a private collector CA)."""
-    context = ssl.create_default_context()
-    if ca_file:
-        try:
-            context.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise InvalidOptionError(f"cannot load the CA bundle {ca_file!r}: {exc}") from exc
-    return context
+    return way_context(ca_file, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,16 +272,36 @@ class CollectorAccess:
     ca_file: str | None = None
     # socks5://, socks4://, http://: every request to a collector goes through it.
     proxy: str | None = None
+    # The collector's signed list (verified: state.reach), tried after the URLs.
+    endpoints: tuple[Endpoint, ...] = ()
+    pin: str | None = None  # --collector-pin: base64 SHA-256 of the certificate's key
+    preferred: str | None = None  # the way (Way.key) that answered last: tried first
 
     @property
     def via_proxy(self) -> bool:
         return self.proxy is not None
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of one way: for the statistics, never printed with its URL."""
+
+    way: Way
+    ok: bool
+    failure: str | None = None
+
+
 def connect(access: CollectorAccess, key: Ed25519PrivateKey) -> CollectorClient:
     """The client for every request to a collector (``async with connect(...) as client``)."""
     return CollectorClient(
-        access.urls, key, timeout=access.timeout, ca_file=access.ca_file, proxy=access.proxy
+        access.urls,
+        key,
+        timeout=access.timeout,
+        ca_file=access.ca_file,
+        proxy=access.proxy,
+        endpoints=access.endpoints,
+        pin=access.pin,
+        preferred=access.preferred,
     )
 
 
@@ -293,19 +320,28 @@ class CollectorClient:
         ca_file: str | None = None,
         now: Callable[[], str] = utc_now_rfc3339,
         proxy: str | None = None,
+        endpoints: Sequence[Endpoint] = (),
+        pin: str | None = None,
+        preferred: str | None = None,
     ) -> None:
         if not urls:
             raise InvalidOptionError("no collector URL")
-        self._urls = list(urls)
+        socks = proxy is not None and proxy.startswith("socks")
+        self._ways = ways(tuple(urls), tuple(endpoints), socks_proxy=socks, preferred=preferred)
         self._key = key
         self.key_id = fingerprint(public_bytes(key))
         self._timeout = timeout
-        self._ssl = ssl_context(ca_file)
+        self._ca_file = ca_file
+        self._pin = pin
+        self._ssl = way_context(ca_file, pin, None)
+        self._fronted: dict[str, WayContext] = {}
         self._now = now
         self._proxy = proxy
         self._session: aiohttp.ClientSession | None = None
         self._preferred = 0
         self.answered_by: str | None = None  # the base URL that gave the last answer
+        self.answered_way: Way | None = None
+        self.attempts: list[Attempt] = []
 
     async def __aenter__(self) -> Self:
         # One connection per request: a round's few requests are minutes apart
@@ -443,9 +479,16 @@ class CollectorClient:
         return await self._post(path, body)
 
     def _order(self) -> list[int]:
-        """The URL that answered last first (within this session), then the others in order."""
-        rest = [i for i in range(len(self._urls)) if i != self._preferred]
+        """The way that answered last first (within this session), then the others in order."""
+        rest = [i for i in range(len(self._ways)) if i != self._preferred]
         return [self._preferred, *rest]
+
+    def _context(self, way: Way) -> WayContext:
+        if way.endpoint.sni is None:
+            return self._ssl
+        if way.host not in self._fronted:
+            self._fronted[way.host] = way_context(self._ca_file, self._pin, way.host)
+        return self._fronted[way.host]
 
     async def _post(
         self, path: str, body: bytes, *, may_compress: bool = False
@@ -461,19 +504,21 @@ class CollectorClient:
         failures: list[str] = []
         server_error: CollectorRefused | None = None
         for i in self._order():
+            way = self._ways[i]
             try:
-                status, data, retry_after = await self._attempt(
-                    self._urls[i] + API_PREFIX + path, body, headers
-                )
+                status, data, retry_after = await self._attempt(way, path, body, headers)
             except _NoAnswer as exc:
-                failures.append(f"collector {i + 1}: {exc}")
+                failures.append(f"{way.label}: {exc}")
+                self.attempts.append(Attempt(way, False, str(exc)))
                 continue
             if status >= 500:
                 server_error = _error_from(status, data)
                 server_error.retry_after = retry_after
-                failures.append(f"collector {i + 1}: HTTP {status}")
+                failures.append(f"{way.label}: HTTP {status}")
+                self.attempts.append(Attempt(way, False, f"HTTP {status}"))
                 continue
-            self._preferred, self.answered_by = i, self._urls[i]
+            self.attempts.append(Attempt(way, True))
+            self._preferred, self.answered_by, self.answered_way = i, way.endpoint.url, way
             if not 200 <= status < 300:
                 error = _error_from(status, data)
                 error.retry_after = retry_after
@@ -487,13 +532,21 @@ class CollectorClient:
         raise CollectorUnreachable("no collector answered (" + "; ".join(failures) + ")")
 
     async def _attempt(
-        self, url: str, body: bytes, headers: dict[str, str]
+        self, way: Way, path: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, Any, float | None]:
         if self._session is None:
             raise RuntimeError("use CollectorClient as an async context manager")
+        base, extra = way.request()
+        headers = headers | extra.pop("headers", {})
+        ssl_arg = self._context(way) if base.startswith("https://") else False
         try:
             async with self._session.post(
-                url, data=body, headers=headers, allow_redirects=False
+                base + API_PREFIX + path,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                ssl=ssl_arg,
+                **extra,
             ) as response:
                 chunks: list[bytes] = []
                 size = 0

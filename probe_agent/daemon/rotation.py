@@ -50,6 +50,7 @@ from probe_agent.state.identity import (
     read_key,
     stage_new_key,
 )
+from probe_agent.state.reach import load_reach
 
 # Answers to a resumed rotation that mean "maybe done already": the old key is
 # retired, or the new key is known.
@@ -126,7 +127,15 @@ async def rotate_key(
     if resumed:
         log.warning("resuming an interrupted key rotation with its new key")
     keep_old_key(directory, old)
-    access = CollectorAccess(collectors, timeout=timeout, ca_file=ca_file, proxy=proxy)
+    kept = load_reach(directory)  # the same ways as the rounds: the signed endpoints too
+    access = CollectorAccess(
+        collectors,
+        timeout=timeout,
+        ca_file=ca_file,
+        proxy=proxy,
+        endpoints=kept.endpoints.endpoints if kept.endpoints else (),
+        preferred=kept.last_tactic,
+    )
     try:
         enrollment = await _ask_collector(access, old, new, resumed)
     except CollectorRefused:

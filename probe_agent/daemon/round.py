@@ -24,9 +24,10 @@ counts and failure kinds only: never a domain, an address or the collector's URL
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,9 +44,11 @@ from probe_agent.daemon.client import (
 )
 from probe_agent.measure.engine import DomainError, Engine, EngineConfig, Result
 from probe_agent.protocol.document import measurement_document
+from probe_agent.protocol.endpoints import EndpointsError
 from probe_agent.protocol.envelope import Purpose, sign
-from probe_agent.protocol.errors import CollectorRefused, CollectorUnreachable
+from probe_agent.protocol.errors import CollectorRefused, CollectorUnreachable, IdentityError
 from probe_agent.protocol.inputs import DeclaredNetwork
+from probe_agent.state import reach
 from probe_agent.state.identity import Identity
 from probe_agent.state.spool import Spool
 from probe_agent.state.status import (
@@ -80,6 +83,9 @@ class RunOptions:
     engine: EngineConfig
     concurrency: int = 32
     enroll_token: str | None = None
+    # The collector key's fingerprint prefix the enrollment token carried (state.reach).
+    collector_anchor: str | None = None
+    collector_pin: str | None = None  # base64 SHA-256 of the collector certificate's key
     declared: DeclaredNetwork | None = None
     collector_timeout: float = DEFAULT_TIMEOUT
     # socks5://, socks5h://, socks4://, http://: the collector is reached through it only.
@@ -177,7 +183,13 @@ def _skew_seconds(server_time: str) -> float | None:
 
 
 async def _enroll(client: CollectorClient, identity: Identity, options: RunOptions) -> None:
+    if options.collector_anchor is not None:
+        reach.anchor(options.state_dir, options.collector_anchor)
     answer = await client.enroll(options.enroll_token, options.role, options.declared)
+    key_id = answer.get("collector_key_id")
+    # The collector's key is checked against the token's anchor, then pinned: the
+    # endpoint lists of every later check-in must be signed by it.
+    reach.pin(options.state_dir, key_id if isinstance(key_id, str) else None)
     identity.record(
         probe_id=answer["probe_id"],
         status=answer["status"],
@@ -216,9 +228,20 @@ async def _check_in(
             public_evidence=options.public_evidence,
         )
     options.seen.remember(checkin.seen_address)  # in memory only: see privacy.SeenAddresses
+    _keep_endpoints(options, checkin)
     if checkin.status != identity.state.status or checkin.probe_id != identity.state.probe_id:
         identity.record(probe_id=checkin.probe_id, status=checkin.status)
     return checkin
+
+
+def _keep_endpoints(options: RunOptions, checkin: CheckIn) -> None:
+    """Keep the check-in's endpoint list once it verifies; a list that does not is
+    refused whole (the one kept before stays), and the round goes on."""
+    try:
+        reach.keep_endpoints(options.state_dir, checkin.endpoints)
+    except EndpointsError as exc:
+        log.warning("refused the collector's endpoint list: %s", exc)
+        record_error(options.state_dir, "endpoints_refused")
 
 
 async def _measure_and_sign(
@@ -310,14 +333,31 @@ async def run_once(
 
 
 def _client(options: RunOptions, identity: Identity) -> CollectorClient:
+    kept = reach.load_reach(options.state_dir)
     access = CollectorAccess(  # the proxy, when given, carries every request
         options.collectors,
         timeout=options.collector_timeout,
         # One --ca-file for both: a lab's CA signs the instances and the collector alike.
         ca_file=options.engine.ca_file,
         proxy=options.proxy,
+        endpoints=kept.endpoints.endpoints if kept.endpoints else (),
+        pin=options.collector_pin,
+        preferred=kept.last_tactic,
     )
     return connect(access, identity.key)
+
+
+@contextlib.asynccontextmanager
+async def _session(options: RunOptions, identity: Identity) -> AsyncIterator[CollectorClient]:
+    """A client whose attempts are counted in the state when it closes, whatever happened."""
+    async with _client(options, identity) as client:
+        try:
+            yield client
+        finally:
+            answered = client.answered_way.key if client.answered_way else None
+            attempts = [(a.way.key, a.ok, a.failure) for a in client.attempts]
+            with contextlib.suppress(IdentityError):  # statistics never fail a round
+                reach.record_attempts(options.state_dir, attempts, answered)
 
 
 async def _round(
@@ -328,9 +368,13 @@ async def _round(
     report: Callable[[str], None],
     make_engine: Callable[[EngineConfig], Engine],
 ) -> RoundResult:
-    async with _client(options, identity) as client:
+    async with _session(options, identity) as client:
         try:
             checkin = await _check_in(client, identity, options, spool)
+        except reach.CollectorKeyMismatch as exc:
+            record_error(options.state_dir, "collector_key_mismatch")
+            report(f"error: {exc}: nothing was sent after the enrollment")
+            return RoundResult(EXIT_INCOMPLETE, cached_schedule(options.state_dir))
         except (CollectorRefused, CollectorUnreachable) as exc:
             record_error(options.state_dir, _code(exc))
             report(f"error: {describe(exc)}")
@@ -391,7 +435,7 @@ async def flush_spool(options: RunOptions, *, report: Callable[[str], None] = _s
     with Spool(options.state_dir) as spool:
         if spool.depth() == 0:
             return EXIT_OK
-        async with _client(options, identity) as client:
+        async with _session(options, identity) as client:
             error = await _submit(client, spool, summary)
     if error is not None:
         report(f"error: submitting: {describe(error)} ({summary.unsent} kept in the spool)")

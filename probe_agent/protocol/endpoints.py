@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -72,6 +73,15 @@ class Endpoint:
 
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "address": self.address, "sni": self.sni}
+
+    @property
+    def kind(self) -> str:
+        """``onion``, ``front`` (an SNI of its own), ``address``, or ``direct``."""
+        if (urlsplit(self.url).hostname or "").lower().endswith(".onion"):
+            return "onion"
+        if self.sni is not None:
+            return "front"
+        return "address" if self.address is not None else "direct"
 
     def text(self) -> str:
         """The ``--endpoint`` spelling (``parse`` reads it back)."""

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from probe_agent.protocol.endpoints import Endpoint
+from probe_agent.protocol.errors import InvalidOptionError
 from probe_agent.protocol.times import rfc3339
 from probe_agent.state.files import ensure_state_dir
 from probe_agent.state.identity import (
@@ -35,6 +37,7 @@ from probe_agent.state.identity import (
     read_state_fields,
     update_state_fields,
 )
+from probe_agent.state.reach import load_reach
 from probe_agent.state.spool import Spool, spool_exists
 
 DEFAULT_INTERVAL = 300.0  # seconds: the collector's default --measure-interval
@@ -101,6 +104,10 @@ class ProbeStatus:
     spool_bytes: int = 0
     evicted_total: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    collector_key_id: str | None = None  # the collector key this probe trusts (state.reach)
+    endpoints: int = 0  # ways in from the collector's signed list
+    # Each way to the collector tried: its kind, counts and times, never its URL.
+    tactics: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,6 +128,12 @@ class ProbeStatus:
             + (f" at {self.last_error_at}" if self.last_error_at else ""),
             f"spool:         {self.spool_depth} waiting ({self.spool_bytes} bytes), "
             f"{self.evicted_total} evicted, rejected: {rejected}",
+            f"collector key: {show(self.collector_key_id)} ({self.endpoints} listed endpoint(s))",
+            *(
+                f"way {t['way']}:{' ' * (8 - len(str(t['way'])))}{t['kind']}, {t['ok']} ok, "
+                f"{t['failed']} failed" + (" (used last)" if t["last_used"] else "")
+                for t in self.tactics
+            ),
         ]
 
 
@@ -171,7 +184,26 @@ def read_status(state_dir: Path, now: datetime | None = None) -> ProbeStatus:
         spool_bytes=used,
         evicted_total=evicted,
         rejected=rejected,
+        **_reach(directory),
     )
+
+
+def _reach(directory: Path) -> dict[str, Any]:
+    kept = load_reach(directory)
+    tactics = []
+    for number, (key, stats) in enumerate(kept.tactics.items(), 1):
+        try:
+            kind = Endpoint.parse(key).kind
+        except InvalidOptionError:
+            continue
+        tactics.append(
+            {"way": number, "kind": kind, **stats.to_json(), "last_used": key == kept.last_tactic}
+        )
+    return {
+        "collector_key_id": kept.key_id,
+        "endpoints": len(kept.endpoints.endpoints) if kept.endpoints else 0,
+        "tactics": tactics,
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import create_engine, select
+from typer.testing import CliRunner
 
 from collector.core.models import MeasurementRow, TargetRow
+from probe_agent.cli import app as probe_cli
 from tests.collector.helpers import ADMIN
-from tests.collector.serving import ServedCollector
+from tests.collector.serving import ServedCollector, free_port
 from tests.support.probing import run_probe
 from tests.support.simnet import SimInstance, SimulatedNetwork
 
@@ -86,3 +88,46 @@ async def test_the_probe_measures_its_collector_and_keeps_it_while_out_of_reach(
         kinds = {d: k for d, k in conn.execute(select(TargetRow.domain, TargetRow.kind))}
     engine.dispose()
     assert kinds == {"alive.example": "primary", OWN: "collector"}
+
+
+async def test_a_blocked_collector_url_falls_back_to_a_signed_endpoint(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The token anchors the collector key; the check-in hands out the signed list; when
+    the configured URL is cut off, the listed endpoint (another address for a name
+    that resolves nowhere) gets the round through, and status counts each way."""
+    async with SimulatedNetwork(tmp_path / "net", [SimInstance("alive.example")]) as net:
+        served = ServedCollector(database_url, tmp_path / "collector.log")
+        served.extra = ["--endpoint", f"http://collector.invalid:{served.port};address=127.0.0.1"]
+        served.start()
+        try:
+            async with httpx.AsyncClient(base_url=served.url) as http:
+                await http.post(
+                    "/api/v1/targets", headers=ADMIN, json={"domains": ["alive.example"]}
+                )
+                made = (await http.post("/api/v1/probes/tokens", headers=ADMIN, json={})).json()
+                key_id = (await http.get("/.well-known/blockwatch.json")).json()["collector_key_id"]
+            assert made["anchored_token"] == f"{made['token']}.{key_id[:32]}"
+            state = tmp_path / "state"
+            common = ["--once", "--enroll-token", made["anchored_token"],
+                      "--state-dir", str(state), "--cc", "CN", "--asn", "4134",
+                      "--collector-timeout", "5", *net.probe_args()]  # fmt: skip
+            first = await run_probe(["--collector", served.url, *common], command="run", timeout=60)
+            assert first.returncode == 0, first.stderr
+            blocked = f"http://127.0.0.1:{free_port()}"  # the configured URL, cut off
+            second = await run_probe(["--collector", blocked, *common], command="run", timeout=60)
+            assert second.returncode == 0, second.stderr
+            third = await run_probe(["--collector", blocked, *common], command="run", timeout=60)
+            assert third.returncode == 0, third.stderr
+        finally:
+            served.stop()
+    status = CliRunner().invoke(probe_cli, ["status", "--state-dir", str(state), "--json"])
+    assert len([d for d, _ in stored(database_url)]) == 3
+    shown = json.loads(status.stdout)
+    assert shown["collector_key_id"] == key_id and shown["endpoints"] == 1
+    by_kind = {(t["kind"], t["ok"], t["failed"], t["last_used"]) for t in shown["tactics"]}
+    # Counted per request: the first URL took round 1's enrollment, check-in and
+    # submission; the cut-off one was tried once (round 2's check-in: round 3 starts
+    # with the way that answered last); the listed address carried rounds 2 and 3.
+    assert by_kind == {("direct", 3, 0, False), ("direct", 0, 1, False), ("address", 4, 0, True)}
+    assert "127.0.0.1" not in status.stdout and "collector.invalid" not in status.stdout

@@ -36,7 +36,7 @@ from collector.api.schemas import (
 from collector.core import metrics
 from collector.core.models import ProbeRow, TokenRow
 from collector.services import reachability
-from collector.services.probes import ProbeService
+from collector.services.probes import ProbeService, anchored
 from collector.services.volunteers import volunteer_id, vouched_network
 from probe_agent.protocol.envelope import b64encode
 
@@ -136,15 +136,21 @@ def rotate(
 
 @router.post("/probes/tokens", status_code=status.HTTP_201_CREATED, response_model=TokenOut)
 def create_token(
-    body: TokenIn, _admin: Admin, session: SessionDep, settings: SettingsDep, clock: ClockDep
+    body: TokenIn,
+    _admin: Admin,
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    collector_key: CollectorKeyDep,
 ) -> TokenOut:
     token, row = ProbeService(settings, clock).create_token(
         session, uses=body.uses, expires_in=body.expires_in, role=body.role, note=body.note,
         cc=body.cc, asn=body.asn, region=body.region,
     )  # fmt: skip
     return TokenOut(
-        token=token, uses=row.max_uses, expires_at=row.expires_at, role=row.role,
-        token_id=row.id, cc=row.vouched_cc, asn=row.vouched_asn, region=row.region,
+        token=token, anchored_token=anchored(token, collector_key.key_id), uses=row.max_uses,
+        expires_at=row.expires_at, role=row.role, token_id=row.id, cc=row.vouched_cc,
+        asn=row.vouched_asn, region=row.region,
     )  # fmt: skip
 
 

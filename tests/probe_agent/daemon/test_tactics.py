@@ -1,0 +1,160 @@
+"""Ways to the collector, against a real HTTPS server on loopback: another address
+for a name that does not resolve, the operator's front (an SNI of its own, the
+certificate still checked for the collector's name), the certificate key pin
+(checked before a request byte is sent), the order (the way that answered last
+first, .onion only through SOCKS) and what is counted of each attempt."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from probe_agent.daemon.client import CollectorClient
+from probe_agent.daemon.tactics import Way, parse_pin, spki_pin, valid_for, ways
+from probe_agent.protocol.endpoints import Endpoint
+from probe_agent.protocol.errors import CollectorUnreachable, InvalidOptionError
+from tests.support.fake_collector import FakeCollector
+from tests.support.pki import TestPKI
+from tests.support.simnet import free_tcp_port
+
+NAME = "collector.test"  # resolves nowhere: only an address or a front reaches it
+
+
+class Served:
+    """A fake collector over HTTPS with a certificate for *names*, noting each SNI."""
+
+    def __init__(self, pki: TestPKI, names: list[str]) -> None:
+        cert, key = pki.cert_files(names)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.sni: list[str | None] = []
+        self.context.sni_callback = lambda _obj, name, _ctx: self.sni.append(name)
+        self.pin = spki_pin(
+            x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(Encoding.DER)
+        )
+        self.fake = FakeCollector(tls=self.context)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> TestPKI:
+    return TestPKI.create(tmp_path / "pki")
+
+
+def closed() -> str:
+    return f"https://127.0.0.1:{free_tcp_port('127.0.0.1')}"
+
+
+async def test_a_listed_address_reaches_a_name_that_does_not_resolve(pki: TestPKI) -> None:
+    served = Served(pki, [NAME])
+    async with served.fake as fake:
+        port = fake.url.rsplit(":", 1)[1]
+        listed = Endpoint(f"https://{NAME}:{port}", address="127.0.0.1")
+        async with CollectorClient(
+            [closed()], Ed25519PrivateKey.generate(), ca_file=str(pki.ca_file), endpoints=[listed]
+        ) as client:
+            answer = await client.enroll(None)
+    assert answer["status"] in ("active", "pending")
+    assert served.sni == [NAME]  # the collector's own name, on the listed address
+    assert [(a.way.kind, a.ok) for a in client.attempts] == [("direct", False), ("address", True)]
+    assert client.answered_way is not None and client.answered_way.endpoint == listed
+    assert fake.problems == []
+
+
+async def test_a_front_gets_its_own_sni_and_the_certificate_is_checked_for_the_collector(
+    pki: TestPKI,
+) -> None:
+    served = Served(pki, [NAME])
+    async with served.fake as fake:
+        port = fake.url.rsplit(":", 1)[1]
+        front = Endpoint(f"https://{NAME}:{port}", address="127.0.0.1", sni="cdn.example")
+        async with CollectorClient(
+            [closed()], Ed25519PrivateKey.generate(), ca_file=str(pki.ca_file), endpoints=[front]
+        ) as client:
+            await client.enroll(None)
+    assert served.sni == ["cdn.example"]
+    assert client.attempts[-1].ok and client.attempts[-1].way.kind == "front"
+
+
+async def test_a_front_whose_certificate_is_not_the_collectors_is_refused(pki: TestPKI) -> None:
+    served = Served(pki, ["cdn.example"])  # valid for the SNI, not for the collector
+    async with served.fake as fake:
+        port = fake.url.rsplit(":", 1)[1]
+        front = Endpoint(f"https://{NAME}:{port}", address="127.0.0.1", sni="cdn.example")
+        async with CollectorClient(
+            [closed()], Ed25519PrivateKey.generate(), ca_file=str(pki.ca_file), endpoints=[front]
+        ) as client:
+            with pytest.raises(CollectorUnreachable, match="front not valid for the collector"):
+                await client.enroll(None)
+    assert fake.received == []  # refused in the handshake: not a byte of the request
+
+
+async def test_the_pin_passes_the_right_key_and_stops_another_before_any_request(
+    pki: TestPKI,
+) -> None:
+    served = Served(pki, [NAME])
+    other = Served(pki, [NAME, "other.test"])  # same CA, same name, another key
+    async with served.fake as fake, other.fake as impostor:
+        for server, ok in ((fake, True), (impostor, False)):
+            port = server.url.rsplit(":", 1)[1]
+            way = Endpoint(f"https://{NAME}:{port}", address="127.0.0.1")
+            async with CollectorClient(
+                [closed()], Ed25519PrivateKey.generate(), ca_file=str(pki.ca_file),
+                endpoints=[way], pin=served.pin,
+            ) as client:  # fmt: skip
+                if ok:
+                    await client.enroll(None)
+                else:
+                    with pytest.raises(CollectorUnreachable, match="not the pinned one"):
+                        await client.enroll(None)
+    assert len(fake.enrollments) == 1
+    assert impostor.received == []
+
+
+def test_the_way_that_answered_last_goes_first_and_onions_need_socks() -> None:
+    listed = (
+        Endpoint("https://a.example"),  # also configured: once, as configured
+        Endpoint("https://a.example", address="203.0.113.1"),
+        Endpoint("http://bwcollectorabcdefghij.onion"),
+    )
+    plain = ways(("https://a.example", "https://b.example"), listed, socks_proxy=False)
+    assert [(w.source, w.position, w.kind) for w in plain] == [
+        ("configured", 1, "direct"),
+        ("configured", 2, "direct"),
+        ("endpoint", 2, "address"),
+    ]
+    socks = ways(("https://a.example",), listed, socks_proxy=True, preferred=listed[2].text())
+    assert [w.kind for w in socks] == ["onion", "direct", "address"]
+    assert socks[0].label == "listed endpoint 3 (onion)"
+    assert "203.0.113.1" not in " ".join(w.label for w in plain)  # never an address
+
+
+def test_a_listed_address_keeps_the_name_in_the_host_header_and_the_sni() -> None:
+    way = Way(Endpoint("https://bw.example:8443/base", address="2001:db8::1"), "endpoint", 1)
+    assert way.request() == (
+        "https://[2001:db8::1]:8443/base",
+        {"headers": {"Host": "bw.example:8443"}, "server_hostname": "bw.example"},
+    )
+    front = Way(Endpoint("https://bw.example", sni="cdn.example"), "endpoint", 2)
+    assert front.request() == ("https://bw.example", {"server_hostname": "cdn.example"})
+
+
+def test_names_match_as_rfc_6125_says(pki: TestPKI) -> None:
+    cert, _ = pki.cert_files(["*.bw.example", "bw.example"])
+    der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(Encoding.DER)
+    assert valid_for(der, "bw.example") and valid_for(der, "API.bw.example")
+    assert not valid_for(der, "a.b.bw.example")  # a wildcard is one label
+    assert not valid_for(der, "evilbw.example") and not valid_for(der, "203.0.113.1")
+
+
+def test_a_pin_is_base64_of_32_bytes() -> None:
+    good = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+    assert parse_pin(good) == good
+    assert parse_pin(f'pin-sha256:"{good}"') == good
+    for bad in ("", "abc", good[:-4], "sha1/" + good):
+        with pytest.raises(InvalidOptionError, match="collector-pin"):
+            parse_pin(bad)
