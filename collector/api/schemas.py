@@ -91,6 +91,8 @@ class CheckinOut(BaseModel):
     seen_address: str | None = None
     # The collector's other ways in, signed with its key (probe_agent/protocol/endpoints.py).
     endpoints: dict[str, str] | None = None
+    # The operator's decoy pool for the SNI control; empty: the probes' own default.
+    decoys: list[str] = Field(default_factory=list)
 
 
 class TargetsIn(BaseModel):

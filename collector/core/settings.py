@@ -25,8 +25,8 @@ from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from probe_agent.protocol.endpoints import Endpoint
-from probe_agent.protocol.errors import InvalidOptionError
-from probe_agent.protocol.inputs import parse_collector_url, parse_duration
+from probe_agent.protocol.errors import InvalidDomainError, InvalidOptionError
+from probe_agent.protocol.inputs import normalize_domain, parse_collector_url, parse_duration
 
 PLACEHOLDER_TOKENS = frozenset(
     {"", "changeme", "change-me", "admin", "secret", "password", "token", "test", "xxx"}
@@ -193,6 +193,12 @@ class CollectorSettings(BaseSettings):
     # Alerts: the base URL events link to, the least time between two updates of one
     # event to one subscriber, and each request's timeout.
     public_url: str = Field("", description="The collector's public base URL (alerts link to it).")
+    # The decoys probes draw their SNI control from (probe_agent/measure/decoys.py).
+    decoy_snis: Annotated[str, Cli(flag="--decoy-sni", repeat=True)] = Field(
+        "",
+        description="A name for the probes' SNI control, repeatable: handed out at check-in, "
+        "each round draws one. Default: the probes' built-in pool.",
+    )
     # The collector's other ways in (collector/services/reachability.py): handed to
     # probes at check-in, signed; their host names are measured like targets.
     endpoints: Annotated[str, Cli(flag="--endpoint", repeat=True)] = Field(
@@ -369,6 +375,15 @@ class CollectorSettings(BaseSettings):
             return parse_collector_url(value) if value.strip() else ""
         except InvalidOptionError as exc:
             raise ValueError(str(exc).replace("collector URL", "URL")) from exc
+
+    @field_validator("decoy_snis")
+    @classmethod
+    def _check_decoys(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        try:
+            return ",".join(dict.fromkeys(normalize_domain(n) for n in names))
+        except InvalidDomainError as exc:
+            raise ValueError(f"invalid decoy name: {exc}") from exc
 
     @field_validator("endpoints")
     @classmethod

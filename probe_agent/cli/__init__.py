@@ -31,6 +31,7 @@ from probe_agent.cli import verify
 from probe_agent.cli.options import (
     CAFileOption,
     ConcurrencyOption,
+    DecoyPoolOption,
     DecoySNIOption,
     InjectionSinkOption,
     LabNetworkOption,
@@ -335,7 +336,7 @@ def run(
     scheme: SchemeOption = Scheme.HTTPS,
     timeout: TimeoutOption = 10.0,
     concurrency: ConcurrencyOption = 32,
-    decoy_sni: DecoySNIOption = DEFAULT_DECOY_SNI,
+    decoy_sni: DecoyPoolOption = None,
     lab_network: LabNetworkOption = None,
     role: Annotated[
         Role,
@@ -360,6 +361,7 @@ def run(
         proxy_url = parse_proxy_url(proxy) if proxy else None
         token, anchor = _split_token(enroll_token)
         pin = parse_pin(collector_pin) if collector_pin else None
+        pool = tuple(normalize_domain(name) for name in decoy_sni or ())
         config = engine_config(
             resolver=resolver,
             injection_sink=injection_sink,
@@ -367,7 +369,7 @@ def run(
             port=port,
             scheme=scheme,
             timeout=timeout,
-            decoy_sni=decoy_sni,
+            decoy_sni=DEFAULT_DECOY_SNI,  # each round draws its own (daemon.round)
             lab_network=lab_network,
         )
         _check_ca_file(config.ca_file)
@@ -382,6 +384,7 @@ def run(
         enroll_token=token,
         collector_anchor=anchor,
         collector_pin=pin,
+        decoys=pool,
         declared=declared,
         collector_timeout=collector_timeout,
         proxy=proxy_url,

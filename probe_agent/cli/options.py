@@ -57,6 +57,15 @@ ConcurrencyOption = Annotated[int, typer.Option(min=1, max=1024, envvar=env("CON
 DecoySNIOption = Annotated[
     str, typer.Option(help="SNI of the control handshake.", envvar=env("DECOY_SNI"))
 ]
+DecoyPoolOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--decoy-sni",
+        help="A name for the SNI control, repeatable: each round draws one (default: the "
+        "collector's pool, else a built-in pool of large sites reachable in mainland China).",
+        envvar=env("DECOY_SNI"),
+    ),
+]
 LabNetworkOption = Annotated[
     list[str] | None,
     typer.Option(

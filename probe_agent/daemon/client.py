@@ -48,9 +48,10 @@ import aiohttp
 from aiohttp_socks import ProxyConnector
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from probe_agent import __version__
 from probe_agent.daemon.tactics import NameMismatch, PinMismatch, Way, WayContext, way_context, ways
+from probe_agent.measure.decoys import parse_pool
 from probe_agent.measure.engine import SOFTWARE
+from probe_agent.measure.http import USER_AGENT as BROWSER_USER_AGENT
 from probe_agent.protocol.addresses import parse_address
 from probe_agent.protocol.endpoints import Endpoint
 from probe_agent.protocol.envelope import (
@@ -75,7 +76,9 @@ MAX_BATCH = 100  # the collector takes up to 500; 100 keeps one lost answer chea
 GZIP_ABOVE = 1024  # bytes; smaller bodies do not shrink enough to pay for it
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 DEFAULT_TIMEOUT = 30.0
-USER_AGENT = f"blockwatch-probe/{__version__}"
+# A browser's, like the measurements' (measure.http): nothing in the probe's traffic
+# names Blockwatch. The collector learns the version from the signed documents.
+USER_AGENT = BROWSER_USER_AGENT
 # Client-side code: the answer is not what docs/api.md says (an HTML page from a
 # proxy, a success without the documented fields).
 ERR_BAD_RESPONSE = "err_bad_response"
@@ -101,6 +104,7 @@ class CheckIn:
     ports: dict[str, int] = field(default_factory=dict)
     # The collector's signed endpoint list as it came (verified by state.reach), or None.
     endpoints: Any = field(default=None, repr=False)
+    decoys: tuple[str, ...] = ()  # the operator's decoy pool; empty: the probe's default
     # The address the collector saw this request come from (the NAT's public
     # address, or the proxy's); None from a collector that does not send it.
     # Sensitive: for scrubbing only, never printed (repr=False).
@@ -201,6 +205,14 @@ def _seen_address(data: dict[str, Any]) -> str | None:
         return None
 
 
+def _decoys(data: dict[str, Any]) -> tuple[str, ...]:
+    """The optional ``decoys``: valid names only (a bad one is skipped, not an error)."""
+    value = data.get("decoys")
+    if not isinstance(value, list):
+        return ()
+    return parse_pool(n for n in value if isinstance(n, str))
+
+
 def _parse_checkin(status: int, data: dict[str, Any]) -> CheckIn:
     targets: dict[str, None] = {}  # ordered and unique
     ports: dict[str, int] = {}
@@ -231,6 +243,7 @@ def _parse_checkin(status: int, data: dict[str, Any]) -> CheckIn:
         ports=ports,
         seen_address=_seen_address(data),
         endpoints=data.get("endpoints"),
+        decoys=_decoys(data),
     )
 
 

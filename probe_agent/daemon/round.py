@@ -25,7 +25,9 @@ counts and failure kinds only: never a domain, an address or the collector's URL
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import random
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -42,13 +44,14 @@ from probe_agent.daemon.client import (
     ItemAnswer,
     connect,
 )
+from probe_agent.measure.decoys import DEFAULT_POOL, blocked_decoys
 from probe_agent.measure.engine import DomainError, Engine, EngineConfig, Result
 from probe_agent.protocol.document import measurement_document
 from probe_agent.protocol.endpoints import EndpointsError
 from probe_agent.protocol.envelope import Purpose, sign
 from probe_agent.protocol.errors import CollectorRefused, CollectorUnreachable, IdentityError
 from probe_agent.protocol.inputs import DeclaredNetwork
-from probe_agent.state import reach
+from probe_agent.state import decoys, reach
 from probe_agent.state.identity import Identity
 from probe_agent.state.spool import Spool
 from probe_agent.state.status import (
@@ -62,6 +65,7 @@ from probe_agent.state.status import (
 EXIT_OK, EXIT_INCOMPLETE = 0, 1
 ROLE = "probe"
 CLOCK_SKEW_WARNING = 60.0  # seconds; the collector refuses documents 300 s in the future
+ROUND_JITTER = 2.0  # seconds: each domain starts after a random wait up to this
 
 log = logging.getLogger("blockwatch.probe.runner")
 
@@ -86,6 +90,10 @@ class RunOptions:
     # The collector key's fingerprint prefix the enrollment token carried (state.reach).
     collector_anchor: str | None = None
     collector_pin: str | None = None  # base64 SHA-256 of the collector certificate's key
+    # The volunteer's own decoy pool (run --decoy-sni); empty: the collector's, else
+    # measure.decoys.DEFAULT_POOL. One name is drawn each round.
+    decoys: tuple[str, ...] = ()
+    jitter: float = ROUND_JITTER  # seconds a domain may wait before it starts
     declared: DeclaredNetwork | None = None
     collector_timeout: float = DEFAULT_TIMEOUT
     # socks5://, socks5h://, socks4://, http://: the collector is reached through it only.
@@ -245,17 +253,24 @@ def _keep_endpoints(options: RunOptions, checkin: CheckIn) -> None:
 
 
 async def _measure_and_sign(
-    engine: Engine,
+    make_engine: Callable[[EngineConfig], Engine],
     options: RunOptions,
     identity: Identity,
-    targets: list[str],
-    ports: dict[str, int],
+    schedule: Schedule,
     summary: RoundSummary,
     spool: Spool,
 ) -> None:
+    """Measure the schedule's targets in a shuffled order, with this round's decoy."""
     # This machine's addresses and what the collectors saw (behind NAT, the public
     # address; through --proxy, the proxy's), with their /24 and /64.
     scrubber = privacy.scrubber_for(options.seen, options.engine.lab_networks)
+    pool = options.decoys or schedule.decoys or DEFAULT_POOL
+    engine = make_engine(
+        dataclasses.replace(options.engine, decoy_sni=decoys.draw(pool, options.state_dir))
+    )
+    targets = list(schedule.targets)
+    random.SystemRandom().shuffle(targets)  # not the same order every round
+    blocked: set[str] = set()
 
     def on_result(result: Result) -> None:
         if isinstance(result, DomainError):
@@ -263,6 +278,7 @@ async def _measure_and_sign(
             log.debug("internal error: %s", type(result.error).__name__)
             return
         summary.measured += 1
+        blocked.update(blocked_decoys(result))
         log.debug("measured %s: hints %s", result.domain, ",".join(result.hints) or "none")
         # Signed as soon as it is done, so that signed_at is the measurement's time,
         # and on disk before any submission is tried: a crash loses nothing.
@@ -273,7 +289,12 @@ async def _measure_and_sign(
         envelope = sign(identity.key, Purpose.MEASUREMENT, document)
         spool.put(envelope, result.started_at, observations["measurement_id"])
 
-    await engine.measure_all(targets, options.concurrency, on_result, ports)
+    await engine.measure_all(
+        targets, options.concurrency, on_result, schedule.ports, jitter=options.jitter
+    )
+    if blocked:  # reported by the measurements themselves; set aside for the next rounds
+        log.info("%d decoy name(s) seen blocked here: set aside", len(blocked))
+        decoys.record_blocked(options.state_dir, blocked)
 
 
 async def _submit(
@@ -382,20 +403,14 @@ async def _round(
             if isinstance(exc, CollectorUnreachable) and cached.targets:
                 # The collector (or its domain) is out of reach: measure the last
                 # targets anyway and keep the evidence in the spool for later.
-                engine = make_engine(options.engine)
-                await _measure_and_sign(
-                    engine, options, identity, cached.targets, cached.ports, summary, spool
-                )
+                await _measure_and_sign(make_engine, options, identity, cached, summary, spool)
                 report(f"{summary.measured} measurement(s) of the last targets kept in the spool")
             return RoundResult(EXIT_INCOMPLETE, cached)
         schedule = _record(options.state_dir, checkin)
         if not _ready(checkin, report):
             return RoundResult(EXIT_INCOMPLETE, schedule)
         summary.targets = len(checkin.targets)
-        engine = make_engine(options.engine)
-        await _measure_and_sign(
-            engine, options, identity, checkin.targets, checkin.ports, summary, spool
-        )
+        await _measure_and_sign(make_engine, options, identity, schedule, summary, spool)
         error = await _submit(client, spool, summary)
         if error is not None:
             record_error(options.state_dir, _code(error))
@@ -407,9 +422,15 @@ async def _round(
 def _record(state_dir: Path, checkin: CheckIn) -> Schedule:
     """Record the check-in (for ``status`` and the next outage); the schedule it handed out."""
     record_checkin(state_dir, datetime.now(UTC), checkin.interval_seconds)
-    record_schedule(state_dir, checkin.retest_spacing_seconds, checkin.targets, checkin.ports)
+    record_schedule(
+        state_dir, checkin.retest_spacing_seconds, checkin.targets, checkin.ports, checkin.decoys
+    )
     return Schedule(
-        checkin.interval_seconds, checkin.retest_spacing_seconds, checkin.targets, checkin.ports
+        checkin.interval_seconds,
+        checkin.retest_spacing_seconds,
+        checkin.targets,
+        checkin.ports,
+        checkin.decoys,
     )
 
 

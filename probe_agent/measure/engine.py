@@ -21,6 +21,7 @@ unexpected error in one domain is reported for that domain and the others go on.
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -302,19 +303,25 @@ class Engine:
         concurrency: int,
         on_result: Callable[[Result], None],
         ports: Mapping[str, int] | None = None,
+        jitter: float = 0.0,
     ) -> None:
         """Measure every domain with at most *concurrency* at once, reporting each result.
 
         *ports*: the domains measured at another port than the config's (a collector
-        served on its own port is measured there, like a target)."""
+        served on its own port is measured there, like a target). *jitter*: each
+        domain waits a random 0 to *jitter* seconds before it starts, so that a round's
+        connections do not leave in the same rhythm every time (the daemon's rounds)."""
         pending = iter(domains)
         stopped = False
+        draw = random.SystemRandom()
 
         async def worker() -> None:
             nonlocal stopped
             for domain in pending:
                 if stopped:
                     return
+                if jitter > 0:
+                    await asyncio.sleep(draw.uniform(0, jitter))
                 try:
                     result: Result = await self.measure(domain, (ports or {}).get(domain))
                 except Exception as exc:  # our bug: report it for this domain, go on

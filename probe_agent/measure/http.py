@@ -29,7 +29,7 @@ API_PATHS = ("/api/v2/instance", "/api/v1/instance", "/.well-known/nodeinfo")
 KEPT_HEADERS = ("server", "content-type", "location", "content-length")
 # A common browser's User-Agent: on plain HTTP the censor sees it, and a
 # tool-specific one would single out the volunteer's traffic.
-USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+USER_AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:140.0) Gecko/20100101 Firefox/140.0"
 NODEINFO_SCHEMA = "http://nodeinfo.diaspora.software/ns/schema/"
 
 

@@ -46,6 +46,7 @@ ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 LAST_CHECKIN, INTERVAL = "last_checkin_at", "interval_seconds"
 LAST_ERROR, LAST_ERROR_AT = "last_error", "last_error_at"
 RETEST_SPACING, TARGETS = "retest_spacing_seconds", "targets"
+DECOYS = "decoys"  # the operator's decoy pool of the last check-in
 TARGET_PORTS = "target_ports"  # the targets measured at another port (a collector's own)
 
 
@@ -214,10 +215,15 @@ class Schedule:
     retest_spacing_seconds: float | None = None
     targets: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)  # targets at another port than --port
+    decoys: tuple[str, ...] = ()  # the collector's decoy pool (empty: the probe's default)
 
 
 def record_schedule(
-    state_dir: Path, retest_spacing: float, targets: list[str], ports: dict[str, int] | None = None
+    state_dir: Path,
+    retest_spacing: float,
+    targets: list[str],
+    ports: dict[str, int] | None = None,
+    decoys: tuple[str, ...] = (),
 ) -> None:
     """Keep the last check-in's retest spacing and targets: the daemon measures them
     again when the collector cannot be reached (its domain may be blocked too, and
@@ -228,6 +234,7 @@ def record_schedule(
             RETEST_SPACING: float(retest_spacing),
             TARGETS: list(targets),
             TARGET_PORTS: dict(ports or {}),
+            DECOYS: list(decoys),
         },
     )
 
@@ -246,7 +253,9 @@ def cached_schedule(state_dir: Path) -> Schedule:
         if isinstance(ports, dict)
         else {}
     )
-    return Schedule(_interval(raw), valid_spacing, valid_targets, valid_ports)
+    pool = raw.get(DECOYS)
+    valid_pool = tuple(d for d in pool if isinstance(d, str)) if isinstance(pool, list) else ()
+    return Schedule(_interval(raw), valid_spacing, valid_targets, valid_ports, valid_pool)
 
 
 def _is_port(value: object) -> bool:

@@ -40,6 +40,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from probe_agent.measure.http import USER_AGENT as BROWSER_USER_AGENT
 from probe_agent.protocol.envelope import (
     Envelope,
     EnvelopeError,
@@ -159,8 +160,10 @@ class FakeCollector:
         max_body: int = 16 * 1024 * 1024,
         tls: ssl.SSLContext | None = None,
         seen_address: str | None = None,
+        decoys: list[str] | None = None,
     ) -> None:
         self.targets = list(targets or [])
+        self.decoys = list(decoys or [])  # the check-in's decoy pool (left out when empty)
         self.open_enrollment = open_enrollment
         self.tokens = set(tokens or ())
         self.max_batch = max_batch
@@ -259,8 +262,8 @@ class FakeCollector:
         for name in request.headers:
             if name.lower() not in ALLOWED_HEADERS:
                 self.problems.append(f"unexpected header {name}")
-        if not request.headers.get("User-Agent", "").startswith("blockwatch-probe/"):
-            self.problems.append("User-Agent is not blockwatch-probe/...")
+        if request.headers.get("User-Agent") != BROWSER_USER_AGENT:
+            self.problems.append("User-Agent is not the browser's one (nothing names Blockwatch)")
         if request.content_type != "application/json":
             self.problems.append(f"Content-Type {request.content_type}")
 
@@ -398,6 +401,7 @@ class FakeCollector:
             "retest_spacing_seconds": 180,
             "network": network,
             "targets": [{"domain": d, "group": None, "kind": "primary"} for d in self.targets],
+            **({"decoys": self.decoys} if self.decoys else {}),
         }
         if self.seen_address is not None:
             answer["seen_address"] = self.seen_address

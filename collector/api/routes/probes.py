@@ -123,6 +123,7 @@ def checkin(
         targets=[target_out(t, own_ports) for t in targets],  # own: the collector's names
         seen_address=seen_address,
         endpoints=endpoints,
+        decoys=[n for n in settings.decoy_snis.split(",") if n],
     )
 
 

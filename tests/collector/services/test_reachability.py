@@ -193,3 +193,16 @@ def test_a_collector_with_no_url_to_hand_out_sends_no_list(settings: CollectorSe
         enroll(client, probe, token=token(client))
         answer = client.post("/api/v1/probes/checkin", json=probe.checkin()).json()
     assert answer["endpoints"] is None
+
+
+def test_check_in_hands_out_the_operators_decoy_pool(settings: CollectorSettings) -> None:
+    raw = "www.Apple.com,static.example.net,www.apple.com"
+    pooled = CollectorSettings.model_validate(settings.model_dump() | {"decoy_snis": raw})
+    app = create_app(pooled, geolocator=FakeGeolocator(), clock=FakeClock())
+    with TestClient(app, client=(CLIENT_IP, 40000)) as client:
+        probe = TestProbe()
+        enroll(client, probe, token=token(client))
+        answer = client.post("/api/v1/probes/checkin", json=probe.checkin()).json()
+    assert answer["decoys"] == ["www.apple.com", "static.example.net"]
+    with pytest.raises(ValidationError, match="invalid decoy name"):
+        CollectorSettings(database_url=settings.database_url, mode="lab", decoy_snis="bad name")

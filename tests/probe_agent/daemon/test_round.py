@@ -339,7 +339,7 @@ async def test_a_failed_submission_stays_in_the_spool_and_goes_next_round(tmp_pa
         assert "1 kept in the spool" in first.stderr
         with Spool(state) as spool:
             assert spool.depth() == 1
-        assert read_status(state).last_error is not None  # type: ignore[attr-defined]
+        assert read_status(state).last_error is not None
         second = await run_probe(run_once_args(net, state, collector.url), command="run")
         assert second.returncode == 0, second.stderr
     # The kept measurement and this round's: each stored once, the spool empty.
@@ -419,3 +419,58 @@ async def test_the_spool_goes_out_in_batches_of_at_most_100(tmp_path: Path) -> N
     assert sorted(collector.stored) == mids
     with Spool(state) as spool:
         assert spool.depth() == 0
+
+
+async def test_rounds_draw_their_decoy_from_the_pool_and_set_aside_a_blocked_one(
+    tmp_path: Path,
+) -> None:
+    """The operator's pool is used; a decoy the network resets where the instance's own
+    name goes through is set aside, and later rounds draw the other one."""
+    pool = ["decoy-a.example", "decoy-b.example"]
+    lines: list[str] = []
+    async with (
+        SimulatedNetwork(
+            tmp_path, [SimInstance("alive.example", ServerBehaviour.SNI_FILTER)]
+        ) as net,
+        FakeCollector(targets=["alive.example"], decoys=pool) as collector,
+    ):
+        server = net.server_of("alive.example")
+        server.blocked_sni = {"decoy-a.example"}  # the decoy is filtered, the instance not
+        options = RunOptions(
+            (collector.url,), tmp_path / "s", net.engine_config(), jitter=0,
+            declared=DeclaredNetwork("CN", 4134),
+        )  # fmt: skip
+        for _ in range(30):  # each round draws: a shows up soon (2^-30 it never does)
+            await run_once(options, report=lines.append, make_engine=loopback_engine)
+            if "decoy-a.example" in server.seen_sni:
+                break
+        used_before = len(server.seen_sni)
+        for _ in range(5):
+            await run_once(options, report=lines.append, make_engine=loopback_engine)
+    assert "decoy-a.example" in server.seen_sni
+    later = [s for s in server.seen_sni[used_before:] if s != "alive.example"]
+    assert later and set(later) == {"decoy-b.example"}
+    decoys_used = {d["measurement"]["decoy_sni"] for d in collector.stored.values()}
+    assert decoys_used == set(pool) and collector.problems == []
+    blocked = [d for d in collector.stored.values() if d["measurement"]["decoy_sni"] == pool[0]]
+    assert all("tls_sni_blocked" not in d["measurement"]["hints"] for d in blocked)
+
+
+async def test_targets_are_measured_in_another_order_each_round(tmp_path: Path) -> None:
+    names = [f"i{n}.example" for n in range(6)]
+    orders: list[list[str]] = []
+    async with (
+        SimulatedNetwork(tmp_path, [SimInstance(n) for n in names]) as net,
+        FakeCollector(targets=names) as collector,
+    ):
+        options = RunOptions(
+            (collector.url,), tmp_path / "s", net.engine_config(), concurrency=1, jitter=0
+        )
+        for _ in range(4):
+            before = set(collector.stored)
+            await run_once(options, report=lambda _line: None, make_engine=loopback_engine)
+            orders.append(
+                [d["measurement"]["domain"] for m, d in collector.stored.items() if m not in before]
+            )
+    assert all(sorted(order) == names for order in orders)
+    assert len({tuple(order) for order in orders}) > 1  # 4 rounds alike: (1/720)^3
