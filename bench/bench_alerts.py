@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from collector.alerts.outbox import Outbox
 from collector.core.db import make_engine, make_session_factory, migrate, session_scope
 from collector.core.models import EventChangeRow, EventRow
+from collector.core.secrets import generate_key
 from collector.core.settings import CollectorSettings, Mode
 from collector.services.events import event_json
 from collector.services.subscriptions import SubscriptionService
@@ -79,9 +80,17 @@ def fill(sessions: sessionmaker[Session], settings: CollectorSettings, url: str,
                                  snapshot=json.dumps(event_json(row))))  # fmt: skip
 
 
+SECRET_KEY = generate_key()
+
+
 async def run_case(database_url: str, senders: int, n: int, port: int, seen: set[str]) -> float:
     settings = CollectorSettings(
-        database_url=database_url, mode=Mode.LAB, webhook_allowlist="127.0.0.0/8"
+        database_url=database_url,
+        mode=Mode.LAB,
+        webhook_allowlist="127.0.0.0/8",
+        # Secrets are sealed at rest; SQLite keeps its key beside the database, PostgreSQL
+        # needs one given (one per run of the bench: its databases are its own).
+        secret_key="" if database_url.startswith("sqlite") else SECRET_KEY,
     )
     engine = make_engine(settings.database_url)
     migrate(engine)
