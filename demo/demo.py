@@ -14,7 +14,9 @@ the Great Firewall treats blocked instances, then:
 3. the collector matches each measurement with a control, turns them into
    verdicts and the verdicts of the two probes into block events: the demo
    shows ``blockwatch-collector events`` and the status of an instance with its
-   mirror. The outage (broken.demo) is ``down``, never an event;
+   mirror. The outage (broken.demo) is ``down``, never an event; the collector's
+   own name (``serve --endpoint``, collector.demo) is measured by the probes like
+   a target, and its status says the collector is blocked in CN;
 4. alive.demo's evidence bundle, fetched with the admin token while the
    collector runs, is verified offline at the end (``blockwatch-probe verify``
    against the saved ``/.well-known/blockwatch.json``; docs/evidence.md).
@@ -59,7 +61,12 @@ INSTANCES: list[tuple[SimInstance, str]] = [
         "TLS broken for everyone, the control too (an outage)",
     ),
     (SimInstance("alive-mirror.demo"), "alive.demo's mirror, not blocked (yet)"),
+    (
+        SimInstance("collector.demo", dns=DNSBehaviour.INJECT),
+        "the collector's own name: forged DNS answer (a censor noticed the network)",
+    ),
 ]
+OWN_NAME = "collector.demo"  # measured as the collector's --endpoint, not added as a target
 # What the uncensored internet sees: the outage stays, the censorship does not.
 OUTAGES = {"broken.demo"}
 BOGON = ("bogon.demo", "10.10.34.34", "ISP resolver answers with a private address")
@@ -124,7 +131,11 @@ async def _collector_round(
     admin_token = secrets.token_urlsafe(32)  # the evidence bundle is fetched as the operator
     env = {**os.environ, "BLOCKWATCH_DATABASE_URL": database, "COLUMNS": "160",
            "BLOCKWATCH_ADMIN_TOKEN": admin_token}  # fmt: skip
-    domains = [inst.domain for inst, _ in INSTANCES if "alive" not in inst.domain] + [BOGON[0]]
+    domains = [
+        inst.domain
+        for inst, _ in INSTANCES
+        if "alive" not in inst.domain and inst.domain != OWN_NAME
+    ] + [BOGON[0]]
     await _run(console, [collector, "targets", "add", *domains], env)
     await _run(console, [collector, "targets", "add", "alive.demo", "--group", "alive"], env)
     await _run(console, [collector, "targets", "add", "alive-mirror.demo", "--group", "alive",
@@ -144,6 +155,9 @@ async def _collector_round(
         "--ca-file", str(outside.ca_file), "--lab-network", "127.0.0.0/8",
         "--measure-interval", "3s", "--detect-interval", "1s", "--control-timeout", "2",
         "--detect-window", "60s",  # the two rounds run one after the other
+        # The collector's own name, served (here) by the uncensored copy: the probes
+        # measure it at that port like a target, and the collector learns it is blocked.
+        "--endpoint", f"https://{OWN_NAME}:{outside.port}",
     ]  # fmt: skip
     code = 0
     with (tmp / "collector.log").open("wb") as log:
@@ -159,7 +173,7 @@ async def _collector_round(
                     env,
                 )  # fmt: skip
             console.print("\n[dim]waiting for controls and the detector's passes...[/]")
-            await _wait_for_events(collector, env, minimum=4)
+            await _wait_for_events(collector, env, minimum=5)
             await _fetch_evidence(console, tmp, port, admin_token)
         finally:
             server.terminate()
@@ -168,12 +182,15 @@ async def _collector_round(
     await _run(console, [collector, "events"], env)
     await _run(console, [collector, "status", "alive.demo"], env)
     await _run(console, [collector, "status", "broken.demo"], env)
+    await _run(console, [collector, "status", OWN_NAME], env)
     console.print(
         "Each event is one (domain, country): opened because two volunteers agree, with the "
         "methods, the networks (ASNs), the first blocked evidence (started) and the "
         "signed measurements behind it (GET /api/v1/events). The control saw broken.demo "
-        "fail too: an outage, down, never a block. A volunteer's measurement is kept as "
-        "the exact bytes the probe signed, attributed to the declared network and never "
+        "fail too: an outage, down, never a block. collector.demo is the collector's own "
+        "name (serve --endpoint): the probes measured it like a target, so the operator "
+        "learns from them that the collector is blocked in CN. A volunteer's measurement "
+        "is kept as the exact bytes the probe signed, attributed to the declared network and never "
         "to an address."
     )
     # Offline, with the collector stopped: the bundle and its key are all it takes.
