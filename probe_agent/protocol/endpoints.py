@@ -32,8 +32,6 @@ and the document, JSON: ``{"format", "collector_key_id", "issued_at",
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 from collections.abc import Callable
@@ -48,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from probe_agent.protocol.envelope import (
     ENVELOPE_VERSION,
     PUBLIC_KEY_BYTES,
+    b64_field,
     b64encode,
     fingerprint,
 )
@@ -206,10 +205,4 @@ def parse_document(document: bytes, key_id: str) -> EndpointList:
 
 
 def _b64decode(data: dict[str, Any], name: str) -> bytes:
-    value = data.get(name)
-    if not isinstance(value, str):
-        raise EndpointsError(f"{name} is missing")
-    try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise EndpointsError(f"{name} is not base64") from None
+    return b64_field(data, name, EndpointsError)

@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -78,6 +79,18 @@ def b64decode(text: str, what: str) -> bytes:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
         raise EnvelopeError("err_malformed_envelope", f"{what} is not valid base64") from exc
+
+
+def b64_field(data: dict[str, Any], name: str, error: Callable[[str], Exception]) -> bytes:
+    """The base64 field *name* of a JSON object, decoded; *error(message)* is raised
+    when it is missing or not base64 (each format has its own error type)."""
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise error(f"{name} is missing")
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise error(f"{name} is not base64") from None
 
 
 @dataclass(frozen=True, slots=True)

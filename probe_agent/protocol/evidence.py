@@ -23,8 +23,6 @@ reported as a failed check, never raised.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from probe_agent.protocol.envelope import (
     Envelope,
     EnvelopeError,
     Purpose,
+    b64_field,
     fingerprint,
     verify,
 )
@@ -133,13 +132,7 @@ def verify_bundle(bundle: Any, expected_key_id: str | None) -> Verification:
 
 
 def _b64(data: dict[str, Any], name: str) -> bytes:
-    value = data.get(name)
-    if not isinstance(value, str):
-        raise BundleError(f"{name} is missing")
-    try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise BundleError(f"{name} is not base64") from None
+    return b64_field(data, name, BundleError)
 
 
 def _collector_key(bundle: Any) -> bytes:

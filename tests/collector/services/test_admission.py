@@ -5,13 +5,12 @@ read makes them wait. Removed targets stay allowed for the spool's life."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from collector.core.db import make_engine, make_session_factory, migrate, session_scope
+from collector.core.db import session_scope
 from collector.core.settings import CollectorSettings
 from collector.services.admission import TARGETS_TTL, _Targets
 from collector.services.targets import TargetService
@@ -27,15 +26,10 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def sessions(settings: CollectorSettings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    factory = make_session_factory(engine)
-    with session_scope(factory) as s:
+@pytest.fixture(autouse=True)
+def _targets(sessions: sessionmaker[Session]) -> None:
+    with session_scope(sessions) as s:
         TargetService().add(s, ["alive.bar", "m.cmx.im"])
-    yield factory
-    engine.dispose()
 
 
 class Counted(_Targets):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector.api.app import create_app
-from collector.core.db import make_engine, make_session_factory, migrate, session_scope
+from collector.core.db import session_scope
 from collector.core.models import TargetRow
 from collector.core.settings import CollectorSettings
 from collector.services import reachability
@@ -69,14 +68,6 @@ def test_endpoints_are_checked_like_collector_urls(database_url: str) -> None:
         database_url=database_url, mode="lab", endpoints=" https://a.example/ , https://b.example"
     )
     assert ok.endpoints == "https://a.example,https://b.example"
-
-
-@pytest.fixture
-def sessions(settings: CollectorSettings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def targets(sessions: sessionmaker[Session]) -> dict[str, tuple[str, bool, bool]]:

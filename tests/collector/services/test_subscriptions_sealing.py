@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,7 +13,7 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from collector.core.db import make_engine, make_session_factory, migrate, session_scope
+from collector.core.db import session_scope
 from collector.core.models import SubscriptionRow
 from collector.core.secrets import Sealer, generate_key, key_id, sealed_key_id
 from collector.core.settings import CollectorSettings
@@ -32,15 +31,10 @@ TOKEN = "syt_matrix_access_token_0123456789"
 CLEAR_SECRET = "whsec_hXMd0pY7XQSOiZGFLMc+RLmF9uDjFHyl"
 
 
-@pytest.fixture
-def sessions(settings: CollectorSettings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    factory = make_session_factory(engine)
-    with session_scope(factory) as s:
+@pytest.fixture(autouse=True)
+def _target(sessions: sessionmaker[Session]) -> None:
+    with session_scope(sessions) as s:
         TargetService().add(s, [DOMAIN])
-    yield factory
-    engine.dispose()
 
 
 def keyed(settings: CollectorSettings, keys: str) -> CollectorSettings:

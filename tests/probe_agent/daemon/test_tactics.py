@@ -49,48 +49,48 @@ def closed() -> str:
     return f"https://127.0.0.1:{free_tcp_port('127.0.0.1')}"
 
 
-async def test_a_listed_address_reaches_a_name_that_does_not_resolve(pki: TestPKI) -> None:
-    served = Served(pki, [NAME])
+async def enroll_through(
+    pki: TestPKI, served: Served, **endpoint: str
+) -> tuple[CollectorClient, Exception | None]:
+    """Enroll through a blocked URL, then *served* at the listed *endpoint* options."""
     async with served.fake as fake:
         port = fake.url.rsplit(":", 1)[1]
-        listed = Endpoint(f"https://{NAME}:{port}", address="127.0.0.1")
+        listed = Endpoint(f"https://{NAME}:{port}", **endpoint)
         async with CollectorClient(
             [closed()], Ed25519PrivateKey.generate(), ca_file=str(pki.ca_file), endpoints=[listed]
         ) as client:
-            answer = await client.enroll(None)
-    assert answer["status"] in ("active", "pending")
+            try:
+                await client.enroll(None)
+            except CollectorUnreachable as exc:
+                return client, exc
+    return client, None
+
+
+async def test_a_listed_address_reaches_a_name_that_does_not_resolve(pki: TestPKI) -> None:
+    served = Served(pki, [NAME])
+    client, error = await enroll_through(pki, served, address="127.0.0.1")
+    assert error is None and len(served.fake.enrollments) == 1
     assert served.sni == [NAME]  # the collector's own name, on the listed address
     assert [(a.way.kind, a.ok) for a in client.attempts] == [("direct", False), ("address", True)]
-    assert client.answered_way is not None and client.answered_way.endpoint == listed
-    assert fake.problems == []
+    assert client.answered_way is not None and client.answered_way.kind == "address"
+    assert served.fake.problems == []
 
 
 async def test_a_front_gets_its_own_sni_and_the_certificate_is_checked_for_the_collector(
     pki: TestPKI,
 ) -> None:
     served = Served(pki, [NAME])
-    async with served.fake as fake:
-        port = fake.url.rsplit(":", 1)[1]
-        front = Endpoint(f"https://{NAME}:{port}", address="127.0.0.1", sni="cdn.example")
-        async with CollectorClient(
-            [closed()], Ed25519PrivateKey.generate(), ca_file=str(pki.ca_file), endpoints=[front]
-        ) as client:
-            await client.enroll(None)
+    client, error = await enroll_through(pki, served, address="127.0.0.1", sni="cdn.example")
+    assert error is None
     assert served.sni == ["cdn.example"]
     assert client.attempts[-1].ok and client.attempts[-1].way.kind == "front"
 
 
 async def test_a_front_whose_certificate_is_not_the_collectors_is_refused(pki: TestPKI) -> None:
     served = Served(pki, ["cdn.example"])  # valid for the SNI, not for the collector
-    async with served.fake as fake:
-        port = fake.url.rsplit(":", 1)[1]
-        front = Endpoint(f"https://{NAME}:{port}", address="127.0.0.1", sni="cdn.example")
-        async with CollectorClient(
-            [closed()], Ed25519PrivateKey.generate(), ca_file=str(pki.ca_file), endpoints=[front]
-        ) as client:
-            with pytest.raises(CollectorUnreachable, match="front not valid for the collector"):
-                await client.enroll(None)
-    assert fake.received == []  # refused in the handshake: not a byte of the request
+    _, error = await enroll_through(pki, served, address="127.0.0.1", sni="cdn.example")
+    assert error is not None and "front not valid for the collector" in str(error)
+    assert served.fake.received == []  # refused in the handshake: not a byte of the request
 
 
 async def test_the_pin_passes_the_right_key_and_stops_another_before_any_request(
