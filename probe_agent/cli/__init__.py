@@ -295,6 +295,15 @@ def run(
             envvar=_env("COLLECTOR_PIN"),
         ),
     ] = None,
+    collector_doh: Annotated[
+        str | None,
+        typer.Option(
+            help="A DNS-over-HTTPS server (https://IP/dns-query) to resolve the collector's "
+            "name with when the other ways fail (its answer from the system resolver may "
+            "be forged). Off by default; not used through --proxy.",
+            envvar=_env("COLLECTOR_DOH"),
+        ),
+    ] = None,
     public_evidence: Annotated[
         bool,
         typer.Option(
@@ -361,6 +370,7 @@ def run(
         proxy_url = parse_proxy_url(proxy) if proxy else None
         token, anchor = _split_token(enroll_token)
         pin = parse_pin(collector_pin) if collector_pin else None
+        doh = _doh_url(collector_doh)
         pool = tuple(normalize_domain(name) for name in decoy_sni or ())
         config = engine_config(
             resolver=resolver,
@@ -384,6 +394,7 @@ def run(
         enroll_token=token,
         collector_anchor=anchor,
         collector_pin=pin,
+        collector_doh=doh,
         decoys=pool,
         declared=declared,
         collector_timeout=collector_timeout,
@@ -392,6 +403,15 @@ def run(
         public_evidence=public_evidence,
     )
     raise typer.Exit(_start(options, None if once else daemon))
+
+
+def _doh_url(text: str | None) -> str | None:
+    if text is None:
+        return None
+    url = parse_collector_url(text)
+    if not url.startswith("https://"):
+        raise InvalidOptionError("invalid --collector-doh: DNS-over-HTTPS needs https://")
+    return url
 
 
 def _split_token(text: str | None) -> tuple[str | None, str | None]:

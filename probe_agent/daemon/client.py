@@ -45,6 +45,9 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
+import dns.exception
+import dns.message
+import dns.rdatatype
 from aiohttp_socks import ProxyConnector
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -83,6 +86,7 @@ USER_AGENT = BROWSER_USER_AGENT
 # proxy, a success without the documented fields).
 ERR_BAD_RESPONSE = "err_bad_response"
 ITEM_STATUSES = ("accepted", "duplicate", "rejected")
+DNS_MESSAGE = "application/dns-message"
 
 log = logging.getLogger("blockwatch.probe.client")
 
@@ -289,6 +293,7 @@ class CollectorAccess:
     endpoints: tuple[Endpoint, ...] = ()
     pin: str | None = None  # --collector-pin: base64 SHA-256 of the certificate's key
     preferred: str | None = None  # the way (Way.key) that answered last: tried first
+    doh: str | None = None  # --collector-doh: a DNS-over-HTTPS server for the collector's name
 
     @property
     def via_proxy(self) -> bool:
@@ -315,6 +320,7 @@ def connect(access: CollectorAccess, key: Ed25519PrivateKey) -> CollectorClient:
         endpoints=access.endpoints,
         pin=access.pin,
         preferred=access.preferred,
+        doh=access.doh,
     )
 
 
@@ -336,11 +342,20 @@ class CollectorClient:
         endpoints: Sequence[Endpoint] = (),
         pin: str | None = None,
         preferred: str | None = None,
+        doh: str | None = None,
     ) -> None:
         if not urls:
             raise InvalidOptionError("no collector URL")
         socks = proxy is not None and proxy.startswith("socks")
-        self._ways = ways(tuple(urls), tuple(endpoints), socks_proxy=socks, preferred=preferred)
+        # Through a proxy the proxy resolves names: DoH would only add a request.
+        self._doh = doh if proxy is None else None
+        self._ways = ways(
+            tuple(urls),
+            tuple(endpoints),
+            socks_proxy=socks,
+            preferred=preferred,
+            doh=self._doh is not None,
+        )
         self._key = key
         self.key_id = fingerprint(public_bytes(key))
         self._timeout = timeout
@@ -544,11 +559,44 @@ class CollectorClient:
             raise server_error
         raise CollectorUnreachable("no collector answered (" + "; ".join(failures) + ")")
 
+    async def _resolve(self, host: str) -> str:
+        """*host*'s first address from the DoH server (RFC 8484, POST), A then AAAA."""
+        if self._session is None or self._doh is None:
+            raise RuntimeError("use CollectorClient as an async context manager")
+        for qtype in ("A", "AAAA"):
+            query = dns.message.make_query(host, qtype)
+            query.id = 0  # RFC 8484 4.1: cache-friendly, the transport is TLS anyway
+            try:
+                async with self._session.post(
+                    self._doh,
+                    data=query.to_wire(),
+                    headers={"Content-Type": DNS_MESSAGE, "Accept": DNS_MESSAGE},
+                    allow_redirects=False,
+                    ssl=self._ssl,
+                ) as response:
+                    wire = await response.content.read(64 * 1024)
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise _NoAnswer(f"DNS-over-HTTPS: {_describe(exc)}") from exc
+            if status != 200:
+                raise _NoAnswer(f"DNS-over-HTTPS: HTTP {status}")
+            try:
+                answer = dns.message.from_wire(wire)
+            except dns.exception.DNSException as exc:
+                raise _NoAnswer("DNS-over-HTTPS: not a DNS answer") from exc
+            for rrset in answer.answer:
+                for item in rrset:
+                    if item.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                        return str(item.address)
+        raise _NoAnswer("DNS-over-HTTPS: no address for the collector's name")
+
     async def _attempt(
         self, way: Way, path: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, Any, float | None]:
         if self._session is None:
             raise RuntimeError("use CollectorClient as an async context manager")
+        if way.doh:
+            way = way.at(await self._resolve(way.host))
         base, extra = way.request()
         headers = headers | extra.pop("headers", {})
         ssl_arg = self._context(way) if base.startswith("https://") else False

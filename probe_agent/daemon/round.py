@@ -90,6 +90,7 @@ class RunOptions:
     # The collector key's fingerprint prefix the enrollment token carried (state.reach).
     collector_anchor: str | None = None
     collector_pin: str | None = None  # base64 SHA-256 of the collector certificate's key
+    collector_doh: str | None = None  # a DNS-over-HTTPS server for the collector's name
     # The volunteer's own decoy pool (run --decoy-sni); empty: the collector's, else
     # measure.decoys.DEFAULT_POOL. One name is drawn each round.
     decoys: tuple[str, ...] = ()
@@ -364,6 +365,7 @@ def _client(options: RunOptions, identity: Identity) -> CollectorClient:
         endpoints=kept.endpoints.endpoints if kept.endpoints else (),
         pin=options.collector_pin,
         preferred=kept.last_tactic,
+        doh=options.collector_doh,
     )
     return connect(access, identity.key)
 

@@ -15,7 +15,11 @@ list the collector handed out at check-in, tried in the way it names:
   names it. Not third-party CDN fronting: a CDN that routes by SNI or checks the
   SNI against the Host does not carry it, and the front sees the real Host;
 - ``onion``: a ``.onion`` URL, only through a SOCKS ``--proxy`` (Tor): without
-  one it is skipped.
+  one it is skipped;
+- ``doh``: with ``--collector-doh URL``, each named way once more, last, its name
+  resolved over DNS-over-HTTPS (RFC 8484) instead of the system resolver (a
+  poisoned answer leads nowhere or to a certificate that does not fit); then as
+  ``address``. Not through ``--proxy``: the proxy resolves names itself.
 
 Through ``--proxy`` every way goes through the proxy. With ``--collector-pin``
 (base64 SHA-256 of the certificate's SubjectPublicKeyInfo, HPKP's pin-sha256),
@@ -40,7 +44,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from probe_agent.protocol.endpoints import Endpoint
 from probe_agent.protocol.errors import InvalidOptionError
 
-DIRECT, ONION = "direct", "onion"  # two of Endpoint.kind's values
+DIRECT, ONION, DOH = "direct", "onion", "doh"  # Endpoint.kind's values, and DoH
+DOH_PREFIX = "doh:"  # a DoH way's key: the prefix, then its endpoint's text
 
 
 class PinMismatch(ssl.SSLCertVerificationError):
@@ -148,15 +153,21 @@ class Way:
     endpoint: Endpoint
     source: str  # "configured" | "endpoint" (the signed list)
     position: int  # 1-based, within its source
+    doh: bool = False  # the name resolved over DNS-over-HTTPS (then reached as an address)
 
     @property
     def key(self) -> str:
         """How the state remembers it (the state directory is the volunteer's own)."""
-        return self.endpoint.text()
+        return (DOH_PREFIX if self.doh else "") + self.endpoint.text()
 
     @property
     def kind(self) -> str:
-        return self.endpoint.kind
+        return DOH if self.doh else self.endpoint.kind
+
+    def at(self, address: str) -> Way:
+        """This way, reaching its host at *address* (what DoH answered)."""
+        endpoint = Endpoint(self.endpoint.url, address, self.endpoint.sni)
+        return Way(endpoint, self.source, self.position)
 
     @property
     def host(self) -> str:
@@ -186,21 +197,37 @@ class Way:
         return url, extra
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def ways(
     configured: tuple[str, ...],
     listed: tuple[Endpoint, ...],
     *,
     socks_proxy: bool,
     preferred: str | None = None,
+    doh: bool = False,
 ) -> list[Way]:
     """Every way, each once: the one that worked last first, then the configured URLs
-    in order, then the listed endpoints in the collector's order. ``.onion`` ways only
-    with a SOCKS proxy."""
+    in order, then the listed endpoints in the collector's order, then (*doh*) every
+    way to a name without an address once more, resolved over DoH. ``.onion`` ways
+    only with a SOCKS proxy."""
     found: dict[Endpoint, Way] = {}
     for position, url in enumerate(configured, 1):
         found.setdefault(Endpoint(url), Way(Endpoint(url), "configured", position))
     for position, endpoint in enumerate(listed, 1):
         found.setdefault(endpoint, Way(endpoint, "endpoint", position))
     usable = [w for w in found.values() if w.kind != ONION or socks_proxy]
+    if doh:
+        usable += [
+            Way(w.endpoint, w.source, w.position, doh=True)
+            for w in list(usable)
+            if w.endpoint.address is None and w.kind != ONION and not _is_address(w.host)
+        ]
     first = [w for w in usable if w.key == preferred]
     return first + [w for w in usable if w.key != preferred]

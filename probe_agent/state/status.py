@@ -193,8 +193,11 @@ def _reach(directory: Path) -> dict[str, Any]:
     kept = load_reach(directory)
     tactics = []
     for number, (key, stats) in enumerate(kept.tactics.items(), 1):
+        doh = key.startswith("doh:")  # daemon.tactics.DOH_PREFIX: resolved over DoH
         try:
-            kind = Endpoint.parse(key).kind
+            kind = "doh" if doh else Endpoint.parse(key).kind
+            if doh:
+                Endpoint.parse(key.removeprefix("doh:"))
         except InvalidOptionError:
             continue
         tactics.append(

@@ -9,7 +9,11 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+import dns.message
+import dns.rdatatype
+import dns.rrset
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -18,6 +22,7 @@ from probe_agent.daemon.client import CollectorClient
 from probe_agent.daemon.tactics import Way, parse_pin, spki_pin, valid_for, ways
 from probe_agent.protocol.endpoints import Endpoint
 from probe_agent.protocol.errors import CollectorUnreachable, InvalidOptionError
+from tests.support.aiohttp_site import serve_app
 from tests.support.fake_collector import FakeCollector
 from tests.support.pki import TestPKI
 from tests.support.simnet import free_tcp_port
@@ -158,3 +163,73 @@ def test_a_pin_is_base64_of_32_bytes() -> None:
     for bad in ("", "abc", good[:-4], "sha1/" + good):
         with pytest.raises(InvalidOptionError, match="collector-pin"):
             parse_pin(bad)
+
+
+class DoHServer:
+    """RFC 8484 over HTTPS on loopback: answers *records* (name -> IPv4), counts queries."""
+
+    def __init__(self, pki: TestPKI, records: dict[str, str]) -> None:
+        self.pki, self.records = pki, records
+        self.queries: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        assert request.headers["Content-Type"] == "application/dns-message"
+        query = dns.message.from_wire(await request.read())
+        self.queries.append(query.question[0].name.to_text(omit_final_dot=True))
+        answer = dns.message.make_response(query)
+        name = query.question[0].name
+        address = self.records.get(name.to_text(omit_final_dot=True))
+        if address is not None and query.question[0].rdtype == dns.rdatatype.A:
+            answer.answer.append(dns.rrset.from_text(name, 60, "IN", "A", address))
+        return web.Response(body=answer.to_wire(), content_type="application/dns-message")
+
+    async def __aenter__(self) -> str:
+        app = web.Application()
+        app.router.add_post("/dns-query", self.handle)
+        self.runner, port = await serve_app(app, ssl_context=self.pki.loopback_context())
+        return f"https://127.0.0.1:{port}/dns-query"
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.runner.cleanup()
+
+
+async def test_a_name_the_system_cannot_resolve_is_reached_through_doh(pki: TestPKI) -> None:
+    served = Served(pki, [NAME])
+    async with served.fake as fake, DoHServer(pki, {NAME: "127.0.0.1"}) as doh_url:
+        port = fake.url.rsplit(":", 1)[1]
+        async with CollectorClient(
+            [f"https://{NAME}:{port}"], Ed25519PrivateKey.generate(),
+            ca_file=str(pki.ca_file), doh=doh_url,
+        ) as client:  # fmt: skip
+            await client.enroll(None)
+    assert [(a.way.kind, a.ok) for a in client.attempts] == [("direct", False), ("doh", True)]
+    assert served.sni == [NAME]  # the real name in the handshake, at DoH's address
+    assert client.attempts[1].way.key.startswith("doh:")
+    assert len(fake.enrollments) == 1
+
+
+async def test_doh_without_an_answer_fails_that_way_only(pki: TestPKI) -> None:
+    server = DoHServer(pki, {})
+    async with server as doh_url, CollectorClient(
+        [f"https://{NAME}:1"], Ed25519PrivateKey.generate(), ca_file=str(pki.ca_file),
+        doh=doh_url,
+    ) as client:  # fmt: skip
+        with pytest.raises(CollectorUnreachable, match="DNS-over-HTTPS: no address"):
+            await client.enroll(None)
+    assert server.queries == [NAME, NAME]  # A, then AAAA
+
+
+def test_no_doh_way_through_a_proxy_nor_for_an_address() -> None:
+    listed = (Endpoint("https://bw.example", address="203.0.113.1"),)
+    found = ways(
+        ("https://bw.example", "https://127.0.0.1:8443"), listed, socks_proxy=False, doh=True
+    )
+    assert [(w.kind, w.host) for w in found] == [
+        ("direct", "bw.example"), ("direct", "127.0.0.1"), ("address", "bw.example"),
+        ("doh", "bw.example"),
+    ]  # fmt: skip
+    client = CollectorClient(
+        ["https://bw.example"], Ed25519PrivateKey.generate(), proxy="socks5://127.0.0.1:9050",
+        doh="https://127.0.0.1/dns-query",
+    )  # fmt: skip
+    assert [w.kind for w in client._ways] == ["direct"]
