@@ -363,6 +363,7 @@ class CollectorClient:
         self._pin = pin
         self._ssl = way_context(ca_file, pin, None)
         self._fronted: dict[str, WayContext] = {}
+        self._doh_ssl: WayContext | None = None  # made when first needed (_resolve)
         self._now = now
         self._proxy = proxy
         self._session: aiohttp.ClientSession | None = None
@@ -563,6 +564,9 @@ class CollectorClient:
         """*host*'s first address from the DoH server (RFC 8484, POST), A then AAAA."""
         if self._session is None or self._doh is None:
             raise RuntimeError("use CollectorClient as an async context manager")
+        if self._doh_ssl is None:
+            # The DoH server is not the collector: the collector's pin is not its key.
+            self._doh_ssl = way_context(self._ca_file, None, None)
         for qtype in ("A", "AAAA"):
             query = dns.message.make_query(host, qtype)
             query.id = 0  # RFC 8484 4.1: cache-friendly, the transport is TLS anyway
@@ -572,7 +576,7 @@ class CollectorClient:
                     data=query.to_wire(),
                     headers={"Content-Type": DNS_MESSAGE, "Accept": DNS_MESSAGE},
                     allow_redirects=False,
-                    ssl=self._ssl,
+                    ssl=self._doh_ssl,
                 ) as response:
                     wire = await response.content.read(64 * 1024)
                     status = response.status
