@@ -21,7 +21,6 @@ removed like any target.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +35,7 @@ from collector.core.keys import CollectorKey
 from collector.core.models import TargetRow
 from collector.core.settings import CollectorSettings
 from collector.services.targets import COLLECTOR_KIND, TargetService
+from probe_agent.protocol.addresses import is_address
 from probe_agent.protocol.endpoints import Endpoint, EndpointList, signed
 from probe_agent.protocol.errors import InvalidDomainError
 from probe_agent.protocol.inputs import normalize_domain
@@ -86,7 +86,7 @@ def own_names(settings: CollectorSettings) -> list[OwnName]:
     for url in urls(settings):
         parts = urlsplit(url)
         host = parts.hostname or ""
-        if parts.scheme != "https" or not host or _is_address(host):
+        if parts.scheme != "https" or not host or is_address(host):
             continue
         try:
             domain = normalize_domain(host)
@@ -143,11 +143,3 @@ def register_at_startup(settings: CollectorSettings, sessions: sessionmaker[Sess
         if names:
             log.info("the collector measures its own reachability: %d name(s)", len(names))
         return
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True

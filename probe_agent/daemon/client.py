@@ -71,7 +71,7 @@ from probe_agent.protocol.errors import (
     InvalidDomainError,
     InvalidOptionError,
 )
-from probe_agent.protocol.inputs import DeclaredNetwork, normalize_domain
+from probe_agent.protocol.inputs import DeclaredNetwork, is_port, normalize_domain
 from probe_agent.protocol.times import utc_now_rfc3339
 
 API_PREFIX = "/api/v1"
@@ -230,7 +230,7 @@ def _parse_checkin(status: int, data: dict[str, Any]) -> CheckIn:
             continue
         port = item.get("port")
         if port is not None:
-            if type(port) is not int or not 0 < port < 65536:
+            if not is_port(port):
                 invalid += 1
                 continue
             ports[name] = port

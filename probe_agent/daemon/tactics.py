@@ -41,11 +41,12 @@ from urllib.parse import urlsplit, urlunsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from probe_agent.protocol.addresses import is_address
 from probe_agent.protocol.endpoints import Endpoint
 from probe_agent.protocol.errors import InvalidOptionError
+from probe_agent.state.reach import DOH_PREFIX
 
 DIRECT, ONION, DOH = "direct", "onion", "doh"  # Endpoint.kind's values, and DoH
-DOH_PREFIX = "doh:"  # a DoH way's key: the prefix, then its endpoint's text
 
 
 class PinMismatch(ssl.SSLCertVerificationError):
@@ -197,14 +198,6 @@ class Way:
         return url, extra
 
 
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def ways(
     configured: tuple[str, ...],
     listed: tuple[Endpoint, ...],
@@ -227,7 +220,7 @@ def ways(
         usable += [
             Way(w.endpoint, w.source, w.position, doh=True)
             for w in list(usable)
-            if w.endpoint.address is None and w.kind != ONION and not _is_address(w.host)
+            if w.endpoint.address is None and w.kind != ONION and not is_address(w.host)
         ]
     first = [w for w in usable if w.key == preferred]
     return first + [w for w in usable if w.key != preferred]

@@ -219,6 +219,15 @@ def parse_address(ip: str | IPAddress) -> IPAddress:
     return ipaddress.ip_address(ip)
 
 
+def is_address(text: str) -> bool:
+    """Whether *text* is an IP address (an IPv6 one may be bracketed, as in a URL)."""
+    try:
+        parse_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def parse_networks(text: str) -> tuple[IPNetwork, ...]:
     """A comma-separated list of CIDRs (host bits allowed). Raises ValueError."""
     return tuple(

@@ -125,6 +125,11 @@ def parse_endpoint(raw: str, default_port: int = 53) -> Endpoint:
     return Endpoint(ip.compressed, port)
 
 
+def is_port(value: object) -> bool:
+    """A TCP port number from JSON: an int (not a bool) in 1-65535."""
+    return type(value) is int and 0 < value < 65536
+
+
 def system_resolvers() -> list[Endpoint]:
     """The resolvers of /etc/resolv.conf (per network namespace under ``ip netns exec``)."""
     try:

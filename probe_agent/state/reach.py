@@ -18,15 +18,15 @@ dropped, not trusted.
 
 from __future__ import annotations
 
-import base64
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from probe_agent.protocol.endpoints import EndpointList, EndpointsError, verify
-from probe_agent.protocol.envelope import fingerprint
+from probe_agent.protocol.endpoints import Endpoint, EndpointList, EndpointsError, verify
+from probe_agent.protocol.envelope import b64_field, fingerprint
+from probe_agent.protocol.errors import InvalidOptionError
 from probe_agent.protocol.evidence import canonical_key_id
 from probe_agent.protocol.times import rfc3339
 from probe_agent.state.identity import read_state_fields, update_state_fields
@@ -35,6 +35,7 @@ log = logging.getLogger("blockwatch.probe.reach")
 
 ANCHOR, KEY_ID, ENDPOINTS = "collector_anchor", "collector_key_id", "collector_endpoints"
 TACTICS, LAST_TACTIC = "tactics", "last_tactic"
+DOH_PREFIX = "doh:"  # a DoH way's key (daemon.tactics): the prefix, then its endpoint's text
 ANCHOR_HEX = 32  # the fingerprint prefix an enrollment token carries: 128 bits
 MAX_TACTICS = 64
 
@@ -169,12 +170,19 @@ def keep_endpoints(state_dir: Path, answer: Any) -> EndpointList | None:
 
 
 def _signer(answer: Any) -> str:
-    public = answer.get("collector_public_key") if isinstance(answer, dict) else None
+    if not isinstance(answer, dict):
+        raise EndpointsError("the list is not a JSON object")
+    return fingerprint(b64_field(answer, "collector_public_key", EndpointsError))
+
+
+def tactic_kind(key: str) -> str | None:
+    """The kind of the way a tactics key names (``doh`` or ``Endpoint.kind``), or None
+    for a key that names no way (written by another version, or damaged)."""
     try:
-        raw = base64.b64decode(public.encode("ascii"), validate=True)  # type: ignore[union-attr]
-    except (AttributeError, ValueError, UnicodeEncodeError):
-        raise EndpointsError("collector_public_key is missing or not base64") from None
-    return fingerprint(raw)
+        endpoint = Endpoint.parse(key.removeprefix(DOH_PREFIX))
+    except InvalidOptionError:
+        return None
+    return "doh" if key.startswith(DOH_PREFIX) else endpoint.kind
 
 
 def record_attempts(

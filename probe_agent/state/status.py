@@ -26,8 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from probe_agent.protocol.endpoints import Endpoint
-from probe_agent.protocol.errors import InvalidOptionError
+from probe_agent.protocol.inputs import is_port
 from probe_agent.protocol.times import rfc3339
 from probe_agent.state.files import ensure_state_dir
 from probe_agent.state.identity import (
@@ -37,7 +36,7 @@ from probe_agent.state.identity import (
     read_state_fields,
     update_state_fields,
 )
-from probe_agent.state.reach import load_reach
+from probe_agent.state.reach import load_reach, tactic_kind
 from probe_agent.state.spool import Spool, spool_exists
 
 DEFAULT_INTERVAL = 300.0  # seconds: the collector's default --measure-interval
@@ -193,12 +192,8 @@ def _reach(directory: Path) -> dict[str, Any]:
     kept = load_reach(directory)
     tactics = []
     for number, (key, stats) in enumerate(kept.tactics.items(), 1):
-        doh = key.startswith("doh:")  # daemon.tactics.DOH_PREFIX: resolved over DoH
-        try:
-            kind = "doh" if doh else Endpoint.parse(key).kind
-            if doh:
-                Endpoint.parse(key.removeprefix("doh:"))
-        except InvalidOptionError:
+        kind = tactic_kind(key)
+        if kind is None:
             continue
         tactics.append(
             {"way": number, "kind": kind, **stats.to_json(), "last_used": key == kept.last_tactic}
@@ -252,14 +247,10 @@ def cached_schedule(state_dir: Path) -> Schedule:
     valid_targets = [t for t in targets if isinstance(t, str)] if isinstance(targets, list) else []
     ports = raw.get(TARGET_PORTS)
     valid_ports = (
-        {d: p for d, p in ports.items() if d in valid_targets and _is_port(p)}
+        {d: p for d, p in ports.items() if d in valid_targets and is_port(p)}
         if isinstance(ports, dict)
         else {}
     )
     pool = raw.get(DECOYS)
     valid_pool = tuple(d for d in pool if isinstance(d, str)) if isinstance(pool, list) else ()
     return Schedule(_interval(raw), valid_spacing, valid_targets, valid_ports, valid_pool)
-
-
-def _is_port(value: object) -> bool:
-    return type(value) is int and 0 < value < 65536
