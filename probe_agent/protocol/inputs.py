@@ -33,8 +33,8 @@ def _plain_ascii(name: str) -> str | None:
     measurement; everything else (Unicode, A-labels, errors and their messages)
     still goes through it.
     """
-    if not name.isascii():
-        return None
+    if not name.isascii() or len(name) > _MAX_NAME:
+        return None  # idna refuses an over-long name itself ("Domain too long")
     lowered = name.lower()
     for label in lowered.split("."):
         if not _LABEL_RE.fullmatch(label) or label[2:4] == "--":

@@ -183,3 +183,15 @@ def test_the_ascii_fast_path_takes_plain_names_and_declines_a_labels() -> None:
     assert _plain_ascii("xn--bcher-kva.example") is None
     assert _plain_ascii("bücher.example") is None
     assert _plain_ascii("a\n.example") is None
+
+
+def test_an_over_long_plain_name_is_left_to_idna_and_refused() -> None:
+    """Four labels of 63 letters are 255 characters: idna refuses them, and the fast
+    path must not answer for it (hypothesis found this one with idna 3.20)."""
+    name = ".".join(["a" * 63] * 4)
+    assert _plain_ascii(name) is None
+    with pytest.raises(InvalidDomainError, match="too long"):
+        normalize_domain(name)
+    assert normalize_domain(".".join(["a" * 63] * 3 + ["a" * 61])) == ".".join(
+        ["a" * 63] * 3 + ["a" * 61]
+    )  # 253 characters: still a name
