@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -272,6 +273,8 @@ class EventRow(Base):
     scope: Mapped[str] = mapped_column(String(16))  # national|regional
     asns: Mapped[str] = mapped_column(Text)  # JSON list
     methods: Mapped[str] = mapped_column(Text)  # JSON list
+    # False while the methods are stand-ins (no method agreed yet): replaced, not grown.
+    methods_agreed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     volunteers: Mapped[str] = mapped_column(Text)  # JSON list of volunteer ids, never published
     evidence: Mapped[str] = mapped_column(Text)  # JSON list of measurement ids
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -27,7 +27,9 @@ state of each network (ASN). The rules (docs/methodology.md, "Block events"):
   the affected ones, ``regional`` otherwise. ASNs and methods accumulate over
   the event's life; a new one is an ``updated`` change. A method joins only
   when as many probes report it as open an event: one probe's odd method does
-  not.
+  not. When no method has that many (an event opened on two probes that
+  disagree), the most reported ones stand in, provisionally: they are replaced,
+  not accumulated, until one method is agreed.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ class Event:
     volume_collapse_at: datetime | None = None
     ended_at: datetime | None = None
     closed_at: datetime | None = None
+    # False while ``methods`` are the most reported stand-ins, no method agreed yet.
+    methods_agreed: bool = True
 
     @property
     def open(self) -> bool:
@@ -188,19 +192,33 @@ def _network_views(ballots: dict[str, Vote]) -> tuple[NetworkView, ...]:
     return tuple(views)
 
 
-def _agreed_methods(ballots: Sequence[Vote], params: Params) -> set[str]:
+def _agreed_methods(ballots: Sequence[Vote], params: Params) -> tuple[set[str], bool]:
     """The methods enough probes agree on: as many as open an event (or all of the
-    blocked ones, when fewer); failing that, the most reported. One probe's odd
-    method (a reset while the censor was being reconfigured) does not join."""
+    blocked ones, when fewer), and True; failing that, the most reported, and False
+    (stand-ins until one is agreed). One probe's odd method (a reset while the
+    censor was being reconfigured) does not join."""
     counts: dict[str, int] = {}
     for vote in ballots:
         for method in vote.flags & BLOCK_FLAGS:
             counts[method] = counts.get(method, 0) + 1
     if not counts:
-        return set()
+        return set(), False
     needed = min(params.open_min_probes, len(ballots))
     agreed = {m for m, n in counts.items() if n >= needed}
-    return agreed or {m for m, n in counts.items() if n == max(counts.values())}
+    if agreed:
+        return agreed, True
+    return {m for m, n in counts.items() if n == max(counts.values())}, False
+
+
+def _grown_methods(event: Event, ballots: Sequence[Vote], params: Params) -> tuple[set[str], bool]:
+    """Agreed methods accumulate; stand-ins are replaced, by agreed ones when there
+    are (a straddling probe's method then leaves), else by today's most reported."""
+    methods, agreed = _agreed_methods(ballots, params)
+    if event.methods_agreed:
+        return set(event.methods) | (methods if agreed else set()), True
+    if agreed or methods:
+        return methods, agreed
+    return set(event.methods), False
 
 
 def _merge_evidence(old: Sequence[str], new: Iterable[str], limit: int) -> tuple[str, ...]:
@@ -315,6 +333,7 @@ def _open(
         (v for v in tally.window if v.blocked and v.volunteer in agreeing),
         key=lambda v: v.started_at,
     )
+    methods, methods_agreed = _agreed_methods(blocked_ballots, params)
     event = Event(
         started_at=min(v.started_at for v in evidence),
         detected_at=now,
@@ -322,7 +341,8 @@ def _open(
         last_blocked_at=max(v.started_at for v in blocked_ballots),
         scope="national" if tally.blocked_asns >= tally.measured_asns else "regional",
         asns=tuple(sorted(tally.blocked_asns)),
-        methods=tuple(sorted(_agreed_methods(blocked_ballots, params))),
+        methods=tuple(sorted(methods)),
+        methods_agreed=methods_agreed,
         volunteers=tuple(sorted(agreeing)),
         evidence=_merge_evidence((), (v.measurement_id for v in evidence), params.max_evidence),
         reporting_probes=active,
@@ -348,7 +368,7 @@ def _advance(
     window, ballots, blocked_ballots = tally.window, tally.ballots, tally.blocked_ballots
     measured = tally.measured_asns
     asns = set(event.asns) | tally.blocked_asns
-    methods = set(event.methods) | _agreed_methods(blocked_ballots, params)
+    methods, methods_agreed = _grown_methods(event, blocked_ballots, params)
     volunteers = (set(event.volunteers) - withdrawn) | {v.volunteer for v in blocked_ballots}
     # A late measurement may show the block began earlier than thought.
     earliest = min(
@@ -363,6 +383,7 @@ def _advance(
         event,
         asns=tuple(sorted(asns)),
         methods=tuple(sorted(methods)),
+        methods_agreed=methods_agreed,
         volunteers=tuple(sorted(volunteers)),
         started_at=min(event.started_at, earliest),
         last_blocked_at=last_blocked,

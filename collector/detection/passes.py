@@ -338,6 +338,7 @@ def _key_state(row: DetectorStateRow | None, event_row: EventRow | None) -> KeyS
             scope=event_row.scope,
             asns=tuple(int(a) for a in json_list(event_row.asns)),
             methods=tuple(str(m) for m in json_list(event_row.methods)),
+            methods_agreed=event_row.methods_agreed,
             volunteers=tuple(str(p) for p in json_list(event_row.volunteers)),
             evidence=tuple(str(e) for e in json_list(event_row.evidence)),
             reporting_probes=event_row.reporting_probes,
@@ -357,6 +358,7 @@ def _write_event(row: EventRow, event: Event) -> None:
     row.scope = event.scope
     row.asns = json.dumps(list(event.asns))
     row.methods = json.dumps(list(event.methods))
+    row.methods_agreed = event.methods_agreed
     row.volunteers = json.dumps(list(event.volunteers))
     row.evidence = json.dumps(list(event.evidence))
     row.started_at = event.started_at

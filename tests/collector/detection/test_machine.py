@@ -231,3 +231,42 @@ def test_one_probes_odd_method_does_not_join_the_event() -> None:
     out = run(out.state, v, T0 + 3 * MIN)
     assert out.change is Change.UPDATED
     assert out.state.event is not None and out.state.event.methods == ("dns", "tls")
+
+
+def test_a_straddling_probes_method_is_provisional_and_leaves_once_others_agree() -> None:
+    # The lab's June wave: an IP blackhole began while a1 was mid-measurement (TCP
+    # connected before, the handshake cut after: "tls"); b1 saw what the censor does.
+    v = Votes()
+    v.round(T0 + 5 * MIN, {"a1": (CN_A, ("tls",)), "b1": (CN_B, ("tcp_ip",))})
+    out = run(KeyState(), v, T0 + 5 * MIN)
+    event = out.state.event
+    assert out.change is Change.OPENED and event is not None
+    assert event.methods == ("tcp_ip", "tls") and not event.methods_agreed
+    # The next votes agree: the stand-ins are replaced, not accumulated.
+    v.round(T0 + 6 * MIN, {"a2": (CN_A, ("tcp_ip",)), "b2": (CN_B, ("tcp_ip",))})
+    out = run(out.state, v, T0 + 6 * MIN)
+    event = out.state.event
+    assert out.change is Change.UPDATED and event is not None
+    assert event.methods == ("tcp_ip",) and event.methods_agreed
+    # Agreed methods accumulate as before; a lone odd one still does not join.
+    v.round(T0 + 7 * MIN, {"a1": (CN_A, ("tcp_ip",)), "b1": (CN_B, ("tcp_ip", "dns"))})
+    out = run(out.state, v, T0 + 7 * MIN)
+    assert out.state.event is not None and out.state.event.methods == ("tcp_ip",)
+
+
+def test_stand_in_methods_follow_the_votes_until_one_is_agreed() -> None:
+    v = Votes()
+    v.round(T0, {"a1": (CN_A, ("dns",)), "b1": (CN_B, ("tls",))})
+    out = run(KeyState(), v, T0)
+    assert out.state.event is not None and out.state.event.methods == ("dns", "tls")
+    v.round(T0 + MIN, {"a1": (CN_A, ("dns",)), "b1": (CN_B, ("dns",))})
+    out = run(out.state, v, T0 + MIN)
+    assert out.state.event is not None
+    assert out.state.event.methods == ("dns",) and out.state.event.methods_agreed
+    # Agreed at open: a later disagreement adds nothing and removes nothing.
+    w = Votes()
+    w.round(T0, {"a1": (CN_A, ("dns",)), "b1": (CN_B, ("dns",))})
+    out = run(KeyState(), w, T0)
+    w.round(T0 + MIN, {"a1": (CN_A, ("tls",)), "b1": (CN_B, ("http",))})
+    out = run(out.state, w, T0 + MIN)
+    assert out.state.event is not None and out.state.event.methods == ("dns",)
