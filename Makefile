@@ -14,10 +14,11 @@ PYTEST_ARGS ?=
 
 .PHONY: all venv debs lab-debs test lint imports typecheck unit demo bench lab clean
 
-# Debian packages: iproute2 and iptables for the lab's namespaces and censors;
+# Debian packages: iproute2 and iptables for the lab's namespaces and censors,
+# nginx for the collector served over HTTPS with its name (tests/lab/webfront.py);
 # podman, runc and debootstrap to build and run the probe's container image.
-LAB_DEBS := iproute2 iptables
-LAB_BINS := ip iptables iptables-restore
+LAB_DEBS := iproute2 iptables nginx
+LAB_BINS := ip iptables iptables-restore nginx
 CONTAINER_DEBS := podman runc debootstrap
 CONTAINER_BINS := podman runc debootstrap
 

@@ -11,7 +11,12 @@ Roles (any mix, from a JSON config written by the lab):
   the injector's forged answers first, as ISP caches do). An ISP resolver can
   answer chosen names with bogons itself (127.0.0.1, 10.x);
 - ``instances``: HTTPS fediverse instances and the plain-HTTP site, each with a
-  behaviour that can change (healthy, answering 500, down).
+  behaviour that can change (healthy, answering 500, down);
+- ``doh``: a DNS-over-HTTPS resolver abroad (RFC 8484, POST and GET on
+  ``/dns-query``, a certificate for its IP address), answering from the
+  internet's recursive resolver;
+- ``socks``: a SOCKS5 proxy abroad (``tests.support``'s), which counts the
+  destinations it was asked for.
 
 Control: one JSON request per connection on a unix socket.
 """
@@ -19,6 +24,7 @@ Control: one JSON request per connection on a unix socket.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 from pathlib import Path
@@ -29,10 +35,13 @@ import dns.exception
 import dns.message
 import dns.rcode
 import dns.rrset
+from aiohttp import web
 
 from tests.lab.control import serve_until_stopped
 from tests.lab.labpki import load_pki
 from tests.support.dns_server import DNSRecord, DNSServer
+from tests.support.pki import TestPKI
+from tests.support.socks_proxy import Socks5Proxy
 from tests.support.tls_servers import InstanceServer, ServerBehaviour
 
 UPSTREAM_TIMEOUT = 2.0
@@ -118,6 +127,49 @@ class Forwarder:
             self._tasks.discard(task)
 
 
+class DoHResolver:
+    """RFC 8484 on https://IP/dns-query, answering through a forwarding resolver."""
+
+    def __init__(self, ip: str, upstream: str, pki: TestPKI) -> None:
+        self.ip = ip
+        self.forwarder = Forwarder(ip, upstream)
+        self.context = pki.server_context([ip])
+        self.queries = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/dns-query", self._post)
+        app.router.add_get("/dns-query", self._get)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.ip, 443, ssl_context=self.context).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _post(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/dns-message":
+            return web.Response(status=415)
+        return await self._answer(await request.read())
+
+    async def _get(self, request: web.Request) -> web.Response:
+        encoded = request.query.get("dns", "")
+        try:
+            data = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        except ValueError:
+            return web.Response(status=400)
+        return await self._answer(data)
+
+    async def _answer(self, data: bytes) -> web.Response:
+        self.queries += 1
+        wire = await self.forwarder.resolve(data)
+        if wire is None:
+            return web.Response(status=400)
+        return web.Response(body=wire, content_type="application/dns-message")
+
+
 class Host:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -125,6 +177,8 @@ class Host:
         self.authoritative: DNSServer | None = None
         self.resolvers: dict[str, Forwarder] = {}
         self.instances: dict[str, InstanceServer] = {}
+        self.doh: DoHResolver | None = None
+        self.socks: Socks5Proxy | None = None
 
     async def start(self) -> None:
         if "authoritative" in self.config:
@@ -135,6 +189,14 @@ class Host:
             self.resolvers[spec["ip"]] = forwarder
         for spec in self.config.get("instances", []):
             await self.set_instance(spec["domain"], spec["behaviour"])
+        if "doh" in self.config:
+            spec = self.config["doh"]
+            self.doh = DoHResolver(spec["ip"], spec["upstream"], self.pki)
+            await self.doh.start()
+        if "socks" in self.config:
+            spec = self.config["socks"]
+            self.socks = Socks5Proxy(spec["ip"], spec["port"])
+            await self.socks.__aenter__()
 
     async def start_authoritative(self) -> None:
         spec = self.config["authoritative"]
@@ -170,6 +232,12 @@ class Host:
                 self.authoritative = None
         elif op == "bogons":
             self.resolvers[request["resolver"]].bogons = dict(request["answers"])
+        elif op == "counts":  # what the DoH resolver and the proxy were asked
+            return {
+                "ok": True,
+                "doh_queries": self.doh.queries if self.doh is not None else 0,
+                "socks": [list(d) for d in self.socks.destinations] if self.socks else [],
+            }
         elif op == "ping":
             pass
         else:
@@ -177,6 +245,10 @@ class Host:
         return {"ok": True}
 
     async def stop(self) -> None:
+        if self.doh is not None:
+            await self.doh.stop()
+        if self.socks is not None:
+            await self.socks.__aexit__(None, None, None)
         for server in self.instances.values():
             await server.stop()
         for forwarder in self.resolvers.values():

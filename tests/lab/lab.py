@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.lab import topology as topo_mod
+from tests.lab import webfront
 from tests.lab.control import Control
 from tests.lab.labpki import save_pki
 from tests.lab.preflight import require_lab_support
@@ -84,6 +85,7 @@ class Lab:
         self.regional = Control(self.run_dir / "regional.sock")
         self.web = Control(self.run_dir / "web.sock")
         self.dns = Control(self.run_dir / "dns.sock")
+        self.ctl = Control(self.run_dir / "ctl.sock")  # the SOCKS5 proxy abroad
         self.isp = {n.name: Control(self.run_dir / f"{n.key}dns.sock") for n in topo_mod.NETWORKS}
         self._started = False
 
@@ -193,6 +195,7 @@ class Lab:
             for name in inst.all_names()
         }
         records[PLAIN_HTTP_DOMAIN] = [topo_mod.PLAIN_HTTP_SITE]
+        records[topo_mod.COLLECTOR_NAME] = [topo_mod.COLLECTOR]
         instances = [
             {
                 "domain": inst.domain,
@@ -218,8 +221,10 @@ class Lab:
                 "resolvers": [
                     {"ip": topo_mod.RECURSIVE_RESOLVER, "upstream": topo_mod.AUTHORITATIVE}
                 ],
+                "doh": {"ip": topo_mod.DOH_RESOLVER, "upstream": topo_mod.RECURSIVE_RESOLVER},
             },
             "web": {"instances": instances},
+            "ctl": {"socks": {"ip": topo_mod.CONTROL_VANTAGE, "port": topo_mod.SOCKS_PORT}},
         }
         for net in topo_mod.NETWORKS:
             configs[f"{net.key}dns"] = {
@@ -262,6 +267,7 @@ class Lab:
                     ),
                 )
             )
+        self._start_webfront()
         deadline = time.monotonic() + READY_TIMEOUT
         for name, proc in waiting:
             assert proc.stdout is not None
@@ -270,6 +276,33 @@ class Lab:
             if line.strip() != b"ready":
                 log = (self.run_dir / f"{proc.args[3]}.log").read_text(errors="replace")  # type: ignore[index]
                 raise RuntimeError(f"lab daemon {name} did not start:\n{log[-3000:]}")
+
+    def _start_webfront(self) -> None:
+        """nginx in ``col``: the collector over HTTPS with its name (tests/lab/webfront.py)."""
+        assert self.pki is not None
+        cert, key = self.pki.cert_files([topo_mod.COLLECTOR_NAME])
+        conf = webfront.write(self.run_dir, cert, key)
+        ns = ["ip", "netns", "exec", self.ns("col")]
+        check = subprocess.run(
+            [*ns, "nginx", "-t", "-c", str(conf)], capture_output=True, text=True, check=False
+        )
+        if check.returncode != 0:
+            raise RuntimeError(f"the lab's nginx configuration is refused:\n{check.stderr}")
+        with open(self.run_dir / "nginx.log", "ab") as log:
+            proc = subprocess.Popen(
+                [*ns, "nginx", "-c", str(conf)],
+                stdout=log,
+                stderr=log,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 (only prctl, no locks)
+            )
+        self.processes.append(proc)
+        probe = f"import socket; socket.create_connection(({topo_mod.COLLECTOR!r}, 443), 1).close()"
+        deadline = time.monotonic() + READY_TIMEOUT
+        while self.exec("col", [sys.executable, "-c", probe]).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log = (self.run_dir / "nginx" / "error.log").read_text(errors="replace")
+                raise RuntimeError(f"the lab's nginx did not start:\n{log[-3000:]}")
+            time.sleep(0.05)
 
     # -- driving it ----------------------------------------------------------------
 

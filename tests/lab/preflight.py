@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 
-TOOLS = ("ip", "iptables", "iptables-restore")
+TOOLS = ("ip", "iptables", "iptables-restore", "nginx")  # nginx: the collector's HTTPS
 
 
 class LabUnavailable(RuntimeError):
@@ -32,7 +32,8 @@ def require_lab_support() -> None:
     missing = missing_tools()
     if missing:
         problems.append(
-            f"missing tools: {', '.join(missing)} (Debian: apt-get install -y iproute2 iptables)"
+            f"missing tools: {', '.join(missing)} "
+            "(Debian: apt-get install -y iproute2 iptables nginx)"
         )
     if problems:
         raise LabUnavailable("the censorship lab cannot run here: " + "; ".join(problems))

@@ -15,7 +15,7 @@ from tests.lab import topology as topo
 from tests.lab.lab import Lab
 
 BIN = Path(sys.executable).parent
-PORT = 8080
+PORT = topo.COLLECTOR_PORT
 # The lab reads the collector as its admin: every network and the exact times (the
 # latencies are measured from them); public answers are k-anonymous and rounded.
 ADMIN_TOKEN = "lab-admin-" + "a" * 30

@@ -9,9 +9,11 @@
         |                                      |  10.255.0.0/30
  [ national censor ] 10.1.0.1 ----------------+
         |  bridge  198.18.0.1/16   ("the internet", no route beyond it)
- dns: recursive 198.18.0.53, authoritative 198.18.0.54
+ dns: recursive 198.18.0.53, authoritative 198.18.0.54, DoH https://198.18.0.56/dns-query
  web: instances 198.18.1.1-8, plain-HTTP site 198.18.1.80, no-resolver sink 198.18.9.9
- control vantage 198.18.2.1          collector 198.18.3.1
+ control vantage 198.18.2.1 (+ SOCKS5 proxy :1080, "a proxy abroad")
+ collector 198.18.3.1 (API :8080; https://collector.test :443), second address
+   198.18.3.2 :443, the operator's front 198.18.3.3 :443 (any SNI)
 ```
 
 Every name carries the run's prefix (``bw`` + 4 hex digits) so that two runs
@@ -33,6 +35,15 @@ INJECTION_SINK = "198.18.9.9"
 PLAIN_HTTP_SITE = "198.18.1.80"
 CONTROL_VANTAGE = "198.18.2.1"
 COLLECTOR = "198.18.3.1"
+COLLECTOR_PORT = 8080  # the API, plain HTTP: what the lab's tests and most probes use
+# The collector as an operator serves it: HTTPS with a name (A: COLLECTOR), a second
+# address for the same name, and a front answering any SNI with the name's certificate.
+COLLECTOR_NAME = "collector.test"
+COLLECTOR_SECOND = "198.18.3.2"
+COLLECTOR_FRONT = "198.18.3.3"
+FRONT_SNI = "static.front.test"  # the ClientHello's name on the way to the front
+DOH_RESOLVER = "198.18.0.56"
+SOCKS_PORT = 1080  # on CONTROL_VANTAGE
 NATIONAL_GATEWAY = "198.18.0.1"
 
 
@@ -130,10 +141,16 @@ def build(prefix: str, instances: int) -> Topology:
         )
     web = [instance_ip(i) for i in range(instances)] + [PLAIN_HTTP_SITE, INJECTION_SINK]
     topo.hosts += [
-        Host("dns", "inet", [RECURSIVE_RESOLVER, AUTHORITATIVE], NATIONAL_GATEWAY),
+        Host("dns", "inet", [RECURSIVE_RESOLVER, AUTHORITATIVE, DOH_RESOLVER], NATIONAL_GATEWAY),
         Host("web", "inet", web, NATIONAL_GATEWAY),
         Host("ctl", "inet", [CONTROL_VANTAGE], NATIONAL_GATEWAY, RECURSIVE_RESOLVER),
-        Host("col", "inet", [COLLECTOR], NATIONAL_GATEWAY, RECURSIVE_RESOLVER),
+        Host(
+            "col",
+            "inet",
+            [COLLECTOR, COLLECTOR_SECOND, COLLECTOR_FRONT],
+            NATIONAL_GATEWAY,
+            RECURSIVE_RESOLVER,
+        ),
     ]
     return topo
 

@@ -161,8 +161,13 @@ class FakeCollector:
         tls: ssl.SSLContext | None = None,
         seen_address: str | None = None,
         decoys: list[str] | None = None,
+        collector_key_id: str | None = None,
     ) -> None:
         self.targets = list(targets or [])
+        # The enrollment answer's collector_key_id (None leaves it out), and the signed
+        # endpoint list every check-in answer carries (None: none).
+        self.collector_key_id = collector_key_id
+        self.endpoints: dict[str, Any] | None = None
         self.decoys = list(decoys or [])  # the check-in's decoy pool (left out when empty)
         self.open_enrollment = open_enrollment
         self.tokens = set(tokens or ())
@@ -357,14 +362,16 @@ class FakeCollector:
         self.probes[envelope.key_id] = probe
         return _json(201, self._probe_json(probe, envelope.key_id))
 
-    @staticmethod
-    def _probe_json(probe: FakeProbe, key_id: str) -> dict[str, Any]:
-        return {
+    def _probe_json(self, probe: FakeProbe, key_id: str) -> dict[str, Any]:
+        answer = {
             "probe_id": probe.probe_id,
             "key_id": key_id,
             "status": probe.status,
             "role": probe.role,
         }
+        if self.collector_key_id is not None:
+            answer["collector_key_id"] = self.collector_key_id
+        return answer
 
     async def _checkin(self, data: Any) -> web.Response:
         probe, document = self._verified(data, Purpose.CHECKIN)
@@ -405,6 +412,8 @@ class FakeCollector:
         }
         if self.seen_address is not None:
             answer["seen_address"] = self.seen_address
+        if self.endpoints is not None:
+            answer["endpoints"] = self.endpoints
         return _json(200, answer)
 
     async def _rotate(self, data: Any) -> web.Response:

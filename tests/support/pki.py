@@ -87,6 +87,14 @@ def _padding_value(size: int) -> bytes:
     return b"\x04\x83" + size.to_bytes(3, "big") + b"\xab" * size
 
 
+def _san(name: str) -> x509.GeneralName:
+    """A subjectAltName entry: an IP address as one (``https://198.18.0.56``), else a name."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def _issue_leaf(
     ca: _Authority, names: list[str], *, expired: bool, huge: bool
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -103,9 +111,7 @@ def _issue_leaf(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-        )
+        .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
@@ -197,33 +203,4 @@ class TestPKI:
 
     def loopback_context(self) -> ssl.SSLContext:
         """A server context for ``https://127.0.0.1`` (an IP SAN), from the trusted CA."""
-        ca = self.authorities["trusted"]
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca.name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _DAY)
-            .not_valid_after(now + _DAY)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca.key, hashes.SHA256())
-        )
-        cert_path, key_path = self.directory / "loopback.pem", self.directory / "loopback.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert_path, key_path)
-        return context
+        return self.server_context(["127.0.0.1"])

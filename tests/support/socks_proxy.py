@@ -16,9 +16,9 @@ from tests.support.tasks import cancel_all
 
 
 class Socks5Proxy:
-    def __init__(self, ip: str = "127.0.0.1") -> None:
+    def __init__(self, ip: str = "127.0.0.1", port: int = 0) -> None:
         self.ip = ip
-        self.port = 0
+        self.port = port
         self.destinations: list[tuple[str, int]] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -28,7 +28,7 @@ class Socks5Proxy:
         return f"socks5://{self.ip}:{self.port}"
 
     async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._handle, self.ip, 0)
+        self._server = await asyncio.start_server(self._handle, self.ip, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

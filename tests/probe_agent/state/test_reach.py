@@ -9,27 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from probe_agent.protocol.endpoints import Endpoint, EndpointList, EndpointsError, signed
-from probe_agent.protocol.envelope import fingerprint, public_bytes
+from probe_agent.protocol.endpoints import EndpointsError
 from probe_agent.state import reach
 from probe_agent.state.identity import STATE_FILE
-
-
-class CollectorKey:
-    def __init__(self) -> None:
-        self.private = Ed25519PrivateKey.generate()
-        self.public = public_bytes(self.private)
-        self.key_id = fingerprint(self.public)
-
-    def listing(self, *urls: str, issued: str = "2026-12-03T07:00:00Z") -> dict[str, str]:
-        endpoints = tuple(Endpoint(u) for u in urls)
-        return signed(
-            EndpointList(self.key_id, issued, endpoints),
-            self.public,
-            lambda prefix, message: self.private.sign(prefix + message),
-        )
+from tests.support.collector_keys import CollectorKey
 
 
 def urls(state: Path) -> list[str]:
