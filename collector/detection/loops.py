@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from datetime import timedelta
 
@@ -53,7 +54,32 @@ class BackgroundLoops:
         self._alerts_task: asyncio.Task[None] | None = None
         self.passes = 0
         self.held = False
+        self.renewed_at: float | None = None  # monotonic: when this process last held the lease
         self.outbox = Outbox(settings, clock, sessions)
+
+    @property
+    def lease_ttl(self) -> float:
+        return max(10.0, 3 * self.settings.detect_interval)
+
+    def liveness(self) -> str | None:
+        """None while the loops run (``/readyz``), else why this process is not alive:
+        a loop that ended, or, on the lease holder, a lease left to lapse (a pass
+        hanging past the lease's lifetime: another replica takes over) or a
+        control prober that stopped."""
+        if self.stop.is_set():
+            return "shutting down"
+        for name, task in (("detector", self._task), ("alerts", self._alerts_task)):
+            if task is not None and task.done():
+                return f"the {name} loop has stopped"
+        if not self.held or self.renewed_at is None:
+            return None  # a standby: nothing of the singletons runs here
+        age = time.monotonic() - self.renewed_at
+        if age > self.lease_ttl:
+            return f"the lease holder has not renewed its lease for {age:.0f} s"
+        prober = self._prober_task
+        if control_enabled(self.settings) and prober is not None and prober.done():
+            return "the control prober has stopped"
+        return None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="blockwatch-loops")
@@ -78,9 +104,11 @@ class BackgroundLoops:
             leases.release(session, LEASE, self.holder)
 
     def _acquire(self) -> bool:
-        ttl = max(10.0, 3 * self.settings.detect_interval)
         with session_scope(self.sessions) as session:
-            return leases.acquire(session, LEASE, self.holder, ttl, self.clock.now())
+            held = leases.acquire(session, LEASE, self.holder, self.lease_ttl, self.clock.now())
+        if held:
+            self.renewed_at = time.monotonic()
+        return held
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
