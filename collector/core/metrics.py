@@ -119,6 +119,13 @@ DETECTOR_PASS_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
     registry=REGISTRY,
 )
+LEASE_HELD = Gauge(
+    "blockwatch_lease_held",
+    "1 while this process holds the lease (it runs the control prober and the detector).",
+    ["lease"],
+    multiprocess_mode="liveall",  # one series per live process: the holder is the one at 1
+    registry=REGISTRY,
+)
 OPEN_EVENTS = Gauge(
     "blockwatch_open_events",
     "Open block events, by country.",

@@ -122,6 +122,7 @@ class BackgroundLoops:
         while not self.stop.is_set():
             try:
                 held = self.held = await asyncio.to_thread(self._acquire)
+                metrics.LEASE_HELD.labels(lease=LEASE).set(1 if held else 0)
                 if held:
                     self._start_prober()
                     await asyncio.to_thread(detector.run_pass, self.sessions)

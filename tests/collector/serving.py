@@ -40,6 +40,10 @@ class ServedCollector:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> ServedCollector:
+        return self.launch().wait_ready()
+
+    def launch(self) -> ServedCollector:
+        """Start the process without waiting (two replicas started at once)."""
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -61,6 +65,10 @@ class ServedCollector:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env},
             )
+        return self
+
+    def wait_ready(self) -> ServedCollector:
+        assert self.proc is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
