@@ -21,6 +21,10 @@ LAB_DEBS := iproute2 iptables nginx
 LAB_BINS := ip iptables iptables-restore nginx
 CONTAINER_DEBS := podman runc debootstrap
 CONTAINER_BINS := podman runc debootstrap
+# Prometheus and Alertmanager: the deploy's rules, tests and configuration are
+# checked with their own tools (tests/deploy).
+DEPLOY_DEBS := prometheus prometheus-alertmanager
+DEPLOY_BINS := prometheus promtool amtool prometheus-alertmanager
 
 all: test
 
@@ -56,6 +60,7 @@ lab-debs:
 
 debs: lab-debs
 	$(call apt_install,$(CONTAINER_DEBS),$(CONTAINER_BINS))
+	$(call apt_install,$(DEPLOY_DEBS),$(DEPLOY_BINS))
 
 lint: $(DEV_STAMP) imports
 	$(BIN)/ruff check .

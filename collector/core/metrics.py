@@ -119,6 +119,12 @@ DETECTOR_PASS_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
     registry=REGISTRY,
 )
+DETECTOR_INTERVAL = Gauge(
+    "blockwatch_detector_interval_seconds",
+    "The detector's interval (--detect-interval): a pass should take less.",
+    multiprocess_mode="max",
+    registry=REGISTRY,
+)
 LEASE_HELD = Gauge(
     "blockwatch_lease_held",
     "1 while this process holds the lease (it runs the control prober and the detector).",

@@ -82,6 +82,7 @@ class BackgroundLoops:
         return None
 
     def start(self) -> None:
+        metrics.DETECTOR_INTERVAL.set(self.settings.detect_interval)
         self._task = asyncio.create_task(self._run(), name="blockwatch-loops")
         self._alerts_task = asyncio.create_task(self._alerts(), name="blockwatch-alerts")
 
