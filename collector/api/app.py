@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -124,6 +125,7 @@ def create_app(
         description="Signed censorship measurements in; block status, events and alerts out.",
     )
     app.state.settings = settings
+    metrics.BUILD_INFO.labels(version=__version__, python=platform.python_version()).set(1)
     app.state.clock = clock or SystemClock()
     app.state.geolocator = geolocator or make_geolocator(
         settings.geoip_country_db, settings.geoip_asn_db

@@ -1,9 +1,12 @@
 """Every Prometheus metric of the collector, declared once, here (CONTRIBUTING.md 11).
 
-Labels come only from fixed sets: statuses, rejection reasons (the error codes
-of docs/api.md), roles; never a domain, an address or a probe id. The series
-are k-anonymous like every public answer (collector/core/publication.py): a
-label names a country at most, never a network (ASN, region) or a probe, so
+Labels come only from bounded sets: statuses, rejection reasons (the error
+codes of docs/api.md), roles, countries, methods; never an address or a probe
+id. Two exceptions, both bounded and public: ``blockwatch_target_state`` has
+the target's domain (the operator's list, published at /api/v1/targets), and
+``blockwatch_probes_reporting_network`` an ASN, only for networks with
+``--publish-min-volunteers`` volunteers (collector/detection/gauges.py). So the
+series are k-anonymous like every public answer (collector/core/publication.py):
 no series counts the few volunteers of one network. ``GET /metrics`` needs the
 metrics or the admin token, or the private listener
 (collector/api/metrics_listener.py).
@@ -137,6 +140,54 @@ OPEN_EVENTS = Gauge(
     "Open block events, by country.",
     ["cc"],
     multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+OPEN_EVENTS_BY_METHOD = Gauge(
+    "blockwatch_open_events_by_method",
+    "Open block events, by country and method (an event with two methods counts in both).",
+    ["cc", "method"],
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+TARGET_STATE = Gauge(
+    "blockwatch_target_state",
+    "A target's state in a country, the worst of its networks: 0 ok, 1 unknown, 2 down, "
+    "3 blocked. The only series with a domain: targets are public, and bounded by the list.",
+    ["domain", "cc", "kind"],
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+PROBES_REPORTING = Gauge(
+    "blockwatch_probes_reporting",
+    "Volunteers whose probes checked in within the detector's window, by country.",
+    ["cc"],
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+PROBES_REPORTING_NETWORK = Gauge(
+    "blockwatch_probes_reporting_network",
+    "Volunteers reporting per network, only for networks with --publish-min-volunteers of them.",
+    ["cc", "asn"],
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+ANALYSIS_OLDEST = Gauge(
+    "blockwatch_analysis_oldest_seconds",
+    "Age of the oldest measurement still waiting for a verdict (the detector's lag).",
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+MEASUREMENT_AGE = Histogram(
+    "blockwatch_measurement_age_seconds",
+    "Accepted measurements' age at arrival (received minus started; spooled ones arrive late).",
+    buckets=(5, 15, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400),
+    registry=REGISTRY,
+)
+BUILD_INFO = Gauge(
+    "blockwatch_build_info",
+    "1, with the collector's version and Python's as labels.",
+    ["version", "python"],
+    multiprocess_mode="max",
     registry=REGISTRY,
 )
 ANALYSIS_BACKLOG = Gauge(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector.analysis import RULES_VERSION, Context, Observed
@@ -32,7 +32,6 @@ from collector.core import metrics
 from collector.core.clock import Clock
 from collector.core.db import chunks, session_scope
 from collector.core.models import (
-    AnalysisQueueRow,
     DetectorStateRow,
     EventChangeRow,
     EventRow,
@@ -40,6 +39,7 @@ from collector.core.models import (
     VerdictRow,
 )
 from collector.core.settings import CollectorSettings
+from collector.detection.gauges import Gauges
 from collector.detection.judging import Analyzer, Key
 from collector.detection.machine import (
     Event,
@@ -88,6 +88,7 @@ class Detector:
     ) -> None:
         self.settings = settings
         self.clock = clock
+        self.gauges = Gauges(settings)
         self.params = params_from(settings)
         self.request_control = request_control
         networks = tuple(parse_network(n) for n in settings.lab_networks.split(",") if n.strip())
@@ -125,7 +126,7 @@ class Detector:
             self.request_control(wanted)
         with session_scope(sessions) as session:
             stats.keys, stats.changes = self._detect(session, now, touched)
-            self._gauges(session)
+            self.gauges.update(session, now)
         stats.seconds = time.perf_counter() - started
         metrics.DETECTOR_PASS_SECONDS.observe(stats.seconds)
         return stats
@@ -285,33 +286,6 @@ class Detector:
                 )
         else:
             row.event_id = None
-
-    def _gauges(self, session: Session) -> None:
-        metrics.ANALYSIS_BACKLOG.set(
-            session.scalar(select(func.count()).select_from(AnalysisQueueRow)) or 0
-        )
-        metrics.VOLUME_COLLAPSES.set(
-            session.scalar(
-                select(func.count())
-                .select_from(DetectorStateRow)
-                .where(DetectorStateRow.collapsed_at.is_not(None))
-            )
-            or 0
-        )
-        open_by_cc: dict[str, int] = {
-            cc: count
-            for cc, count in session.execute(
-                select(EventRow.cc, func.count())
-                .where(EventRow.state == "open")
-                .group_by(EventRow.cc)
-            )
-        }
-        for sample in next(iter(metrics.OPEN_EVENTS.collect())).samples:
-            cc = sample.labels.get("cc")
-            if cc and cc not in open_by_cc:
-                open_by_cc[cc] = 0
-        for cc, count in open_by_cc.items():
-            metrics.OPEN_EVENTS.labels(cc=cc).set(count)
 
 
 _State = TypeVar("_State", DetectorStateRow, NetworkStateRow)

@@ -190,6 +190,10 @@ class IngestService:
                     admission.give_back(row["key_id"], row["started_at"])
         for result in results:
             metrics.MEASUREMENTS.labels(status=result.status).inc()
+        for i, row in rows.items():
+            if results[i].status == "accepted":
+                age = (row["received_at"] - row["started_at"]).total_seconds()
+                metrics.MEASUREMENT_AGE.observe(max(0.0, age))
         return results
 
     def _admit(
