@@ -12,7 +12,7 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: all venv debs lab-debs test lint imports typecheck unit demo bench lab clean
+.PHONY: all venv debs lab-debs test lint imports typecheck unit demo bench lab image clean
 
 # Debian packages: iproute2 and iptables for the lab's namespaces and censors,
 # nginx for the collector served over HTTPS with its name (tests/lab/webfront.py);
@@ -72,7 +72,7 @@ imports: $(DEV_STAMP)
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
-	$(BIN)/mypy bench
+	$(BIN)/mypy bench deploy/images.py
 
 unit: $(DEV_STAMP) debs
 	$(BIN)/pytest -q $(PYTEST_ARGS)
@@ -88,6 +88,10 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/bench_probe.py
 	$(BIN)/python bench/bench_detection.py
 	$(BIN)/python bench/bench_alerts.py
+
+# Both images, offline (a debootstrap base, wheels built here): deploy/images.py.
+image: $(RUN_STAMP) debs
+	$(BIN)/python deploy/images.py
 
 # The censorship lab, for exploring by hand (root, or an unprivileged user namespace).
 lab: $(DEV_STAMP) lab-debs

@@ -1,13 +1,18 @@
-"""The volunteer's container, for real: built offline with podman, run in cn-a.
+"""The images, for real: built offline with podman, run under runc.
 
-No registry is reachable here, so the base image is made the way
-deploy/probe/README.md says: `debootstrap --variant=minbase bookworm` with
-python3, imported with `podman import`; the probe's wheels are built on the
-host; `podman build --runtime runc` (crun fails on setrlimit in this sandbox).
-The container then runs inside a censored network's namespace (`--network
-host` there is that namespace) against the lab's collector. It runs under runc
-from an OCI bundle of the image: `podman run` always sets rlimits, and this
-sandbox refuses setrlimit.
+No registry is reachable here, so both images are built as `make image` builds
+them (deploy/images.py): a base from `debootstrap --variant=minbase bookworm`
+with python3, imported with `podman import`; the wheels built on the host;
+`podman build --runtime runc` (crun fails on setrlimit in this sandbox). Each
+runs under runc from an OCI bundle of the image (`podman run` always sets
+rlimits, and this sandbox refuses setrlimit), read-only root, as the image's
+user:
+
+- the volunteer's probe inside a censored network's namespace (cn-a), against
+  the lab's collector;
+- the collector in the host's network, serving its API on loopback against a
+  PostgreSQL database of its own: ready, a probe enrolled and a signed
+  measurement accepted, metrics, then stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +33,7 @@ from tests.lab.lab import REPO, Lab
 from tests.lab.test_probe_in_lab import TARGETS, LabCollector
 
 pytestmark = pytest.mark.lab
-IMAGE = "localhost/blockwatch-probe:test"
 BASE = "localhost/blockwatch-base:bookworm"
-MIRROR = "http://deb.debian.org/debian"  # the machine's apt mirror (a package registry)
 
 
 def _need(*tools: str) -> None:
@@ -50,76 +54,26 @@ def _run(argv: list[str], timeout: float = 600, **kw: object) -> subprocess.Comp
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def images() -> Iterator[dict[str, str]]:
+    """Both images, built the way `make image` builds them (deploy/images.py)."""
     _need("podman", "runc", "debootstrap")
-    work = tmp_path_factory.mktemp("image")
-    rootfs = work / "rootfs"
-    _run(
-        ["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(rootfs), MIRROR],
-        timeout=900,
-    )
-    _trim(rootfs)
-    with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
-        _run(["podman", "import", "-", BASE], stdin=tar.stdout)
-    assert tar.returncode == 0
-    wheels = REPO / "deploy" / "probe" / "wheels"
-    shutil.rmtree(wheels, ignore_errors=True)
-    pip = [sys.executable, "-m", "pip"]
-    _run([*pip, "wheel", "-q", "--wheel-dir", str(wheels), str(REPO)])
-    _run([*pip, "download", "-q", "--no-deps", "-d", str(wheels), "pip"])
-    try:
-        _run(
-            [
-                "podman",
-                "build",
-                "--runtime",
-                "runc",
-                "--format",
-                "docker",
-                "--build-arg",
-                f"BASE={BASE}",
-                "-f",
-                str(REPO / "deploy/probe/Containerfile"),
-                "-t",
-                IMAGE,
-                str(REPO / "deploy/probe"),
-            ]
-        )
-    finally:
-        shutil.rmtree(wheels, ignore_errors=True)
-        shutil.rmtree(rootfs, ignore_errors=True)
-    size = _run(["podman", "image", "inspect", IMAGE, "--format", "{{.Size}}"]).stdout
-    print(f"\nprobe image: {int(size) / 1e6:.0f} MB")
-    yield IMAGE
-    subprocess.run(["podman", "rmi", "-f", IMAGE, BASE], capture_output=True, check=False)
+    script = [sys.executable, str(REPO / "deploy" / "images.py")]
+    built = _run([*script, "probe", "collector", "--tag", "test", "--base", BASE], timeout=3000)
+    names = {}
+    for line in built.stdout.splitlines():
+        name, megabytes, _unit = line.split()
+        kind = name.split("/")[1].split(":")[0].removeprefix("blockwatch-")
+        names[kind] = name
+        print(f"\n{kind} image: {megabytes} MB")
+    assert set(names) == {"probe", "collector"}, built.stdout
+    yield names
+    subprocess.run(["podman", "rmi", "-f", *names.values(), BASE], capture_output=True, check=False)
     subprocess.run(["podman", "image", "prune", "-f"], capture_output=True, check=False)
 
 
-# What a probe's image does not need from a minbase tree (deploy/probe/README.md).
-TRIM = (
-    "var/cache/apt/*",
-    "var/lib/apt/lists/*",
-    "var/log/*",
-    "usr/share/doc/*",
-    "usr/share/man/*",
-    "usr/share/locale/*",
-    "usr/share/info/*",
-    "usr/lib/x86_64-linux-gnu/gconv",
-    "usr/share/zoneinfo",
-    "var/lib/dpkg/info/*",
-    "usr/lib/apt",
-    "usr/bin/perl*",
-    "usr/lib/x86_64-linux-gnu/perl-base",
-)
-
-
-def _trim(rootfs: Path) -> None:
-    for pattern in TRIM:
-        for path in rootfs.glob(pattern):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+@pytest.fixture(scope="module")
+def image(images: dict[str, str]) -> str:
+    return images["probe"]
 
 
 def _bundle(image: str, directory: Path) -> Path:
@@ -226,3 +180,112 @@ def test_the_container_measures_from_cn_a(
     assert {(r[1], r[2], r[3]) for r in rows} == {("CN", 4134, "declared")}
     # The key stayed in the volume, readable by the probe's user only.
     assert (state / "key.pem").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.timeout(1800)
+def test_the_collector_image_serves_the_api_on_postgresql(
+    images: dict[str, str], tmp_path: Path
+) -> None:
+    import httpx
+    from sqlalchemy import create_engine, text
+
+    from tests.collector.conftest import PG_ADMIN_URL
+    from tests.collector.helpers import TestProbe
+    from tests.collector.serving import free_port
+
+    name = f"bw_image_{os.getpid()}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    key = data / "collector-key.pem"
+    _run([str(Path(sys.executable).parent / "blockwatch-collector"), "keygen", "--out", str(key)])
+    os.chown(data, 10002, 10002)  # the image's unprivileged user
+    os.chown(key, 10002, 10002)
+    port = free_port()
+    token = "image-admin-" + "t" * 32
+    bundle = _bundle(images["collector"], tmp_path / "bundle")
+    config = json.loads((bundle / "config.json").read_text())
+    process = config["process"]
+    process["user"] = {"uid": 10002, "gid": 10002}
+    process["cwd"] = "/var/lib/blockwatch-collector"
+    # The image's entrypoint, the port moved off 8080 (the host's network is shared).
+    process["args"] = ["blockwatch-collector", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    process["env"] = [
+        "PATH=/opt/blockwatch/bin:/usr/bin:/bin",
+        f"BLOCKWATCH_DATABASE_URL={PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}",
+        f"BLOCKWATCH_ADMIN_TOKEN={token}",
+        "BLOCKWATCH_KEY_FILE=/var/lib/blockwatch-collector/collector-key.pem",
+        "BLOCKWATCH_SECRET_KEY=dGVzdC1zZWFsaW5nLWtleS1ub3QtYS1zZWNyZXQtMDA=",
+        "BLOCKWATCH_OPEN_ENROLLMENT=false",
+        "PYTHONDONTWRITEBYTECODE=1",
+    ]
+    process["terminal"] = False
+    process.pop("rlimits", None)
+    config["root"]["readonly"] = True  # the data volume and /tmp are the only writable places
+    config["linux"]["namespaces"] = [
+        ns for ns in config["linux"]["namespaces"] if ns["type"] != "network"
+    ]  # the host's network: loopback reaches PostgreSQL and the test
+    config["mounts"] += [
+        {"destination": "/var/lib/blockwatch-collector", "type": "bind", "source": str(data),
+         "options": ["rbind", "rw"]},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777", "size=64m"]},
+        {"destination": "/etc/resolv.conf", "type": "bind", "source": "/etc/resolv.conf",
+         "options": ["rbind", "ro"]},
+    ]  # fmt: skip
+    (bundle / "config.json").write_text(json.dumps(config))
+    container = f"blockwatch-collector-test-{os.getpid()}"
+    log = tmp_path / "collector.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["runc", "run", "--bundle", str(bundle), container], stdout=out, stderr=out
+        )
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        deadline = time.monotonic() + 120
+        ready = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(base + "/readyz", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert ready is not None and ready.status_code == 200, log.read_text()[-3000:]
+        assert ready.json()["checks"]["database"] == "ok"
+        assert httpx.post(base + "/api/v1/targets", json={"domains": ["alive.bar"]},
+                          headers=auth).status_code == 201  # fmt: skip
+        made = httpx.post(base + "/api/v1/probes/tokens", json={"cc": "CN", "asn": 4134},
+                          headers=auth)  # fmt: skip
+        assert made.status_code == 201, made.text
+        probe = TestProbe(declared={"cc": "CN", "asn": 4134})
+        enrolled = httpx.post(base + "/api/v1/probes/enroll",
+                              json=probe.enroll(made.json()["token"]))  # fmt: skip
+        assert enrolled.status_code == 201, enrolled.text
+        sent = httpx.post(base + "/api/v1/measurements", json={"measurements": [probe.measure()]})
+        assert sent.status_code == 200 and sent.json()["accepted"] == 1, sent.text
+        metrics = httpx.get(base + "/metrics", headers=auth)
+        assert 'blockwatch_measurements_total{status="accepted"} 1.0' in metrics.text
+    finally:
+        subprocess.run(["runc", "kill", container, "TERM"], capture_output=True, check=False)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["runc", "kill", container, "KILL"], capture_output=True, check=False)
+            proc.wait(timeout=10)
+        subprocess.run(["runc", "delete", "--force", container], capture_output=True, check=False)
+        with admin.connect() as conn:
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+    assert proc.returncode == 0, log.read_text()[-3000:]  # a clean stop on SIGTERM
+    # The key stayed the operator's: in the volume, readable by the image's user only.
+    assert key.stat().st_mode & 0o077 == 0
