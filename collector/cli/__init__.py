@@ -14,7 +14,7 @@ import sys
 import typer
 
 from collector import __version__
-from collector.cli import admin, keys, report, secrets, serve, targets
+from collector.cli import admin, keys, maintenance, report, secrets, serve, targets
 from collector.cli.common import sessions
 from collector.cli.options import DatabaseUrl, admin_settings
 
@@ -32,6 +32,7 @@ app.add_typer(secrets.app, name="secrets")
 app.command("events")(report.events_command)
 app.command("status")(report.status_command)
 app.command("keygen")(keys.keygen_command)
+app.command("prune")(maintenance.prune_command)
 
 
 @app.command("migrate")
