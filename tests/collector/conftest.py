@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from collector.api.app import create_app
+from collector.core.db import make_engine, make_session_factory, migrate
 from collector.core.settings import CollectorSettings, Mode
 from tests.collector.helpers import ADMIN_TOKEN
 
@@ -50,27 +53,52 @@ class FakeClock:
         return datetime.now(UTC) + timedelta(seconds=self.offset_seconds)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    name = f"bw_test_{os.getpid()}_{secrets.token_hex(3)}"
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of its own (empty, no schema), dropped afterwards.
+
+    Raises when PostgreSQL is not there; ``postgres_url`` turns that into a skip
+    outside CI."""
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # no PostgreSQL: fail in CI, skip on a laptop
+        try:
+            yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            with admin.connect() as conn:
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
+                    ),
+                    {"n": name},
+                )
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    finally:
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    try:
+        scratch = scratch_database("bw_test")
+        url = scratch.__enter__()
+    except Exception as exc:  # no PostgreSQL: fail in CI, skip on a laptop
         if os.environ.get("CI"):
             raise
         pytest.skip(f"PostgreSQL is not available at {PG_ADMIN_URL}: {exc}")
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     yield url
-    with admin.connect() as conn:
-        conn.execute(
-            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-            {"n": name},
-        )
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    scratch.__exit__(None, None, None)
+
+
+@pytest.fixture
+def sessions(settings: CollectorSettings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the test's database, migrated to head (tests add their own rows)."""
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
 
 
 def _truncate(url: str) -> None:

@@ -4,7 +4,6 @@ events, status and evidence measurements."""
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import subprocess
 from datetime import timedelta
@@ -12,12 +11,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
 from collector.api.app import create_app
 from collector.core.settings import CollectorSettings
 from tests.collector.analysis import builders as b
-from tests.collector.conftest import PG_ADMIN_URL, FakeClock, FakeGeolocator
+from tests.collector.conftest import FakeClock, FakeGeolocator, scratch_database
 from tests.collector.detection.test_pass import World, world  # noqa: F401  (the fixture)
 from tests.collector.helpers import ADMIN
 
@@ -53,12 +51,7 @@ def test_pg_dump_and_restore_give_the_same_collector(
     dump = tmp_path / "blockwatch.dump"
     subprocess.run(["pg_dump", "-Fc", "-f", str(dump), libpq(settings.database_url)],
                    check=True, timeout=120)  # fmt: skip
-    name = f"bw_restore_{secrets.token_hex(4)}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    restored_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with scratch_database("bw_restore") as restored_url:
         subprocess.run(["pg_restore", "--no-owner", "-d", libpq(restored_url), str(dump)],
                        check=True, timeout=120)  # fmt: skip
         restored = settings.model_copy(update={"database_url": restored_url})
@@ -66,14 +59,6 @@ def test_pg_dump_and_restore_give_the_same_collector(
         with TestClient(app) as client:
             assert client.get("/readyz").status_code == 200
             after = {p: client.get(p, headers=ADMIN).json() for p in paths}
-    finally:
-        with admin.connect() as conn:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name},
-            )
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
     assert after[paths[0]] == before[paths[0]] and after[paths[1]] == before[paths[1]]
     bundle, again = before[paths[2]], after[paths[2]]
     # The probes' signed measurements, byte for byte. The collector's key is not in

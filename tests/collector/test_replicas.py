@@ -11,7 +11,6 @@ gives one event and one alert per change, never two.
 from __future__ import annotations
 
 import json
-import secrets
 import threading
 import time
 import uuid
@@ -26,7 +25,7 @@ from sqlalchemy import create_engine, text
 
 from tests.collector.alerts.test_outbox_processes import SlowReceiver, wait_for
 from tests.collector.analysis import builders as b
-from tests.collector.conftest import PG_ADMIN_URL, TEST_SECRET_KEY
+from tests.collector.conftest import TEST_SECRET_KEY, scratch_database
 from tests.collector.helpers import ADMIN, TestProbe, rfc3339
 from tests.collector.serving import ServedCollector
 
@@ -45,22 +44,13 @@ ENV = {
 @pytest.fixture
 def empty_database() -> Iterator[str]:
     """A database of its own, without a schema: both replicas migrate it at once."""
-    name = f"bw_replicas_{secrets.token_hex(4)}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        scratch = scratch_database("bw_replicas")
+        url = scratch.__enter__()
     except Exception as exc:
-        admin.dispose()
         pytest.skip(f"PostgreSQL is not available: {exc}")
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(
-            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-            {"n": name},
-        )
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    yield url
+    scratch.__exit__(None, None, None)
 
 
 def held(replica: ServedCollector) -> tuple[float, float] | None:

@@ -186,18 +186,18 @@ def test_the_container_measures_from_cn_a(
 def test_the_collector_image_serves_the_api_on_postgresql(
     images: dict[str, str], tmp_path: Path
 ) -> None:
-    import httpx
-    from sqlalchemy import create_engine, text
+    from tests.collector.conftest import scratch_database
 
-    from tests.collector.conftest import PG_ADMIN_URL
+    with scratch_database("bw_image") as database_url:
+        _serve_the_image(images["collector"], database_url, tmp_path)
+
+
+def _serve_the_image(image: str, database_url: str, tmp_path: Path) -> None:
+    import httpx
+
     from tests.collector.helpers import TestProbe
     from tests.collector.serving import free_port
 
-    name = f"bw_image_{os.getpid()}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     key = data / "collector-key.pem"
@@ -206,7 +206,7 @@ def test_the_collector_image_serves_the_api_on_postgresql(
     os.chown(key, 10002, 10002)
     port = free_port()
     token = "image-admin-" + "t" * 32
-    bundle = _bundle(images["collector"], tmp_path / "bundle")
+    bundle = _bundle(image, tmp_path / "bundle")
     config = json.loads((bundle / "config.json").read_text())
     process = config["process"]
     process["user"] = {"uid": 10002, "gid": 10002}
@@ -215,7 +215,7 @@ def test_the_collector_image_serves_the_api_on_postgresql(
     process["args"] = ["blockwatch-collector", "serve", "--host", "127.0.0.1", "--port", str(port)]
     process["env"] = [
         "PATH=/opt/blockwatch/bin:/usr/bin:/bin",
-        f"BLOCKWATCH_DATABASE_URL={PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}",
+        f"BLOCKWATCH_DATABASE_URL={database_url}",
         f"BLOCKWATCH_ADMIN_TOKEN={token}",
         "BLOCKWATCH_KEY_FILE=/var/lib/blockwatch-collector/collector-key.pem",
         "BLOCKWATCH_SECRET_KEY=dGVzdC1zZWFsaW5nLWtleS1ub3QtYS1zZWNyZXQtMDA=",
@@ -279,13 +279,6 @@ def test_the_collector_image_serves_the_api_on_postgresql(
             subprocess.run(["runc", "kill", container, "KILL"], capture_output=True, check=False)
             proc.wait(timeout=10)
         subprocess.run(["runc", "delete", "--force", container], capture_output=True, check=False)
-        with admin.connect() as conn:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name},
-            )
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
     assert proc.returncode == 0, log.read_text()[-3000:]  # a clean stop on SIGTERM
     # The key stayed the operator's: in the volume, readable by the image's user only.
     assert key.stat().st_mode & 0o077 == 0

@@ -5,28 +5,18 @@ volunteers), the analysis backlog's age; series that no longer apply go."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector.core import metrics
-from collector.core.db import make_engine, make_session_factory, migrate, session_scope
+from collector.core.db import session_scope
 from collector.core.models import EventRow, NetworkStateRow, ProbeRow, TokenRow
 from collector.core.settings import CollectorSettings
 from collector.detection.gauges import Gauges
 from collector.services.targets import TargetService
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def sessions(settings: CollectorSettings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def sample(name: str, **labels: str) -> float | None:
