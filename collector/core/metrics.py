@@ -116,6 +116,12 @@ EVENT_CHANGES = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+DETECTION_LATENCY = Histogram(
+    "blockwatch_event_detection_seconds",
+    "From an event's first blocked evidence (started_at) to its opening (detected_at).",
+    buckets=(5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600, 3 * 3600, 12 * 3600),
+    registry=REGISTRY,
+)
 DETECTOR_PASS_SECONDS = Histogram(
     "blockwatch_detector_pass_seconds",
     "Time for one detection pass (analysis of new measurements, then the detector).",

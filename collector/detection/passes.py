@@ -42,6 +42,7 @@ from collector.core.settings import CollectorSettings
 from collector.detection.gauges import Gauges
 from collector.detection.judging import Analyzer, Key
 from collector.detection.machine import (
+    Change,
     Event,
     KeyState,
     NetworkView,
@@ -183,6 +184,10 @@ class Detector:
                 if outcome.change is not None:
                     changes[outcome.change.value] += 1
                     metrics.EVENT_CHANGES.labels(kind=outcome.change.value).inc()
+                    opened = outcome.state.event
+                    if outcome.change is Change.OPENED and opened is not None:
+                        latency = (opened.detected_at - opened.started_at).total_seconds()
+                        metrics.DETECTION_LATENCY.observe(max(0.0, latency))
         return len(keys), dict(changes)
 
     def _votes(

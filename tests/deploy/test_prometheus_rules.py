@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.core.metrics import REGISTRY
+from tests.deploy.series import exported, read_by
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "blockwatch.rules.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "tests" / "blockwatch.rules.test.yml"
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 GUIDE = ROOT / "docs" / "operator-guide.md"
-SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_sum", "_count", "_bucket")}
 
 
 def tool(name: str) -> str:
@@ -60,14 +59,10 @@ def test_amtool_checks_the_alertmanager_configuration() -> None:
 
 
 def test_the_rules_read_only_series_the_collector_exports() -> None:
-    exported = {
-        family.name + suffix
-        for family in REGISTRY.collect()
-        for suffix in SUFFIXES.get(family.type, ("",))
-    }
+    names = exported()
     for rule in rules():
-        for name in re.findall(r"\bblockwatch_\w+", str(rule["expr"])):
-            assert name in exported, f"{rule['alert']} reads {name}, which nobody exports"
+        for name in read_by(str(rule["expr"])):
+            assert name in names, f"{rule['alert']} reads {name}, which nobody exports"
 
 
 def test_every_alert_has_its_runbook_in_the_operator_guide() -> None:
