@@ -17,7 +17,11 @@ the Great Firewall treats blocked instances, then:
    mirror. The outage (broken.demo) is ``down``, never an event; the collector's
    own name (``serve --endpoint``, collector.demo) is measured by the probes like
    a target, and its status says the collector is blocked in CN;
-4. alive.demo's evidence bundle, fetched with the admin token while the
+4. what an operator watches: the URLs the collector serves, ``/readyz``, and,
+   when Debian's ``prometheus`` is installed, a Prometheus scraping the
+   collector's ``/metrics`` with the operators' alert rules loaded, asked the
+   Grafana dashboard's first query (instances x countries);
+5. alive.demo's evidence bundle, fetched with the admin token while the
    collector runs, is verified offline at the end (``blockwatch-probe verify``
    against the saved ``/.well-known/blockwatch.json``; docs/evidence.md).
 
@@ -34,6 +38,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -175,6 +180,7 @@ async def _collector_round(
             console.print("\n[dim]waiting for controls and the detector's passes...[/]")
             await _wait_for_events(collector, env, minimum=5)
             await _fetch_evidence(console, tmp, port, admin_token)
+            await _watch(console, tmp, port, admin_token)
         finally:
             server.terminate()
             await server.wait()
@@ -212,6 +218,86 @@ async def _fetch_evidence(console: Console, tmp: Path, port: int, admin_token: s
     known.write_bytes(await asyncio.to_thread(_get, f"{base}/.well-known/blockwatch.json", None))
     console.print(f"[dim]GET /api/v1/events/{event_id}/evidence -> {bundle.name}; "
                   f"GET /.well-known/blockwatch.json -> {known.name}[/]")  # fmt: skip
+
+
+REPO = Path(__file__).resolve().parents[1]
+STATE_WORDS = {0: "ok", 1: "unknown", 2: "down", 3: "blocked"}
+
+
+async def _watch(console: Console, tmp: Path, port: int, admin_token: str) -> None:
+    """What the collector serves, its readiness, and Prometheus's view when it is here."""
+    console.rule("[bold]Watching it: what the collector serves (docs/api.md)")
+    base = f"http://127.0.0.1:{port}"
+    urls = Table()
+    urls.add_column("URL", overflow="fold")
+    urls.add_column("what")
+    for path, what in (
+        ("/api/v1/events", "block events (JSON)"),
+        ("/api/v1/status/alive.demo", "an instance's state per network, and its mirror"),
+        ("/api/v1/status/collector.demo", "the collector's own reachability, from its probes"),
+        ("/api/v1/events/1/evidence", "an event's evidence bundle (signed)"),
+        ("/.well-known/blockwatch.json", "the collector's public key"),
+        ("/healthz, /readyz", "liveness; readiness (database, schema, loops)"),
+        ("/metrics", "Prometheus (metrics or admin token)"),
+    ):
+        urls.add_row(base + path, what)
+    console.print(urls)
+    ready = json.loads(await asyncio.to_thread(_get, f"{base}/readyz", None))
+    console.print(f"[dim]GET /readyz ->[/] {json.dumps(ready)}")
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        console.print(
+            "[dim]prometheus is not installed (Debian: apt-get install prometheus): "
+            "skipping the scrape; deploy/compose.yaml runs the whole stack.[/]"
+        )
+        return
+    token = tmp / "metrics-token"
+    token.write_text(admin_token)
+    web = free_tcp_port("127.0.0.1")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(REPO / "deploy" / "prometheus" / "blockwatch.rules.yml")],
+        "scrape_configs": [{
+            "job_name": "blockwatch",
+            "authorization": {"type": "Bearer", "credentials_file": str(token)},
+            "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+        }],
+    }  # fmt: skip
+    (tmp / "prometheus.yml").write_text(json.dumps(config))
+    argv = [
+        prometheus,
+        f"--config.file={tmp / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{web}",
+    ]
+    with (tmp / "prometheus.log").open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+    try:
+        query = "max by (domain, cc) (blockwatch_target_state)"
+        result: list[Any] = []
+        for _ in range(40):  # a few scrapes
+            await asyncio.sleep(0.5)
+            try:
+                answer = await asyncio.to_thread(
+                    _get, f"http://127.0.0.1:{web}/api/v1/query?query="
+                    + urllib.parse.quote(query), None,
+                )  # fmt: skip
+            except OSError:
+                continue
+            result = json.loads(answer)["data"]["result"]
+            if result:
+                break
+        console.print(f"\n[dim]Prometheus at http://127.0.0.1:{web} scrapes /metrics every "
+                      f"second; the Grafana dashboard's first panel asks:[/] {query}")  # fmt: skip
+        states = Table("instance", "country", "state (blockwatch_target_state)")
+        for row in sorted(result, key=lambda r: r["metric"]["domain"]):
+            value = int(float(row["value"][1]))
+            states.add_row(row["metric"]["domain"], row["metric"]["cc"],
+                           f"{value} {STATE_WORDS.get(value, '?')}")  # fmt: skip
+        console.print(states)
+    finally:
+        proc.terminate()
+        await proc.wait()
 
 
 def _get(url: str, token: str | None) -> bytes:
