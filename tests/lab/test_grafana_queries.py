@@ -9,7 +9,9 @@ national censor resets the SNI of one (a block, an event), another's server is
 down (an outage), a webhook subscription points at a host that refuses
 connections (a failing outbox), and a malformed submission is rejected. A query
 that errors or returns no series fails the test. The operators' alert rules are
-loaded into the same Prometheus: each must evaluate without error.
+loaded into the same Prometheus: each must evaluate without error; Debian's
+Alertmanager runs with deploy/alertmanager/alertmanager.yml, Prometheus sends
+to it, and alerts posted to it are grouped and inhibited as the file says.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from tests.lab.test_detection_in_lab import INTERVAL, PROBES, Stack
 pytestmark = pytest.mark.lab
 METRICS_PORT = 9464
 PROMETHEUS = f"http://{topo.COLLECTOR}:9090"
+ALERTMANAGER = f"http://{topo.COLLECTOR}:9093"
+ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "blockwatch-overview.json"
 RULES = REPO / "deploy" / "prometheus" / "blockwatch.rules.yml"
 TARGETS = ["alive.test", "o3o.test", "g0v.test"]
@@ -57,6 +61,8 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES)],
+            "alerting": {"alertmanagers": [
+                {"static_configs": [{"targets": [f"{topo.COLLECTOR}:9093"]}]}]},
             "scrape_configs": [{
                 "job_name": "blockwatch",
                 "static_configs": [{"targets": [f"{topo.COLLECTOR}:{METRICS_PORT}"]}],
@@ -64,8 +70,17 @@ class Prometheus:
         }  # fmt: skip
         (directory / "prometheus.yml").write_text(json.dumps(config))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.alertmanager: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        with (self.directory / "alertmanager.log").open("ab") as log:
+            self.alertmanager = subprocess.Popen(
+                ["ip", "netns", "exec", self.lab.ns("col"), "prometheus-alertmanager",
+                 f"--config.file={ALERTMANAGER_CONFIG}",
+                 f"--storage.path={self.directory / 'alertmanager'}",
+                 f"--web.listen-address={topo.COLLECTOR}:9093", "--cluster.listen-address="],
+                stdout=log, stderr=log,
+            )  # fmt: skip
         with (self.directory / "prometheus.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.lab.ns("col"), "prometheus",
@@ -75,17 +90,19 @@ class Prometheus:
                 stdout=log, stderr=log,
             )  # fmt: skip
 
-    def get(self, path: str, **params: str) -> dict[str, Any]:
-        url = PROMETHEUS + path + ("?" + urllib.parse.urlencode(params) if params else "")
+    def get(self, path: str, base: str = PROMETHEUS, body: Any = None, **params: str) -> Any:
+        url = base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        data = None if body is None else json.dumps(body).encode()
         code = (
             "import urllib.request; "
-            f"print(urllib.request.urlopen({url!r}, timeout=20).read().decode())"
+            f"r = urllib.request.Request({url!r}, data={data!r}, "
+            "headers={'Content-Type': 'application/json'}); "
+            "print(urllib.request.urlopen(r, timeout=20).read().decode())"
         )
         result = self.lab.exec("col", [sys.executable, "-c", code], timeout=60)
         if result.returncode != 0:
             raise RuntimeError(result.stderr[-2000:])
-        answer: dict[str, Any] = json.loads(result.stdout)
-        return answer
+        return json.loads(result.stdout) if result.stdout.strip() else None
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         answer = self.get("/api/v1/query", query=expr)
@@ -94,9 +111,10 @@ class Prometheus:
         return result
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
+        for proc in (self.proc, self.alertmanager):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +213,28 @@ def test_the_alert_rules_evaluate_on_real_data(fed: Prometheus) -> None:
     # The failing webhook: its deliveries are retried (the outbox panel and alert see it).
     retried = fed.query('sum(blockwatch_alert_deliveries_total{outcome="retry"})')
     assert retried and float(retried[0]["value"][1]) > 0, retried
+
+
+def test_alertmanager_runs_the_deploy_configuration(fed: Prometheus) -> None:
+    # Prometheus found it and sends to it.
+    active = fed.get("/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
+    assert [a["url"] for a in active] == [f"{ALERTMANAGER}/api/v2/alerts"]
+    status = fed.get("/api/v2/status", base=ALERTMANAGER)
+    assert "BlockwatchCollectorDown" in status["config"]["original"]  # our file, loaded
+    # A replica down inhibits its ingestion alert (the file's first inhibit rule).
+    labels = {"job": "blockwatch", "instance": "collector-1:8080", "severity": "critical"}
+    fed.get("/api/v2/alerts", base=ALERTMANAGER, body=[
+        {"labels": {**labels, "alertname": "BlockwatchCollectorDown"}},
+        {"labels": {**labels, "alertname": "BlockwatchIngestionStopped", "severity": "warning"}},
+    ])  # fmt: skip
+    deadline = time.monotonic() + 20
+    found: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        alerts = fed.get("/api/v2/alerts", base=ALERTMANAGER)
+        found = {a["labels"]["alertname"]: a["status"] for a in alerts}
+        if found.get("BlockwatchIngestionStopped", {}).get("inhibitedBy"):
+            break
+        time.sleep(0.5)
+    assert found["BlockwatchCollectorDown"]["state"] == "active", found
+    assert found["BlockwatchIngestionStopped"]["state"] == "suppressed", found
+    assert found["BlockwatchIngestionStopped"]["inhibitedBy"], found
