@@ -21,10 +21,10 @@ LAB_DEBS := iproute2 iptables nginx
 LAB_BINS := ip iptables iptables-restore nginx
 CONTAINER_DEBS := podman runc debootstrap
 CONTAINER_BINS := podman runc debootstrap
-# Prometheus and Alertmanager: the deploy's rules, tests and configuration are
+# Prometheus, Alertmanager and Caddy: the deploy's rules, tests and configuration are
 # checked with their own tools (tests/deploy).
-DEPLOY_DEBS := prometheus prometheus-alertmanager
-DEPLOY_BINS := prometheus promtool amtool prometheus-alertmanager
+DEPLOY_DEBS := prometheus prometheus-alertmanager caddy
+DEPLOY_BINS := prometheus promtool amtool prometheus-alertmanager caddy
 
 all: test
 

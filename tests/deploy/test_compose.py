@@ -136,3 +136,37 @@ def test_promtool_checks_the_scrape_configuration(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _handlers(node: Any) -> list[dict[str, Any]]:
+    """Every handler in Caddy's adapted JSON, however deeply its routes nest."""
+    found = []
+    if isinstance(node, dict):
+        if "handler" in node:
+            found.append(node)
+        for value in node.values():
+            found += _handlers(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _handlers(value)
+    return found
+
+
+def test_caddy_adapts_the_caddyfile_to_both_ready_replicas() -> None:
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        pytest.skip("caddy is not installed (Debian: caddy)")
+    # `adapt` parses and converts, and starts nothing: no health check, no ACME, no
+    # packet (`validate` would provision the proxy and resolve its upstreams).
+    result = subprocess.run(
+        [caddy, "adapt", "--adapter", "caddyfile", "--config", str(DEPLOY / "caddy/Caddyfile")],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "BLOCKWATCH_DOMAIN": "bw.example.org"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    [proxy] = [h for h in _handlers(config) if h["handler"] == "reverse_proxy"]
+    replicas = sorted(n for n in compose()["services"] if n.startswith("collector-"))
+    assert [u["dial"] for u in proxy["upstreams"]] == [f"{r}:8080" for r in replicas]
+    assert proxy["health_checks"]["active"]["uri"] == "/readyz"
+    assert "bw.example.org" in result.stdout  # the site is the operator's domain
