@@ -9,7 +9,6 @@ every route.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import platform
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector import __version__
+from collector.api import health, pages
 from collector.api.deps import require_metrics_reader
 from collector.api.ratelimit import RateLimiter
 from collector.api.routes import events, evidence, measurements, probes, subscriptions, targets
@@ -36,7 +36,6 @@ from collector.core.errors import CollectorError, RateLimited
 from collector.core.keys import collector_key
 from collector.core.settings import CollectorSettings
 from collector.detection.loops import BackgroundLoops
-from collector.services import health
 from collector.services.admission import Admission
 from collector.services.geo import Geolocator, make_geolocator
 from collector.services.reachability import register_at_startup, signed_endpoints
@@ -45,7 +44,6 @@ from collector.services.subscriptions import seal_at_startup
 log = logging.getLogger("blockwatch.collector")
 # Batches verified and stored at once per process (CPU- and GIL-bound work).
 INGEST_THREADS = 4
-READY_TIMEOUT = 3.0  # seconds /readyz waits for the database before it says not ready
 
 
 def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
@@ -143,33 +141,14 @@ def create_app(
     for router in (module.router for module in routers):
         app.include_router(router, prefix="/api/v1")
     app.include_router(evidence.well_known)
+    app.include_router(pages.router)  # the pages people read (no /api prefix)
+    app.include_router(health.router)  # /healthz, /readyz
     _install_error_handlers(app)
 
     # Always a token here; the private listener asks none (collector/api/metrics_listener.py).
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_metrics_reader)])
     def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers (nothing else: see services.health)."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz(request: Request) -> JSONResponse:
-        """Readiness: database reachable, schema new enough, loops alive; else 503."""
-        state = request.app.state
-        try:
-            ready = await asyncio.wait_for(
-                anyio.to_thread.run_sync(health.readiness, state.engine, state.loops),
-                timeout=READY_TIMEOUT,
-            )
-        except TimeoutError:
-            ready = health.Readiness(False, {"database": "timeout"}, "the database did not answer")
-        if ready.ready:
-            return JSONResponse(ready.to_json())
-        error = {"code": "err_not_ready", "message": ready.problem or "not ready"}
-        return JSONResponse({"error": error, **ready.to_json()}, status_code=503)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -163,7 +163,8 @@ def public_answers(world: World) -> dict[str, str]:
             if answer.status_code in (401, 403):  # needs a token: not public
                 break
             answers[path + query] = answer.text
-    assert {"/metrics", f"/api/v1/status/{DOMAIN}", "/api/v1/events"} <= set(answers)
+    assert {"/metrics", f"/api/v1/status/{DOMAIN}", "/api/v1/events", "/", f"/i/{DOMAIN}",
+            f"/i/{DOMAIN}/badge.svg", "/?cc=CN"} <= set(answers)  # the pages too  # fmt: skip
     return answers
 
 

@@ -1,0 +1,230 @@
+"""The pages people read: server-rendered HTML, SVG badges (DESIGN, "Pages").
+
+No front-end framework and nothing from another host: the templates
+(``collector/api/templates``, Jinja2 with autoescape everywhere) and one
+stylesheet (``/static/site.css``) are all a page loads, so pages load inside
+China and tell nobody else about a visit. No script, no cookie; the language
+comes from ``?lang=`` (``en`` or ``zh-Hans``), else ``Accept-Language``; every
+page sets ``<html lang>`` and links to itself in the other language. The
+answers are the public view (k-anonymous, rounded: collector/core/publication.py),
+whatever token is sent.
+
+Every page and badge carries a Content-Security-Policy without inline scripts
+(``default-src 'none'``), ``X-Content-Type-Options``, ``Referrer-Policy:
+no-referrer``, a short ``Cache-Control`` and a strong ``ETag`` (a matching
+``If-None-Match`` gets 304).
+
+Translations are gettext catalogs (``collector/locale``, compiled by ``make
+locale``); a language without its catalog shows English.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from babel.support import NullTranslations, Translations
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.responses import Response
+
+from collector.api.deps import SessionDep
+from collector.core.errors import NotFound
+from collector.core.publication import Publication
+from collector.core.settings import CollectorSettings
+from collector.services.events import EventService
+from collector.services.overview import TIMELINE_DAYS, OverviewService, country_states
+from collector.services.targets import normalize
+
+router = APIRouter(include_in_schema=False)
+LANGUAGES = {"en": "English", "zh-Hans": "简体中文"}
+DEFAULT_LANGUAGE = "en"
+TEMPLATES = Path(str(resources.files("collector") / "api" / "templates"))
+STATIC = Path(str(resources.files("collector") / "api" / "static"))
+LOCALES = Path(str(resources.files("collector") / "locale"))
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+STATE_CLASSES = ("ok", "blocked", "down", "unknown")
+# The words for the states (never a colour alone); gettext marks them for the catalogs.
+STATE_WORDS = {"ok": "reachable", "blocked": "blocked", "down": "down", "unknown": "unknown"}
+PER_PAGE = 50
+
+
+_TRANSLATIONS: dict[str, NullTranslations] = {}
+_ENVIRONMENTS: dict[str, Environment] = {}
+
+
+def translations(language: str) -> NullTranslations:
+    if language not in _TRANSLATIONS:
+        locale = language.replace("-", "_")
+        _TRANSLATIONS[language] = Translations.load(str(LOCALES), [locale], domain="messages")
+    return _TRANSLATIONS[language]
+
+
+def environment(language: str) -> Environment:
+    """One template environment per language, its catalog installed once (requests
+    run in threads: nothing is switched per request)."""
+    if language not in _ENVIRONMENTS:
+        env = Environment(
+            loader=FileSystemLoader(TEMPLATES),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            extensions=["jinja2.ext.i18n"],
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
+        _ENVIRONMENTS[language] = env
+    return _ENVIRONMENTS[language]
+
+
+def language_of(request: Request, lang: str | None) -> str:
+    """``?lang=`` first, then the first Accept-Language we have, then English."""
+    if lang in LANGUAGES:
+        return lang
+    for part in request.headers.get("accept-language", "").split(","):
+        tag = part.split(";")[0].strip().lower()
+        if tag.startswith("zh"):
+            return "zh-Hans"  # Blockwatch's Chinese is Simplified; zh-TW readers read it too
+        if tag.startswith("en"):
+            return "en"
+    return DEFAULT_LANGUAGE
+
+
+def _headers(body: bytes, media_type: str, max_age: int) -> dict[str, str]:
+    return {
+        "Content-Security-Policy": CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": f"public, max-age={max_age}",
+        "ETag": '"' + hashlib.sha256(body).hexdigest()[:32] + '"',
+        "Content-Type": media_type,
+        "Vary": "Accept-Language",
+    }
+
+
+def respond(request: Request, body: bytes, media_type: str, max_age: int = 60) -> Response:
+    headers = _headers(body, media_type, max_age)
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers={k: v for k, v in headers.items()
+                                                   if k != "Content-Type"})  # fmt: skip
+    return Response(body, headers=headers)
+
+
+def render(request: Request, template: str, language: str, **context: Any) -> Response:
+    query = dict(request.query_params)
+
+    def link(**changes: Any) -> str:
+        """This page's URL with *changes* to its query (the language switch, paging)."""
+        merged = {**query, **{k: str(v) for k, v in changes.items() if v is not None}}
+        return request.url.path + "?" + urlencode(merged)
+
+    page = (
+        environment(language)
+        .get_template(template)
+        .render(
+            lang=language, languages=LANGUAGES, link=link, state_classes=STATE_CLASSES, **context
+        )
+    )
+    return respond(request, page.encode(), "text/html; charset=utf-8")
+
+
+def public(request: Request) -> Publication:
+    settings: CollectorSettings = request.app.state.settings
+    return Publication.public(settings)
+
+
+@router.get("/")
+def index(
+    request: Request,
+    session: SessionDep,
+    lang: str | None = None,
+    q: Annotated[str, Query(max_length=253)] = "",
+    cc: Annotated[str | None, Query(pattern=r"^[A-Za-z]{2}$")] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> Response:
+    """Instances x countries: the state in each, open events first."""
+    language = language_of(request, lang)
+    overview = OverviewService(public(request)).overview(
+        session, search=q, cc=cc.upper() if cc else None, page=page, per_page=PER_PAGE
+    )
+    return render(request, "index.html", language, overview=overview, q=q,
+                  cc=cc.upper() if cc else "")  # fmt: skip
+
+
+@router.get("/i/{domain}")
+def instance(
+    request: Request,
+    session: SessionDep,
+    domain: Annotated[str, PathParam(max_length=253)],
+    lang: str | None = None,
+) -> Response:
+    """One instance: its state per network, 30 days of events, mirrors, feed and badge."""
+    language = language_of(request, lang)
+    name = normalize(domain)
+    try:
+        status = EventService(public(request)).status(session, name)
+    except NotFound as exc:
+        return not_found(request, language, exc)
+    now = datetime.now(UTC)
+    spans = OverviewService(public(request)).timeline(session, name, now)
+    countries = sorted({n["cc"] for n in status["networks"]} | {s.cc for s in spans})
+    recent = EventService(public(request)).events(session, domain=name, limit=20)
+    return render(
+        request, "instance.html", language, status=status, spans=spans, countries=countries,
+        days=TIMELINE_DAYS, events=recent, now=now,
+        mirror_states={m["domain"]: country_states(public(request), m["networks"])
+                       for m in status["mirrors"]},
+    )  # fmt: skip
+
+
+BADGE_COLOURS = {"ok": "#2e7d32", "blocked": "#c62828", "down": "#ef6c00", "unknown": "#616161"}
+
+
+@router.get("/i/{domain}/badge.svg")
+def badge(
+    request: Request,
+    session: SessionDep,
+    domain: Annotated[str, PathParam(max_length=253)],
+    cc: Annotated[str | None, Query(pattern=r"^[A-Za-z]{2}$")] = None,
+    lang: str | None = None,
+) -> Response:
+    """A shields-style badge: the instance's state (in one country, or the worst of all)."""
+    language = language_of(request, lang)
+    name = normalize(domain)
+    try:
+        status = EventService(public(request)).status(session, name)
+    except NotFound as exc:
+        return not_found(request, language, exc)
+    states = country_states(public(request), status["networks"])
+    if cc:
+        state = states.get(cc.upper(), "unknown")
+        label = cc.upper()
+    else:
+        order = ("blocked", "down", "ok", "unknown")
+        state = min(states.values(), key=order.index) if states else "unknown"
+        label = "Blockwatch"
+    text = translations(language).gettext(STATE_WORDS[state])
+    svg = environment(language).get_template("badge.svg").render(
+        label=label, text=text, colour=BADGE_COLOURS[state],
+        label_width=8 + 7 * len(label), text_width=10 + 7 * len(text),
+    )  # fmt: skip
+    return respond(request, svg.encode(), "image/svg+xml; charset=utf-8", max_age=300)
+
+
+@router.get("/static/site.css")
+def stylesheet(request: Request) -> Response:
+    return respond(request, (STATIC / "site.css").read_bytes(), "text/css; charset=utf-8", 3600)
+
+
+def not_found(request: Request, language: str, exc: NotFound) -> Response:
+    """A 404 for people (the API keeps its JSON error)."""
+    response = render(request, "not_found.html", language, message=exc.message)
+    response.status_code = 404
+    return response

@@ -1,0 +1,176 @@
+"""What the pages show: instances x countries, and one instance's last 30 days.
+
+Everything goes through the caller's ``Publication``: a country's state is the
+worst of its networks as the public status folds them (small networks never
+named), times rounded. The overview pages through the targets (``page``,
+``per_page``) and filters them by a search string and a country, with the
+instances that have an open event first; counts come from the same query, so
+the page says how many there are.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from collector.core.models import EventRow, NetworkStateRow, TargetRow
+from collector.core.publication import WORST_FIRST, Publication
+from collector.services.events import json_list, network_json
+
+TIMELINE_DAYS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    domain: str
+    kind: str
+    states: dict[str, str]  # cc -> state
+    open_events: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    rows: list[Row]
+    countries: list[str]
+    total: int
+    page: int
+    pages: int
+    open_events: int
+    mirrors: dict[str, list[tuple[str, dict[str, str]]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """An event drawn on the timeline: [start, end) within the window, in days from its start."""
+
+    cc: str
+    start: float
+    end: float
+    methods: tuple[str, ...]
+    open: bool
+    event_id: int
+
+
+def country_states(publication: Publication, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """cc -> the worst state of its networks, as the public sees them."""
+    worst: dict[str, str] = {}
+    for network in publication.networks(rows):
+        cc, state = network["cc"], network["state"]
+        if cc not in worst or WORST_FIRST.index(state) < WORST_FIRST.index(worst[cc]):
+            worst[cc] = state
+    return worst
+
+
+class OverviewService:
+    def __init__(self, publication: Publication) -> None:
+        self.publication = publication
+
+    def overview(
+        self,
+        session: Session,
+        *,
+        search: str = "",
+        cc: str | None = None,
+        page: int = 1,
+        per_page: int = 50,
+    ) -> Overview:
+        live = select(TargetRow).where(TargetRow.enabled.is_(True), TargetRow.removed_at.is_(None))
+        primary = live.where(TargetRow.kind != "mirror")
+        if search:
+            primary = primary.where(TargetRow.domain.contains(search.strip().lower()))
+        open_counts = dict(
+            session.execute(
+                select(EventRow.domain, func.count())
+                .where(EventRow.state == "open")
+                .group_by(EventRow.domain)
+            ).all()
+        )
+        targets = list(session.scalars(primary))
+        if cc:
+            measured = set(
+                session.scalars(select(NetworkStateRow.domain).where(NetworkStateRow.cc == cc))
+            )
+            targets = [t for t in targets if t.domain in measured]
+        targets.sort(key=lambda t: (-open_counts.get(t.domain, 0), t.domain))
+        total = len(targets)
+        pages = max(1, -(-total // per_page))
+        page = min(max(1, page), pages)
+        shown = targets[(page - 1) * per_page : page * per_page]
+        states = self._states(session, [t.domain for t in shown])
+        rows = [
+            Row(t.domain, t.kind, states.get(t.domain, {}), open_counts.get(t.domain, 0))
+            for t in shown
+        ]
+        countries = sorted({c for row in rows for c in row.states} | ({cc} if cc else set()))
+        return Overview(
+            rows=rows,
+            countries=countries,
+            total=total,
+            page=page,
+            pages=pages,
+            open_events=sum(open_counts.values()),
+            mirrors=self._mirrors(session, shown),
+        )
+
+    def _states(self, session: Session, domains: list[str]) -> dict[str, dict[str, str]]:
+        found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        if domains:
+            query = select(NetworkStateRow).where(NetworkStateRow.domain.in_(domains))
+            for row in session.scalars(query):
+                found[row.domain].append(network_json(row))
+        return {d: country_states(self.publication, rows) for d, rows in found.items()}
+
+    def _mirrors(
+        self, session: Session, shown: list[TargetRow]
+    ) -> dict[str, list[tuple[str, dict[str, str]]]]:
+        """Each shown instance's mirrors (its group's other targets) and their states."""
+        groups = {t.group_id for t in shown if t.group_id is not None}
+        if not groups:
+            return {}
+        members = list(
+            session.scalars(
+                select(TargetRow).where(
+                    TargetRow.group_id.in_(groups),
+                    TargetRow.kind == "mirror",
+                    TargetRow.removed_at.is_(None),
+                )
+            )
+        )
+        states = self._states(session, [m.domain for m in members])
+        out: dict[str, list[tuple[str, dict[str, str]]]] = {}
+        for target in shown:
+            mirrors = [m for m in members if m.group_id == target.group_id]
+            if mirrors:
+                out[target.domain] = [(m.domain, states.get(m.domain, {})) for m in mirrors]
+        return out
+
+    def timeline(self, session: Session, domain: str, now: datetime) -> list[Span]:
+        """The domain's events of the last 30 days, clipped to the window."""
+        start = now - timedelta(days=TIMELINE_DAYS)
+        query = (
+            select(EventRow)
+            .where(EventRow.domain == domain)
+            .where((EventRow.ended_at.is_(None)) | (EventRow.ended_at >= start))
+            .order_by(EventRow.cc, EventRow.started_at)
+        )
+        spans = []
+        day = timedelta(days=1)
+        for event in session.scalars(query):
+            began = max(event.started_at, start)
+            ended = event.ended_at or now
+            spans.append(
+                Span(
+                    cc=event.cc,
+                    start=(began - start) / day,
+                    end=max((min(ended, now) - start) / day, (began - start) / day + 0.02),
+                    methods=tuple(str(m) for m in json_list(event.methods)),
+                    open=event.state == "open",
+                    event_id=event.id,
+                )
+            )
+        return spans

@@ -1,0 +1,130 @@
+"""The pages: server-rendered, self-contained (nothing from another host, no
+script, no cookie), in the asked language, cached with ETags; the overview
+pages, filters and puts open events first; an instance's page has its
+networks, its 30-day timeline, its events and its badge."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from html.parser import HTMLParser
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from collector.core.db import session_scope
+from collector.services.targets import TargetService
+from tests.collector.analysis import builders as b
+from tests.collector.detection.test_pass import World, world  # noqa: F401  (the fixture)
+
+DOMAIN = b.DOMAIN
+
+
+class Page(HTMLParser):
+    """Every URL a page refers to, its <html lang>, and whether it has a script."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.lang: str | None = None
+        self.scripts = 0
+        self.inline_styles = 0
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "html":
+            self.lang = found.get("lang")
+        if tag == "script":
+            self.scripts += 1
+        if "style" in found or tag == "style":
+            self.inline_styles += 1
+        for name in ("href", "src", "action"):
+            if found.get(name):
+                self.urls.append(str(found[name]))
+
+
+def block(w: World) -> None:
+    t = w.now() - timedelta(minutes=2)
+    w.round(b.reached(), t)
+    w.submit(w.control, b.control(), t + timedelta(seconds=5))
+    w.round(b.sni_blocked(), t + timedelta(seconds=30))
+    w.submit(w.control, b.control(), t + timedelta(seconds=33))
+    w.clock.offset_seconds += 60
+    w.run()
+
+
+def get(client: TestClient, path: str, **headers: str) -> Any:
+    answer = client.get(path, headers=headers)
+    assert answer.status_code == 200, (path, answer.status_code, answer.text[:300])
+    return answer
+
+
+def assert_self_contained(text: str) -> Page:
+    page = Page(text)
+    assert page.scripts == 0 and page.inline_styles == 0
+    assert all(u.startswith("/") for u in page.urls), [u for u in page.urls if u[0] != "/"]
+    return page
+
+
+def test_the_overview_in_english_and_chinese(world: World) -> None:  # noqa: F811
+    block(world)
+    answer = get(world.client, "/")
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in answer.headers["content-security-policy"]
+    assert "script-src" not in answer.headers["content-security-policy"]
+    assert "set-cookie" not in answer.headers
+    page = assert_self_contained(answer.text)
+    assert page.lang == "en"
+    assert DOMAIN in answer.text and "blocked" in answer.text
+    assert 'href="/?lang=zh-Hans"' in answer.text  # the language switch
+    assert Page(get(world.client, "/?lang=zh-Hans").text).lang == "zh-Hans"
+    assert Page(get(world.client, "/", **{"Accept-Language": "zh-CN,zh;q=0.9"}).text).lang == (
+        "zh-Hans"
+    )
+    # Cached: the same page again is a 304 with its ETag.
+    again = world.client.get("/", headers={"If-None-Match": answer.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+
+
+def test_open_events_first_search_country_and_pages(world: World) -> None:  # noqa: F811
+    block(world)
+    with session_scope(world.sessions) as s:
+        TargetService().add(s, [f"a{i:03d}.example" for i in range(60)])
+    text = get(world.client, "/").text
+    assert text.index(DOMAIN) < text.index("a000.example")  # the blocked one first
+    assert 'rel="next"' in text and "a059.example" not in text  # 50 a page
+    second = get(world.client, "/?page=2").text
+    assert "a059.example" in second and 'rel="prev"' in second
+    found = get(world.client, "/?q=a042").text
+    assert "a042.example" in found and "a041.example" not in found
+    only_cn = get(world.client, "/?cc=cn").text
+    assert DOMAIN in only_cn and "a000.example" not in only_cn  # never measured in CN
+    assert "No instance matches." in get(world.client, "/?q=nothing-like-it").text
+
+
+def test_an_instance_page_timeline_events_and_badge(world: World) -> None:  # noqa: F811
+    block(world)
+    answer = get(world.client, f"/i/{DOMAIN}")
+    assert_self_contained(answer.text)
+    text = answer.text
+    assert "SNI blocking" in text and "DNS poisoning" in text  # methods in plain words
+    assert '<svg class="timeline"' in text and 'class="span open"' in text
+    event = world.events(state="open")[0]
+    assert f'href="/api/v1/events/{event["id"]}/evidence"' in text
+    assert "mirror.bar" in text  # its group's mirror
+    badge = get(world.client, f"/i/{DOMAIN}/badge.svg")
+    assert badge.headers["content-type"].startswith("image/svg+xml")
+    assert ">blocked</text>" in badge.text
+    assert ">CN</text>" in get(world.client, f"/i/{DOMAIN}/badge.svg?cc=CN").text
+    assert ">unknown</text>" in get(world.client, f"/i/{DOMAIN}/badge.svg?cc=IR").text
+    missing = world.client.get("/i/not-watched.example")
+    assert missing.status_code == 404 and "Not found" in missing.text
+    assert missing.headers["content-type"].startswith("text/html")
+    css = get(world.client, "/static/site.css")
+    assert css.headers["content-type"].startswith("text/css") and "@import" not in css.text
+
+
+def test_markup_in_a_domain_is_escaped(world: World) -> None:  # noqa: F811
+    answer = world.client.get('/?q=<script>alert(1)</script>')
+    assert answer.status_code == 200
+    assert "<script>" not in answer.text and "&lt;script&gt;" in answer.text
