@@ -12,7 +12,7 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: all venv debs lab-debs test lint imports typecheck unit demo bench lab image clean
+.PHONY: all venv debs lab-debs test lint imports typecheck unit demo bench lab image locale clean
 
 # Debian packages: iproute2 and iptables for the lab's namespaces and censors,
 # nginx for the collector served over HTTPS with its name (tests/lab/webfront.py);
@@ -74,12 +74,27 @@ typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy bench deploy/images.py
 
-unit: $(DEV_STAMP) debs
+# The pages' translations: gettext catalogs under collector/locale (babel.cfg says
+# what is extracted). `make locale` extracts the strings and updates each catalog;
+# the compiled .mo files are made from the .po files whenever these change.
+LOCALES := collector/locale
+MO_FILES := $(patsubst %.po,%.mo,$(wildcard $(LOCALES)/*/LC_MESSAGES/messages.po))
+
+$(LOCALES)/%/LC_MESSAGES/messages.mo: $(LOCALES)/%/LC_MESSAGES/messages.po | $(RUN_STAMP)
+	$(BIN)/pybabel compile -i $< -o $@
+
+locale: $(RUN_STAMP)
+	$(BIN)/pybabel extract -F babel.cfg --project Blockwatch --version 0.1.0 \
+	  --copyright-holder Blockwatch --msgid-bugs-address "" -o $(LOCALES)/messages.pot .
+	$(BIN)/pybabel update -i $(LOCALES)/messages.pot -d $(LOCALES) --width 100
+	$(BIN)/pybabel compile -d $(LOCALES) --statistics
+
+unit: $(DEV_STAMP) debs $(MO_FILES)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
-demo: $(RUN_STAMP)
+demo: $(RUN_STAMP) $(MO_FILES)
 	$(BIN)/python -m demo.demo
 
 bench: $(DEV_STAMP)
@@ -91,7 +106,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/bench_scrape.py
 
 # Both images, offline (a debootstrap base, wheels built here): deploy/images.py.
-image: $(RUN_STAMP) debs
+image: $(RUN_STAMP) debs $(MO_FILES)
 	$(BIN)/python deploy/images.py
 
 # The censorship lab, for exploring by hand (root, or an unprivileged user namespace).

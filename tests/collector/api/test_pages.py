@@ -125,6 +125,6 @@ def test_an_instance_page_timeline_events_and_badge(world: World) -> None:  # no
 
 
 def test_markup_in_a_domain_is_escaped(world: World) -> None:  # noqa: F811
-    answer = world.client.get('/?q=<script>alert(1)</script>')
+    answer = world.client.get("/?q=<script>alert(1)</script>")
     assert answer.status_code == 200
     assert "<script>" not in answer.text and "&lt;script&gt;" in answer.text
