@@ -21,7 +21,7 @@ locale``); a language without its catalog shows English.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 from babel.support import NullTranslations, Translations
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
+from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import Response
 
@@ -40,6 +41,7 @@ from collector.core.settings import CollectorSettings
 from collector.services.events import EventService
 from collector.services.overview import TIMELINE_DAYS, OverviewService, country_states
 from collector.services.targets import normalize
+from collector.services.volunteers import reporting
 
 router = APIRouter(include_in_schema=False)
 LANGUAGES = {"en": "English", "zh-Hans": "简体中文"}
@@ -54,6 +56,12 @@ CSP = (
 STATE_CLASSES = ("ok", "blocked", "down", "unknown")
 # The words for the states (never a colour alone); gettext marks them for the catalogs.
 STATE_WORDS = {"ok": "reachable", "blocked": "blocked", "down": "down", "unknown": "unknown"}
+METHOD_WORDS = {
+    "dns": "DNS poisoning (forged answers)",
+    "tcp_ip": "IP blocking (connections dropped or reset)",
+    "tls": "SNI blocking (TLS reset when the name is seen)",
+    "http": "HTTP tampering (block page or reset)",
+}
 PER_PAGE = 50
 
 
@@ -125,14 +133,22 @@ def render(request: Request, template: str, language: str, **context: Any) -> Re
         merged = {**query, **{k: str(v) for k, v in changes.items() if v is not None}}
         return request.url.path + "?" + urlencode(merged)
 
-    page = (
-        environment(language)
-        .get_template(template)
-        .render(
-            lang=language, languages=LANGUAGES, link=link, state_classes=STATE_CLASSES, **context
-        )
+    template_ = environment(language).get_template(template)
+    page = template_.render(
+        lang=language,
+        languages=LANGUAGES,
+        link=link,
+        state_classes=STATE_CLASSES,
+        base=base_url(request),
+        **context,
     )
     return respond(request, page.encode(), "text/html; charset=utf-8")
+
+
+def base_url(request: Request) -> str:
+    """The collector's public URL (behind a proxy, what people type), else this request's."""
+    settings: CollectorSettings = request.app.state.settings
+    return settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
 
 
 def public(request: Request) -> Publication:
@@ -182,6 +198,122 @@ def instance(
         mirror_states={m["domain"]: country_states(public(request), m["networks"])
                        for m in status["mirrors"]},
     )  # fmt: skip
+
+
+@router.get("/events")
+def events_page(
+    request: Request,
+    session: SessionDep,
+    lang: str | None = None,
+    cc: Annotated[str | None, Query(pattern=r"^[A-Za-z]{2}$")] = None,
+    state: Annotated[str | None, Query(pattern=r"^(open|closed)$")] = None,
+    before: Annotated[int | None, Query(ge=1, lt=2**31)] = None,
+) -> Response:
+    """Block events, newest first, 50 a page (``before`` pages back)."""
+    language = language_of(request, lang)
+    events = EventService(public(request)).events(
+        session, cc=cc.upper() if cc else None, state=state, limit=PER_PAGE, before_id=before
+    )
+    older = events[-1]["id"] if len(events) == PER_PAGE else None
+    return render(request, "events.html", language, events=events, older=older,
+                  cc=cc.upper() if cc else "", state=state or "")  # fmt: skip
+
+
+@router.get("/events/{event_id}")
+def event_page(
+    request: Request,
+    session: SessionDep,
+    event_id: Annotated[int, PathParam(ge=1, lt=2**31)],
+    lang: str | None = None,
+) -> Response:
+    """One event: what, where, since when, how to verify its evidence."""
+    language = language_of(request, lang)
+    try:
+        event = EventService(public(request)).event(session, event_id)
+    except NotFound as exc:
+        return not_found(request, language, exc)
+    return render(request, "event.html", language, event=event)
+
+
+@router.get("/coverage")
+def coverage_page(request: Request, session: SessionDep, lang: str | None = None) -> Response:
+    """Where volunteers measure: countries, and the networks with enough of them."""
+    language = language_of(request, lang)
+    settings: CollectorSettings = request.app.state.settings
+    since = datetime.now(UTC) - timedelta(seconds=settings.window_seconds)
+    found = reporting(session, since)
+    named = found.named(settings.publish_min_volunteers)
+    countries = sorted(
+        ((cc, len(v), sorted((asn, n) for (c, asn), n in named.items() if c == cc))
+         for cc, v in found.countries.items()),
+        key=lambda row: (-row[1], row[0]),
+    )  # fmt: skip
+    return render(request, "coverage.html", language, countries=countries,
+                  k=max(1, settings.publish_min_volunteers))  # fmt: skip
+
+
+@router.get("/about")
+def about_page(request: Request, lang: str | None = None) -> Response:
+    language = language_of(request, lang)
+    settings: CollectorSettings = request.app.state.settings
+    return render(request, "about.html", language, k=max(1, settings.publish_min_volunteers),
+                  interval=int(settings.measure_interval))  # fmt: skip
+
+
+def _feed(request: Request, language: str, title: str, path: str, events: list[dict[str, Any]]
+          ) -> Response:  # fmt: skip
+    """An Atom feed of *events*: one entry per event, updated when it changes."""
+    strings = translations(language)
+    base = base_url(request)
+    feed = FeedGenerator()
+    feed.id(base + path)
+    feed.title(title)
+    feed.link(href=base + path, rel="self")
+    feed.link(href=base + "/", rel="alternate")
+    feed.language(language)
+    feed.updated(max((_time(e["updated_at"]) for e in events), default=datetime.now(UTC)))
+    for event in reversed(events):  # feedgen prepends: oldest first in, newest first out
+        entry = feed.add_entry()
+        entry.id(f"{base}/events/{event['id']}")
+        state = strings.gettext("blocked") if event["state"] == "open" else strings.gettext("ended")
+        entry.title(f"{event['domain']} {event['cc']}: {state}")
+        entry.link(href=f"{base}/events/{event['id']}?lang={language}")
+        entry.updated(_time(event["updated_at"]))
+        entry.published(_time(event["detected_at"]))
+        methods = ", ".join(strings.gettext(METHOD_WORDS.get(m, m)) for m in event["methods"])
+        entry.summary(f"{event['domain']} ({event['cc']}): {methods}")
+    body = feed.atom_str(pretty=True)
+    return respond(request, body, "application/atom+xml; charset=utf-8", max_age=300)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@router.get("/feed.atom")
+def feed_all(request: Request, session: SessionDep, lang: str | None = None) -> Response:
+    language = language_of(request, lang)
+    events = EventService(public(request)).events(session, limit=PER_PAGE)
+    title = translations(language).gettext("Blockwatch: block events")
+    return _feed(request, language, title, "/feed.atom", events)
+
+
+@router.get("/i/{domain}/feed.atom")
+def feed_instance(
+    request: Request,
+    session: SessionDep,
+    domain: Annotated[str, PathParam(max_length=253)],
+    lang: str | None = None,
+) -> Response:
+    language = language_of(request, lang)
+    name = normalize(domain)
+    try:
+        EventService(public(request)).status(session, name)
+    except NotFound as exc:
+        return not_found(request, language, exc)
+    events = EventService(public(request)).events(session, domain=name, limit=PER_PAGE)
+    title = translations(language).gettext("Blockwatch: %(domain)s") % {"domain": name}
+    return _feed(request, language, title, f"/i/{name}/feed.atom", events)
 
 
 BADGE_COLOURS = {"ok": "#2e7d32", "blocked": "#c62828", "down": "#ef6c00", "unknown": "#616161"}

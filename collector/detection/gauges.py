@@ -40,12 +40,11 @@ from collector.core.models import (
     EventRow,
     MeasurementRow,
     NetworkStateRow,
-    ProbeRow,
     TargetRow,
 )
 from collector.core.publication import WORST_FIRST
 from collector.core.settings import CollectorSettings
-from collector.services.volunteers import volunteer_id
+from collector.services.volunteers import reporting
 
 STATE_VALUES = {"ok": 0, "unknown": 1, "down": 2, "blocked": 3}
 
@@ -118,26 +117,16 @@ class Gauges:
 
     def _probes(self, session: Session, now: datetime) -> None:
         since = now - timedelta(seconds=self.settings.window_seconds)
-        query = select(ProbeRow.id, ProbeRow.token_id, ProbeRow.last_cc, ProbeRow.last_asn).where(
-            ProbeRow.role == "probe",
-            ProbeRow.status == "active",
-            ProbeRow.last_checkin_at >= since,
-            ProbeRow.last_cc.is_not(None),
-        )
-        countries: dict[str, set[str]] = defaultdict(set)
-        networks: dict[tuple[str, int], set[str]] = defaultdict(set)
-        for probe_id, token_id, cc, asn in session.execute(query):
-            volunteer = volunteer_id(probe_id, token_id)
-            countries[str(cc)].add(volunteer)
-            if asn is not None:
-                networks[(str(cc), int(asn))].add(volunteer)
-        counts: dict[tuple[str, ...], int] = {(cc,): len(v) for cc, v in countries.items()}
+        found = reporting(session, since)
+        counts: dict[tuple[str, ...], int] = {(cc,): len(v) for cc, v in found.countries.items()}
         for (cc,), count in _with_zeros(metrics.PROBES_REPORTING, counts, ("cc",)).items():
             metrics.PROBES_REPORTING.labels(cc=cc).set(count)
         # A network is named from K volunteers on; one that falls below K loses its
         # series (a 0 would say "fewer than K here").
-        k = max(1, self.settings.publish_min_volunteers)
-        named = {(cc, str(asn)): len(v) for (cc, asn), v in networks.items() if len(v) >= k}
+        named = {
+            (cc, str(asn)): n
+            for (cc, asn), n in found.named(self.settings.publish_min_volunteers).items()
+        }
         for (cc, label), count in named.items():
             metrics.PROBES_REPORTING_NETWORK.labels(cc=cc, asn=label).set(count)
         for gone in self._networks - set(named):

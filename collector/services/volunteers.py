@@ -107,3 +107,33 @@ def reevaluate(session: Session, probe_ids: Iterable[str], since: datetime) -> i
 
 def window_start(now: datetime, window_seconds: float) -> datetime:
     return now - timedelta(seconds=window_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Reporting:
+    """Volunteers (not keys) whose probes checked in since a time, by country and network."""
+
+    countries: dict[str, set[str]]
+    networks: dict[tuple[str, int], set[str]]
+
+    def named(self, min_volunteers: int) -> dict[tuple[str, int], int]:
+        """Networks with at least *min_volunteers* volunteers (the others are never named)."""
+        k = max(1, min_volunteers)
+        return {key: len(v) for key, v in self.networks.items() if len(v) >= k}
+
+
+def reporting(session: Session, since: datetime) -> Reporting:
+    query = select(ProbeRow.id, ProbeRow.token_id, ProbeRow.last_cc, ProbeRow.last_asn).where(
+        ProbeRow.role == "probe",
+        ProbeRow.status == "active",
+        ProbeRow.last_checkin_at >= since,
+        ProbeRow.last_cc.is_not(None),
+    )
+    countries: dict[str, set[str]] = {}
+    networks: dict[tuple[str, int], set[str]] = {}
+    for probe_id, token_id, cc, asn in session.execute(query):
+        volunteer = volunteer_id(probe_id, token_id)
+        countries.setdefault(str(cc), set()).add(volunteer)
+        if asn is not None:
+            networks.setdefault((str(cc), int(asn)), set()).add(volunteer)
+    return Reporting(countries, networks)

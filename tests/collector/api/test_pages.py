@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
+from xml.etree import ElementTree
 
 from fastapi.testclient import TestClient
 
@@ -128,3 +129,44 @@ def test_markup_in_a_domain_is_escaped(world: World) -> None:  # noqa: F811
     answer = world.client.get("/?q=<script>alert(1)</script>")
     assert answer.status_code == 200
     assert "<script>" not in answer.text and "&lt;script&gt;" in answer.text
+
+
+def test_events_an_event_and_its_evidence_instructions(world: World) -> None:  # noqa: F811
+    block(world)
+    [event] = world.events(state="open")
+    listing = get(world.client, "/events")
+    assert_self_contained(listing.text)
+    assert f'href="/events/{event["id"]}?lang=en"' in listing.text
+    assert DOMAIN not in get(world.client, "/events?state=closed").text
+    page = get(world.client, f"/events/{event['id']}")
+    assert_self_contained(page.text)
+    text = page.text
+    assert "SNI blocking" in text and "AS4134" in text and "3 volunteers saw it." in text
+    assert "blockwatch-probe verify bundle.json --collector-key blockwatch.json" in text
+    assert f"http://testserver/api/v1/events/{event['id']}/evidence" in text
+    assert world.client.get("/events/999999").status_code == 404
+
+
+def test_coverage_about_and_feeds(world: World) -> None:  # noqa: F811
+    block(world)
+    for probe in world.probes:  # they report: a check-in each
+        answer = world.client.post("/api/v1/probes/checkin", json=probe.checkin())
+        assert answer.status_code == 200, answer.text
+    coverage = get(world.client, "/coverage")
+    assert_self_contained(coverage.text)
+    assert "<td>CN</td><td>3</td>" in coverage.text.replace("\n", "").replace("  ", "")
+    assert "Run a probe" in coverage.text
+    assert "Times on these pages are rounded down to" in get(world.client, "/about").text
+    feed = get(world.client, "/feed.atom")
+    assert feed.headers["content-type"].startswith("application/atom+xml")
+    root = ElementTree.fromstring(feed.content)
+    entries = root.findall("{http://www.w3.org/2005/Atom}entry")
+    assert len(entries) == 1 and DOMAIN in (entries[0].findtext(ATOM + "title") or "")
+    mine = ElementTree.fromstring(get(world.client, f"/i/{DOMAIN}/feed.atom").content)
+    assert len(mine.findall(ATOM + "entry")) == 1
+    assert world.client.get("/i/not-watched.example/feed.atom").status_code == 404
+    zh = ElementTree.fromstring(get(world.client, "/feed.atom?lang=zh-Hans").content)
+    assert "被封锁" in (zh.findall(ATOM + "entry")[0].findtext(ATOM + "title") or "")
+
+
+ATOM = "{http://www.w3.org/2005/Atom}"
