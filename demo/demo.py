@@ -21,7 +21,10 @@ the Great Firewall treats blocked instances, then:
    when Debian's ``prometheus`` is installed, a Prometheus scraping the
    collector's ``/metrics`` with the operators' alert rules loaded, asked the
    Grafana dashboard's first query (instances x countries);
-5. alive.demo's evidence bundle, fetched with the admin token while the
+5. the pages people read, in English and Chinese: their URLs and sizes; at a
+   terminal the collector keeps serving them until Ctrl-C (``DEMO_ONCE=1``
+   exits at once, as it does without a terminal);
+6. alive.demo's evidence bundle, fetched with the admin token while the
    collector runs, is verified offline at the end (``blockwatch-probe verify``
    against the saved ``/.well-known/blockwatch.json``; docs/evidence.md).
 
@@ -32,6 +35,7 @@ live in 127.0.0.0/8.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -181,6 +185,7 @@ async def _collector_round(
             await _wait_for_events(collector, env, minimum=5)
             await _fetch_evidence(console, tmp, port, admin_token)
             await _watch(console, tmp, port, admin_token)
+            await _pages(console, port)
         finally:
             server.terminate()
             await server.wait()
@@ -298,6 +303,31 @@ async def _watch(console: Console, tmp: Path, port: int, admin_token: str) -> No
     finally:
         proc.terminate()
         await proc.wait()
+
+
+PAGES = ["/", "/i/alive.demo", "/i/collector.demo", "/events", "/coverage", "/about",
+         "/feed.atom", "/i/alive.demo/badge.svg"]  # fmt: skip
+
+
+async def _pages(console: Console, port: int) -> None:
+    """The pages people read, in both languages; then, at a terminal, keep serving."""
+    console.rule("[bold]The pages (English and 简体中文; no script, nothing from elsewhere)")
+    base = f"http://127.0.0.1:{port}"
+    table = Table()
+    table.add_column("page", overflow="fold")
+    table.add_column("en")
+    table.add_column("zh-Hans")
+    for path in PAGES:
+        sizes = []
+        for lang in ("en", "zh-Hans"):
+            body = await asyncio.to_thread(_get, f"{base}{path}?lang={lang}", None)
+            sizes.append(f"{len(body) / 1024:.1f} KB")
+        table.add_row(base + path, *sizes)
+    console.print(table)
+    if sys.stdin.isatty() and not os.environ.get("DEMO_ONCE"):
+        console.print(f"[bold]Serving at {base}/ until Ctrl-C[/] (DEMO_ONCE=1: exit at once)")
+        with contextlib.suppress(asyncio.CancelledError):  # Ctrl-C: on with the demo's end
+            await asyncio.Event().wait()
 
 
 def _get(url: str, token: str | None) -> bytes:
