@@ -185,10 +185,18 @@ async def _collector_round(
             await _wait_for_events(collector, env, minimum=5)
             await _fetch_evidence(console, tmp, port, admin_token)
             await _watch(console, tmp, port, admin_token)
-            await _pages(console, port)
+            code = code or await _report(console, tmp, collector, probe, env)
+            await _pages(console, port)  # at a terminal: serves until Ctrl-C
         finally:
             server.terminate()
             await server.wait()
+    return int(code)
+
+
+async def _report(
+    console: Console, tmp: Path, collector: str, probe: str, env: dict[str, str]
+) -> int:
+    """What the collector made of the rounds, and the evidence verified offline."""
     await _run(console, [collector, "probes", "list"], env)
     await _run(console, [collector, "events"], env)
     await _run(console, [collector, "status", "alive.demo"], env)
@@ -204,11 +212,11 @@ async def _collector_round(
         "is kept as the exact bytes the probe signed, attributed to the declared network and never "
         "to an address."
     )
-    # Offline, with the collector stopped: the bundle and its key are all it takes.
+    # Offline: the bundle and the key saved before are all it takes (verify sends nothing).
     console.rule("[bold]Evidence anyone can verify (docs/evidence.md)")
     verify = [probe, "verify", str(tmp / "bundle.json"), "--collector-key",
               str(tmp / "blockwatch.json")]  # fmt: skip
-    return int(code) or int(await _run(console, verify, env))
+    return int(await _run(console, verify, env))
 
 
 async def _fetch_evidence(console: Console, tmp: Path, port: int, admin_token: str) -> None:
