@@ -25,6 +25,12 @@ CONTAINER_BINS := podman runc debootstrap
 # checked with their own tools (tests/deploy).
 DEPLOY_DEBS := prometheus prometheus-alertmanager caddy
 DEPLOY_BINS := prometheus promtool amtool prometheus-alertmanager caddy
+# The pages in a real browser (tests/collector/test_pages_browser.py): Chromium and
+# its driver, a CJK font for the screenshots, npm for axe-core.
+BROWSER_DEBS := chromium chromium-driver fonts-wqy-microhei npm
+BROWSER_BINS := chromium chromedriver npm
+AXE_VERSION := 4.14.1
+AXE := $(VENV)/share/axe-core/axe.min.js
 
 all: test
 
@@ -61,6 +67,15 @@ lab-debs:
 debs: lab-debs
 	$(call apt_install,$(CONTAINER_DEBS),$(CONTAINER_BINS))
 	$(call apt_install,$(DEPLOY_DEBS),$(DEPLOY_BINS))
+	$(call apt_install,$(BROWSER_DEBS),$(BROWSER_BINS))
+	@fc-list | grep -qi wqy || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-wqy-microhei)
+
+# axe-core, the accessibility checker the browser test injects (npm, pinned).
+$(AXE): | $(BIN)/python
+	mkdir -p $(dir $(AXE))
+	cd $(dir $(AXE)) && npm pack --silent axe-core@$(AXE_VERSION) >/dev/null \
+	  && tar -xzf axe-core-$(AXE_VERSION).tgz --strip-components=1 package/axe.min.js \
+	  && rm axe-core-$(AXE_VERSION).tgz
 
 lint: $(DEV_STAMP) imports
 	$(BIN)/ruff check .
@@ -89,7 +104,7 @@ locale: $(RUN_STAMP)
 	$(BIN)/pybabel update -i $(LOCALES)/messages.pot -d $(LOCALES) --width 100
 	$(BIN)/pybabel compile -d $(LOCALES) --statistics
 
-unit: $(DEV_STAMP) debs $(MO_FILES)
+unit: $(DEV_STAMP) debs $(MO_FILES) $(AXE)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck unit

@@ -133,8 +133,17 @@ def render(request: Request, template: str, language: str, **context: Any) -> Re
         merged = {**query, **{k: str(v) for k, v in changes.items() if v is not None}}
         return request.url.path + "?" + urlencode(merged)
 
+    settings: CollectorSettings = request.app.state.settings
+    now = datetime.now(UTC)
+
+    def evidence_public(event: dict[str, Any]) -> bool:
+        """Whether anyone may fetch the event's bundle yet (evidence_delay after detection)."""
+        return _time(event["detected_at"]) + timedelta(seconds=settings.evidence_delay) <= now
+
     template_ = environment(language).get_template(template)
     page = template_.render(
+        evidence_public=evidence_public,
+        evidence_delay_hours=round(settings.evidence_delay / 3600),
         lang=language,
         languages=LANGUAGES,
         link=link,
@@ -316,7 +325,7 @@ def feed_instance(
     return _feed(request, language, title, f"/i/{name}/feed.atom", events)
 
 
-BADGE_COLOURS = {"ok": "#2e7d32", "blocked": "#c62828", "down": "#ef6c00", "unknown": "#616161"}
+BADGE_COLOURS = {"ok": "#2e7d32", "blocked": "#c62828", "down": "#a84300", "unknown": "#616161"}
 
 
 @router.get("/i/{domain}/badge.svg")
@@ -350,9 +359,22 @@ def badge(
     return respond(request, svg.encode(), "image/svg+xml; charset=utf-8", max_age=300)
 
 
-@router.get("/static/site.css")
-def stylesheet(request: Request) -> Response:
-    return respond(request, (STATIC / "site.css").read_bytes(), "text/css; charset=utf-8", 3600)
+STATIC_TYPES = {"site.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
+
+
+@router.get("/static/{name}")
+def static(request: Request, name: str) -> Response:
+    """The stylesheet and the icon: the only files a page loads besides itself."""
+    media_type = STATIC_TYPES.get(name)
+    if media_type is None:
+        return Response(status_code=404)
+    return respond(request, (STATIC / name).read_bytes(), media_type, 3600)
+
+
+@router.get("/favicon.ico")
+def favicon(request: Request) -> Response:
+    """Browsers ask for it whatever the page says: the same icon."""
+    return static(request, "favicon.svg")
 
 
 def not_found(request: Request, language: str, exc: NotFound) -> Response:

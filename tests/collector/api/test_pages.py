@@ -111,7 +111,9 @@ def test_an_instance_page_timeline_events_and_badge(world: World) -> None:  # no
     assert "SNI blocking" in text and "DNS poisoning" in text  # methods in plain words
     assert '<svg class="timeline"' in text and 'class="span open"' in text
     event = world.events(state="open")[0]
-    assert f'href="/api/v1/events/{event["id"]}/evidence"' in text
+    assert f'href="/events/{event["id"]}?lang=en"' in text
+    # Detected just now: its bundle is not public yet (evidence_delay), so no dead link.
+    assert f'href="/api/v1/events/{event["id"]}/evidence"' not in text
     assert "mirror.bar" in text  # its group's mirror
     badge = get(world.client, f"/i/{DOMAIN}/badge.svg")
     assert badge.headers["content-type"].startswith("image/svg+xml")
@@ -144,6 +146,7 @@ def test_events_an_event_and_its_evidence_instructions(world: World) -> None:  #
     assert "SNI blocking" in text and "AS4134" in text and "3 volunteers saw it." in text
     assert "blockwatch-probe verify bundle.json --collector-key blockwatch.json" in text
     assert f"http://testserver/api/v1/events/{event['id']}/evidence" in text
+    assert "The bundle becomes public 24 hours after the event opened" in text
     assert world.client.get("/events/999999").status_code == 404
 
 
