@@ -21,6 +21,7 @@ locale``); a language without its catalog shows English.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -325,6 +326,12 @@ def feed_instance(
     return _feed(request, language, title, f"/i/{name}/feed.atom", events)
 
 
+def text_width(text: str) -> int:
+    """Pixels a badge needs for *text* at 11 px: wide (CJK) characters count double."""
+    wide = sum(1 for c in text if unicodedata.east_asian_width(c) in ("W", "F"))
+    return 10 + 7 * (len(text) - wide) + 12 * wide
+
+
 BADGE_COLOURS = {"ok": "#2e7d32", "blocked": "#c62828", "down": "#a84300", "unknown": "#616161"}
 
 
@@ -354,7 +361,7 @@ def badge(
     text = translations(language).gettext(STATE_WORDS[state])
     svg = environment(language).get_template("badge.svg").render(
         label=label, text=text, colour=BADGE_COLOURS[state],
-        label_width=8 + 7 * len(label), text_width=10 + 7 * len(text),
+        label_width=text_width(label), text_width=text_width(text),
     )  # fmt: skip
     return respond(request, svg.encode(), "image/svg+xml; charset=utf-8", max_age=300)
 
