@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from collector.core.models import EventRow, NetworkStateRow, TargetRow
 from collector.core.publication import WORST_FIRST, Publication
-from collector.services.events import json_list, network_json
+from collector.services.events import json_list
 
 TIMELINE_DAYS = 30
 
@@ -79,8 +79,9 @@ class OverviewService:
         page: int = 1,
         per_page: int = 50,
     ) -> Overview:
-        live = select(TargetRow).where(TargetRow.enabled.is_(True), TargetRow.removed_at.is_(None))
-        primary = live.where(TargetRow.kind != "mirror")
+        primary = select(TargetRow.domain, TargetRow.kind, TargetRow.group_id).where(
+            TargetRow.enabled.is_(True), TargetRow.removed_at.is_(None), TargetRow.kind != "mirror"
+        )
         if search:
             primary = primary.where(TargetRow.domain.contains(search.strip().lower()))
         open_counts = dict(
@@ -90,7 +91,7 @@ class OverviewService:
                 .group_by(EventRow.domain)
             ).all()
         )
-        targets = list(session.scalars(primary))
+        targets = list(session.execute(primary))
         if cc:
             measured = set(
                 session.scalars(select(NetworkStateRow.domain).where(NetworkStateRow.cc == cc))
@@ -118,15 +119,23 @@ class OverviewService:
         )
 
     def _states(self, session: Session, domains: list[str]) -> dict[str, dict[str, str]]:
-        found: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        if domains:
-            query = select(NetworkStateRow).where(NetworkStateRow.domain.in_(domains))
-            for row in session.scalars(query):
-                found[row.domain].append(network_json(row))
-        return {d: country_states(self.publication, rows) for d, rows in found.items()}
+        """domain -> cc -> the worst state of its networks there. The worst over every
+        network is also the worst of the public rows (small networks fold into their
+        country with the worst of theirs), so no network is named by it."""
+        found: dict[str, dict[str, str]] = defaultdict(dict)
+        if not domains:
+            return found
+        columns = (NetworkStateRow.domain, NetworkStateRow.cc, NetworkStateRow.state)
+        for domain, cc, state in session.execute(
+            select(*columns).where(NetworkStateRow.domain.in_(domains))
+        ):
+            current = found[domain].get(cc)
+            if current is None or WORST_FIRST.index(state) < WORST_FIRST.index(current):
+                found[domain][cc] = state
+        return found
 
     def _mirrors(
-        self, session: Session, shown: list[TargetRow]
+        self, session: Session, shown: list[Any]
     ) -> dict[str, list[tuple[str, dict[str, str]]]]:
         """Each shown instance's mirrors (its group's other targets) and their states."""
         groups = {t.group_id for t in shown if t.group_id is not None}

@@ -135,7 +135,7 @@ def world(client: TestClient, settings: CollectorSettings, clock: FakeClock) -> 
 def path_values(world: World) -> dict[str, str]:
     """A realistic value for each path parameter a public route may have."""
     return {"domain": DOMAIN, "event_id": str(world.event_id), "id": str(world.event_id),
-            "cc": "CN", "sub_id": "sub_nobody"}  # fmt: skip
+            "cc": "CN", "sub_id": "sub_nobody", "name": "site.css"}  # fmt: skip
 
 
 def get_paths(routes: Iterable[Any], prefix: str = "") -> Iterator[str]:
