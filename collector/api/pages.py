@@ -33,10 +33,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import select
 from starlette.responses import Response
 
 from collector.api.deps import SessionDep
 from collector.core.errors import NotFound
+from collector.core.models import TargetRow
 from collector.core.publication import Publication
 from collector.core.settings import CollectorSettings
 from collector.services.events import EventService
@@ -202,8 +204,10 @@ def instance(
     spans = OverviewService(public(request)).timeline(session, name, now)
     countries = sorted({n["cc"] for n in status["networks"]} | {s.cc for s in spans})
     recent = EventService(public(request)).events(session, domain=name, limit=20)
+    kind = session.scalar(select(TargetRow.kind).where(TargetRow.domain == name))
     return render(
         request, "instance.html", language, status=status, spans=spans, countries=countries,
+        kind=kind,
         days=TIMELINE_DAYS, events=recent, now=now,
         mirror_states={m["domain"]: country_states(public(request), m["networks"])
                        for m in status["mirrors"]},

@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from collector.core.models import EventRow, NetworkStateRow, TargetRow
-from collector.core.publication import WORST_FIRST, Publication
+from collector.core.publication import WORST_FIRST, Publication, iso
 from collector.services.events import json_list
+from collector.services.targets import COLLECTOR_KIND
 
 TIMELINE_DAYS = 30
 
@@ -42,6 +43,8 @@ class Overview:
     pages: int
     open_events: int
     mirrors: dict[str, list[tuple[str, dict[str, str]]]] = field(default_factory=dict)
+    # The collector's own names blocked somewhere: (domain, cc, since), since rounded.
+    collector_blocked: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,9 @@ class OverviewService:
         per_page: int = 50,
     ) -> Overview:
         primary = select(TargetRow.domain, TargetRow.kind, TargetRow.group_id).where(
-            TargetRow.enabled.is_(True), TargetRow.removed_at.is_(None), TargetRow.kind != "mirror"
+            TargetRow.enabled.is_(True),
+            TargetRow.removed_at.is_(None),
+            TargetRow.kind.not_in(("mirror", COLLECTOR_KIND)),  # the collector: a banner
         )
         if search:
             primary = primary.where(TargetRow.domain.contains(search.strip().lower()))
@@ -116,7 +121,25 @@ class OverviewService:
             pages=pages,
             open_events=sum(open_counts.values()),
             mirrors=self._mirrors(session, shown),
+            collector_blocked=self.collector_blocked(session),
         )
+
+    def collector_blocked(self, session: Session) -> list[tuple[str, str, str]]:
+        """Where the collector's own names are blocked, and since when (the earliest
+        blocked network of the country, rounded as every public time)."""
+        own = select(TargetRow.domain).where(
+            TargetRow.kind == COLLECTOR_KIND, TargetRow.removed_at.is_(None)
+        )
+        query = (
+            select(NetworkStateRow.domain, NetworkStateRow.cc, func.min(NetworkStateRow.since))
+            .where(NetworkStateRow.domain.in_(own), NetworkStateRow.state == "blocked")
+            .group_by(NetworkStateRow.domain, NetworkStateRow.cc)
+            .order_by(NetworkStateRow.domain, NetworkStateRow.cc)
+        )
+        return [
+            (domain, cc, self.publication.time(iso(since)) or iso(since))
+            for domain, cc, since in session.execute(query)
+        ]
 
     def _states(self, session: Session, domains: list[str]) -> dict[str, dict[str, str]]:
         """domain -> cc -> the worst state of its networks there. The worst over every

@@ -173,3 +173,24 @@ def test_coverage_about_and_feeds(world: World) -> None:  # noqa: F811
 
 
 ATOM = "{http://www.w3.org/2005/Atom}"
+
+
+def test_the_collectors_own_name_blocked_shows_on_the_pages(world: World) -> None:  # noqa: F811
+    from datetime import UTC, datetime
+
+    from collector.core.models import NetworkStateRow
+
+    since = datetime(2026, 12, 3, 6, 47, 12, tzinfo=UTC)
+    with session_scope(world.sessions) as s:
+        TargetService().add(s, ["collector.example"], kind="collector")
+        s.add(NetworkStateRow(domain="collector.example", cc="CN", asn=4134,
+                              state="blocked", methods='["dns"]', since=since, probes=3,
+                              updated_at=since))  # fmt: skip
+    index = get(world.client, "/").text
+    # A banner, not a row of the matrix; its time rounded as every public time.
+    assert "This collector (collector.example) is blocked in CN since 2026-12-03 06:45 UTC" in index
+    assert 'href="/i/collector.example?lang=en">collector.example</a></th>' not in index
+    page = get(world.client, "/i/collector.example").text
+    assert "This is a name of this collector itself." in page
+    zh = get(world.client, "/?lang=zh-Hans").text
+    assert "collector.example\uff09\u81ea 2026-12-03 06:45 UTC \u8d77\u5728 CN" in zh  # 自 ... 起在
