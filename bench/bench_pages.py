@@ -64,7 +64,7 @@ def measure(targets: int, countries: int, repeat: int) -> list[dict[str, object]
         fill(url, targets, countries)
         settings = CollectorSettings(database_url=url, mode=Mode.LAB, admin_token="b" * 32,
                                      detector=False, publish_min_volunteers=3)  # fmt: skip
-        rows = []
+        rows: list[dict[str, object]] = []
         with TestClient(create_app(settings)) as client:
             for path in ("/", "/?page=10", "/i/instance00000.example", "/events", "/coverage"):
                 times = []
