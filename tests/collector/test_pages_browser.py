@@ -98,6 +98,7 @@ def browser() -> Iterator[Any]:
     options = Options()
     options.binary_location = str(chromium)
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000",
+                 "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-default-apps", "--no-first-run",
                  "--disable-features=Translate,OptimizationHints,MediaRouter",
