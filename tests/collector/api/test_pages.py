@@ -115,6 +115,10 @@ def test_an_instance_page_timeline_events_and_badge(world: World) -> None:  # no
     # Detected just now: its bundle is not public yet (evidence_delay), so no dead link.
     assert f'href="/api/v1/events/{event["id"]}/evidence"' not in text
     assert "mirror.bar" in text  # its group's mirror
+    # The feed and badge snippets, and the way to subscribe (the ownership challenge).
+    assert f"http://testserver/i/{DOMAIN}/feed.atom" in text
+    assert f'"domain": "{DOMAIN}", "channel": "webhook"' in text
+    assert f"_blockwatch.{DOMAIN} TXT" in text
     badge = get(world.client, f"/i/{DOMAIN}/badge.svg")
     assert badge.headers["content-type"].startswith("image/svg+xml")
     assert ">blocked</text>" in badge.text
