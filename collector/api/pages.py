@@ -34,12 +34,13 @@ from fastapi import Path as PathParam
 from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from collector.api.deps import SessionDep
 from collector.core.errors import NotFound
 from collector.core.models import TargetRow
-from collector.core.publication import Publication
+from collector.core.publication import WORST_FIRST, Publication
 from collector.core.settings import CollectorSettings
 from collector.services.events import EventService
 from collector.services.overview import TIMELINE_DAYS, OverviewService, country_states
@@ -186,6 +187,17 @@ def index(
                   cc=cc.upper() if cc else "")  # fmt: skip
 
 
+def watched(session: Session, domain: str) -> tuple[str, str] | None:
+    """(name, kind) of a target the collector watches, or None (the pages' 404)."""
+    name = normalize(domain)
+    kind = session.scalar(select(TargetRow.kind).where(TargetRow.domain == name))
+    return (name, kind) if kind is not None else None
+
+
+def not_watched(request: Request, language: str, domain: str) -> Response:
+    return not_found(request, language, NotFound(f"no target {domain!r}", "err_unknown_target"))
+
+
 @router.get("/i/{domain}")
 def instance(
     request: Request,
@@ -195,22 +207,21 @@ def instance(
 ) -> Response:
     """One instance: its state per network, 30 days of events, mirrors, feed and badge."""
     language = language_of(request, lang)
-    name = normalize(domain)
-    try:
-        status = EventService(public(request)).status(session, name)
-    except NotFound as exc:
-        return not_found(request, language, exc)
+    target = watched(session, domain)
+    if target is None:
+        return not_watched(request, language, domain)
+    name, kind = target
+    events = EventService(public(request))
+    status = events.status(session, name)
     now = datetime.now(UTC)
     spans = OverviewService(public(request)).timeline(session, name, now)
     countries = sorted({n["cc"] for n in status["networks"]} | {s.cc for s in spans})
-    recent = EventService(public(request)).events(session, domain=name, limit=20)
-    kind = session.scalar(select(TargetRow.kind).where(TargetRow.domain == name))
+    recent = events.events(session, domain=name, limit=20)
     return render(
         request, "instance.html", language, status=status, spans=spans, countries=countries,
         kind=kind,
         days=TIMELINE_DAYS, events=recent, now=now,
-        mirror_states={m["domain"]: country_states(public(request), m["networks"])
-                       for m in status["mirrors"]},
+        mirror_states={m["domain"]: country_states(m["networks"]) for m in status["mirrors"]},
     )  # fmt: skip
 
 
@@ -320,11 +331,10 @@ def feed_instance(
     lang: str | None = None,
 ) -> Response:
     language = language_of(request, lang)
-    name = normalize(domain)
-    try:
-        EventService(public(request)).status(session, name)
-    except NotFound as exc:
-        return not_found(request, language, exc)
+    target = watched(session, domain)
+    if target is None:
+        return not_watched(request, language, domain)
+    name, _kind = target
     events = EventService(public(request)).events(session, domain=name, limit=PER_PAGE)
     title = translations(language).gettext("Blockwatch: %(domain)s") % {"domain": name}
     return _feed(request, language, title, f"/i/{name}/feed.atom", events)
@@ -349,18 +359,15 @@ def badge(
 ) -> Response:
     """A shields-style badge: the instance's state (in one country, or the worst of all)."""
     language = language_of(request, lang)
-    name = normalize(domain)
-    try:
-        status = EventService(public(request)).status(session, name)
-    except NotFound as exc:
-        return not_found(request, language, exc)
-    states = country_states(public(request), status["networks"])
+    target = watched(session, domain)
+    if target is None:
+        return not_watched(request, language, domain)
+    states = country_states(EventService(public(request)).networks(session, target[0]))
     if cc:
         state = states.get(cc.upper(), "unknown")
         label = cc.upper()
     else:
-        order = ("blocked", "down", "ok", "unknown")
-        state = min(states.values(), key=order.index) if states else "unknown"
+        state = min(states.values(), key=WORST_FIRST.index) if states else "unknown"
         label = "Blockwatch"
     text = translations(language).gettext(STATE_WORDS[state])
     svg = environment(language).get_template("badge.svg").render(

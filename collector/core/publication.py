@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -55,6 +55,21 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
 Key = tuple[str, str]  # (domain, country)
+_K = TypeVar("_K")
+
+
+def worst_states(pairs: Iterable[tuple[_K, str]]) -> dict[_K, str]:
+    """key -> the worst of its states (WORST_FIRST). The worst over every network of a
+    country is also the worst of its public rows (small networks fold into a country
+    row with the worst of theirs), so a country's state names no network."""
+    worst: dict[_K, str] = {}
+    for key, state in pairs:
+        current = worst.get(key)
+        if current is None or WORST_FIRST.index(state) < WORST_FIRST.index(current):
+            worst[key] = state
+    return worst
+
+
 Volunteers = Mapping[int, int]  # ASN -> volunteers reporting from it
 
 

@@ -42,7 +42,7 @@ from collector.core.models import (
     NetworkStateRow,
     TargetRow,
 )
-from collector.core.publication import WORST_FIRST
+from collector.core.publication import worst_states
 from collector.core.settings import CollectorSettings
 from collector.services.volunteers import reporting
 
@@ -98,14 +98,10 @@ class Gauges:
             TargetRow.enabled.is_(True), TargetRow.removed_at.is_(None)
         )
         kinds: dict[str, str] = {domain: kind for domain, kind in session.execute(live)}
-        worst: dict[tuple[str, str], str] = {}
         query = select(NetworkStateRow.domain, NetworkStateRow.cc, NetworkStateRow.state)
-        for domain, cc, state in session.execute(query):
-            if domain not in kinds:
-                continue
-            current = worst.get((domain, cc))
-            if current is None or WORST_FIRST.index(state) < WORST_FIRST.index(current):
-                worst[(domain, cc)] = state
+        worst = worst_states(
+            ((domain, cc), state) for domain, cc, state in session.execute(query) if domain in kinds
+        )
         seen = set()
         for (domain, cc), state in worst.items():
             labels = (domain, cc, str(kinds[domain]))

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from collector.core.models import EventRow, NetworkStateRow, TargetRow
-from collector.core.publication import WORST_FIRST, Publication, iso
+from collector.core.publication import Publication, iso, worst_states
 from collector.services.events import json_list
 from collector.services.targets import COLLECTOR_KIND
 
@@ -59,14 +59,9 @@ class Span:
     event_id: int
 
 
-def country_states(publication: Publication, rows: list[dict[str, Any]]) -> dict[str, str]:
-    """cc -> the worst state of its networks, as the public sees them."""
-    worst: dict[str, str] = {}
-    for network in publication.networks(rows):
-        cc, state = network["cc"], network["state"]
-        if cc not in worst or WORST_FIRST.index(state) < WORST_FIRST.index(worst[cc]):
-            worst[cc] = state
-    return worst
+def country_states(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """cc -> the worst state of its network rows (``network_json``, public or not)."""
+    return worst_states((row["cc"], row["state"]) for row in rows)
 
 
 class OverviewService:
@@ -142,19 +137,15 @@ class OverviewService:
         ]
 
     def _states(self, session: Session, domains: list[str]) -> dict[str, dict[str, str]]:
-        """domain -> cc -> the worst state of its networks there. The worst over every
-        network is also the worst of the public rows (small networks fold into their
-        country with the worst of theirs), so no network is named by it."""
+        """domain -> cc -> the worst state of its networks there (``worst_states``)."""
         found: dict[str, dict[str, str]] = defaultdict(dict)
         if not domains:
             return found
         columns = (NetworkStateRow.domain, NetworkStateRow.cc, NetworkStateRow.state)
-        for domain, cc, state in session.execute(
-            select(*columns).where(NetworkStateRow.domain.in_(domains))
-        ):
-            current = found[domain].get(cc)
-            if current is None or WORST_FIRST.index(state) < WORST_FIRST.index(current):
-                found[domain][cc] = state
+        rows = session.execute(select(*columns).where(NetworkStateRow.domain.in_(domains)))
+        pairs = (((domain, cc), state) for domain, cc, state in rows)
+        for (domain, cc), state in worst_states(pairs).items():
+            found[domain][cc] = state
         return found
 
     def _mirrors(
