@@ -74,22 +74,28 @@ def evidence_ids(session: Session) -> set[str]:
 def prune(
     sessions: sessionmaker[Session], retain: timedelta, now: datetime, *, dry_run: bool = False
 ) -> PruneReport:
+    """Delete (or with *dry_run* count) what the retention lets go, a batch per
+    transaction, read by id from where the last batch ended: neither the ids nor a
+    lock are held for the whole table."""
     cutoff = now - retain
     with session_scope(sessions) as session:
         keep = evidence_ids(session)
-        old = select(MeasurementRow.id, MeasurementRow.measurement_id).where(
-            MeasurementRow.received_at < cutoff
-        )
-        kept = 0
-        doomed: list[int] = []
-        for pk, measurement_id in session.execute(old):
-            if measurement_id in keep:
-                kept += 1
-            else:
-                doomed.append(pk)
-    if not dry_run:
-        for batch in chunks(doomed, BATCH):
-            with session_scope(sessions) as session:
+    deleted = kept = last = 0
+    while True:
+        with session_scope(sessions) as session:
+            rows = session.execute(
+                select(MeasurementRow.id, MeasurementRow.measurement_id)
+                .where(MeasurementRow.received_at < cutoff, MeasurementRow.id > last)
+                .order_by(MeasurementRow.id)
+                .limit(BATCH)
+            ).all()
+            if not rows:
+                break
+            last = rows[-1][0]
+            batch = [pk for pk, measurement_id in rows if measurement_id not in keep]
+            kept += len(rows) - len(batch)
+            deleted += len(batch)
+            if batch and not dry_run:
                 # Explicitly, not only by cascade: SQLite cascades only with its pragma on.
                 session.execute(delete(VerdictRow).where(VerdictRow.measurement_pk.in_(batch)))
                 session.execute(
@@ -98,4 +104,4 @@ def prune(
                 session.execute(delete(MeasurementRow).where(MeasurementRow.id.in_(batch)))
     with session_scope(sessions) as session:
         remaining = session.scalar(select(func.count()).select_from(MeasurementRow)) or 0
-    return PruneReport(cutoff, len(doomed), kept, remaining)
+    return PruneReport(cutoff, deleted, kept, remaining)

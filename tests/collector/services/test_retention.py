@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from collector.cli import app
 from collector.core.db import session_scope
 from collector.core.models import MeasurementRow, VerdictRow
+from collector.services import retention
 from collector.services.retention import RetentionError, parse_retention, prune
-from tests.collector.analysis import builders as b
 from tests.collector.detection.test_pass import World, world  # noqa: F401  (the fixture)
 from tests.collector.helpers import ADMIN
 
@@ -26,33 +26,27 @@ def count(w: World, table: Any) -> int:
         return s.scalar(select(func.count()).select_from(table)) or 0
 
 
-def open_an_event(w: World) -> dict[str, Any]:
-    t = w.now() - timedelta(minutes=2)
-    w.round(b.reached(), t)
-    w.submit(w.control, b.control(), t + timedelta(seconds=5))
-    w.round(b.sni_blocked(), t + timedelta(seconds=30))
-    w.submit(w.control, b.control(), t + timedelta(seconds=33))
-    w.clock.offset_seconds += 60
-    w.run()
-    [event] = w.events(state="open")
-    return event
-
-
 def age_everything(w: World, days: int) -> None:
     with session_scope(w.sessions) as s:
         for row in s.scalars(select(MeasurementRow)):
             row.received_at -= timedelta(days=days)
 
 
-def test_prune_keeps_the_evidence_and_its_controls(world: World) -> None:  # noqa: F811
-    event = open_an_event(world)
+@pytest.mark.parametrize("batch", [retention.BATCH, 3])  # 3: the batches are read on by id
+def test_prune_keeps_the_evidence_and_its_controls(
+    world: World,  # noqa: F811
+    batch: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(retention, "BATCH", batch)
+    event = world.open_event()
     before = world.client.get(f"/api/v1/events/{event['id']}/evidence", headers=ADMIN).json()
     total = count(world, MeasurementRow)
     assert total == 8  # 3 ok, 3 blocked, 2 controls
     age_everything(world, 400)
 
     dry = prune(world.sessions, timedelta(days=180), world.now(), dry_run=True)
-    assert dry.deleted > 0 and count(world, MeasurementRow) == total
+    assert (dry.deleted, dry.kept_as_evidence) == (4, 4) and count(world, MeasurementRow) == total
 
     report = prune(world.sessions, timedelta(days=180), world.now())
     # Kept: the 3 blocked measurements (the evidence) and the control they were judged by.
@@ -69,7 +63,7 @@ def test_prune_keeps_the_evidence_and_its_controls(world: World) -> None:  # noq
 
 
 def test_recent_measurements_stay(world: World) -> None:  # noqa: F811
-    open_an_event(world)
+    world.open_event()
     report = prune(world.sessions, timedelta(days=1), world.now() + timedelta(hours=1))
     assert report.deleted == 0 and report.remaining == 8
 
