@@ -5,7 +5,6 @@ networks, its 30-day timeline, its events and its badge."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
 from xml.etree import ElementTree
@@ -44,16 +43,6 @@ class Page(HTMLParser):
                 self.urls.append(str(found[name]))
 
 
-def block(w: World) -> None:
-    t = w.now() - timedelta(minutes=2)
-    w.round(b.reached(), t)
-    w.submit(w.control, b.control(), t + timedelta(seconds=5))
-    w.round(b.sni_blocked(), t + timedelta(seconds=30))
-    w.submit(w.control, b.control(), t + timedelta(seconds=33))
-    w.clock.offset_seconds += 60
-    w.run()
-
-
 def get(client: TestClient, path: str, **headers: str) -> Any:
     answer = client.get(path, headers=headers)
     assert answer.status_code == 200, (path, answer.status_code, answer.text[:300])
@@ -68,7 +57,7 @@ def assert_self_contained(text: str) -> Page:
 
 
 def test_the_overview_in_english_and_chinese(world: World) -> None:  # noqa: F811
-    block(world)
+    world.open_event()
     answer = get(world.client, "/")
     assert answer.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in answer.headers["content-security-policy"]
@@ -88,7 +77,7 @@ def test_the_overview_in_english_and_chinese(world: World) -> None:  # noqa: F81
 
 
 def test_open_events_first_search_country_and_pages(world: World) -> None:  # noqa: F811
-    block(world)
+    world.open_event()
     with session_scope(world.sessions) as s:
         TargetService().add(s, [f"a{i:03d}.example" for i in range(60)])
     text = get(world.client, "/").text
@@ -104,13 +93,12 @@ def test_open_events_first_search_country_and_pages(world: World) -> None:  # no
 
 
 def test_an_instance_page_timeline_events_and_badge(world: World) -> None:  # noqa: F811
-    block(world)
+    event = world.open_event()
     answer = get(world.client, f"/i/{DOMAIN}")
     assert_self_contained(answer.text)
     text = answer.text
     assert "SNI blocking" in text and "DNS poisoning" in text  # methods in plain words
     assert '<svg class="timeline"' in text and 'class="span open"' in text
-    event = world.events(state="open")[0]
     assert f'href="/events/{event["id"]}?lang=en"' in text
     # Detected just now: its bundle is not public yet (evidence_delay), so no dead link.
     assert f'href="/api/v1/events/{event["id"]}/evidence"' not in text
@@ -138,8 +126,7 @@ def test_markup_in_a_domain_is_escaped(world: World) -> None:  # noqa: F811
 
 
 def test_events_an_event_and_its_evidence_instructions(world: World) -> None:  # noqa: F811
-    block(world)
-    [event] = world.events(state="open")
+    event = world.open_event()
     listing = get(world.client, "/events")
     assert_self_contained(listing.text)
     assert f'href="/events/{event["id"]}?lang=en"' in listing.text
@@ -155,7 +142,7 @@ def test_events_an_event_and_its_evidence_instructions(world: World) -> None:  #
 
 
 def test_coverage_about_and_feeds(world: World) -> None:  # noqa: F811
-    block(world)
+    world.open_event()
     for probe in world.probes:  # they report: a check-in each
         answer = world.client.post("/api/v1/probes/checkin", json=probe.checkin())
         assert answer.status_code == 200, answer.text

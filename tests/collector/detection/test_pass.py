@@ -56,6 +56,19 @@ class World:
     def run(self) -> Any:
         return self.detector.run_pass(self.sessions)
 
+    def open_event(self) -> dict[str, Any]:
+        """Reached, then SNI-blocked for every probe, each round with its control; one
+        pass: the open event (3 ok, 3 blocked and 2 control measurements stored)."""
+        t = self.now() - timedelta(minutes=2)
+        self.round(b.reached(), t)
+        self.submit(self.control, b.control(), t + timedelta(seconds=5))
+        self.round(b.sni_blocked(), t + timedelta(seconds=30))
+        self.submit(self.control, b.control(), t + timedelta(seconds=33))
+        self.clock.offset_seconds += 60
+        self.run()
+        [event] = self.events(state="open")
+        return event
+
     def events(self, **params: str) -> list[dict[str, Any]]:
         # The admin's view: exact times and every network (public answers are rounded).
         answer = self.client.get("/api/v1/events", params=params, headers=ADMIN)

@@ -193,13 +193,18 @@ class DoHServer:
         await self.runner.cleanup()
 
 
-async def test_a_name_the_system_cannot_resolve_is_reached_through_doh(pki: TestPKI) -> None:
+@pytest.mark.parametrize("pinned", [False, True])
+async def test_a_name_the_system_cannot_resolve_is_reached_through_doh(
+    pki: TestPKI, pinned: bool
+) -> None:
+    # With --collector-pin too: the pin names the collector's key, and the DoH server,
+    # with its own certificate, is not asked for it.
     served = Served(pki, [NAME])
     async with served.fake as fake, DoHServer(pki, {NAME: "127.0.0.1"}) as doh_url:
         port = fake.url.rsplit(":", 1)[1]
         async with CollectorClient(
             [f"https://{NAME}:{port}"], Ed25519PrivateKey.generate(),
-            ca_file=str(pki.ca_file), doh=doh_url,
+            ca_file=str(pki.ca_file), doh=doh_url, pin=served.pin if pinned else None,
         ) as client:  # fmt: skip
             await client.enroll(None)
     assert [(a.way.kind, a.ok) for a in client.attempts] == [("direct", False), ("doh", True)]
@@ -233,16 +238,3 @@ def test_no_doh_way_through_a_proxy_nor_for_an_address() -> None:
         doh="https://127.0.0.1/dns-query",
     )  # fmt: skip
     assert [w.kind for w in client._ways] == ["direct"]
-
-
-async def test_the_collectors_pin_is_not_asked_of_the_doh_server(pki: TestPKI) -> None:
-    """The pin names the collector's key; the DoH server has its own certificate."""
-    served = Served(pki, [NAME])
-    async with served.fake as fake, DoHServer(pki, {NAME: "127.0.0.1"}) as doh_url:
-        port = fake.url.rsplit(":", 1)[1]
-        async with CollectorClient(
-            [f"https://{NAME}:{port}"], Ed25519PrivateKey.generate(),
-            ca_file=str(pki.ca_file), doh=doh_url, pin=served.pin,
-        ) as client:  # fmt: skip
-            await client.enroll(None)
-    assert [(a.way.kind, a.ok) for a in client.attempts] == [("direct", False), ("doh", True)]
