@@ -1,20 +1,24 @@
 """Channel formats: what one delivery sends, for each kind of receiver.
 
 A delivery's payload is the webhook document ``{"type", "timestamp", "data"}``
-(docs/admin-guide.md); each channel turns it into one HTTP request. Chat
-channels get a short human summary; the webhook gets the document itself,
-signed. The Mastodon channel needs two requests (the instance's contact
-account, then the direct message), so it is a small plan of steps.
+(docs/admin-guide.md); each channel turns it into one HTTP request, in the
+subscriber's language (collector/alerts/texts.py). Chat channels get a short
+human summary; the webhook gets the document itself with that summary beside
+it (``language``, ``summary``), signed. The Mastodon channel needs two
+requests (the instance's contact account, then the direct message), so it is a
+small plan of steps.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from email.header import Header
 from typing import Any
 from urllib.parse import quote
 
-from collector.alerts import signing
+from collector.alerts import signing, texts
+from collector.core.i18n import first_supported
 
 CHANNELS = ("webhook", "slack", "discord", "matrix", "ntfy", "mastodon")
 # Settings each channel needs (besides the ones it may have).
@@ -28,11 +32,6 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 # Settings that are secrets: never shown back, never logged.
 SECRET_SETTINGS = frozenset({"access_token"})
-TITLES = {
-    "block.opened": "Blocked",
-    "block.updated": "Block changed",
-    "block.closed": "Block ended",
-}
 
 
 @dataclass(frozen=True)
@@ -41,26 +40,6 @@ class Request:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
-
-
-def summary(document: dict[str, Any]) -> str:
-    """A few lines an admin can act on."""
-    data = document["data"]
-    title = TITLES.get(document["type"], document["type"])
-    asns = ", ".join(f"AS{a}" for a in data.get("asns", [])) or "-"
-    lines = [
-        f"{title}: {data['domain']} in {data['cc']} ({data.get('scope', '?')}: {asns})",
-        f"methods: {', '.join(data.get('methods', [])) or '-'}; "
-        f"since {data.get('started_at')}; probes: {data.get('probes')}",
-    ]
-    if data.get("ended_at"):
-        lines.append(f"ended: {data['ended_at']}")
-    working = [m["domain"] for m in data.get("mirrors", []) if m.get("state") == "ok"]
-    if working:
-        lines.append(f"mirrors that work there: {', '.join(working)}")
-    if data.get("evidence_url"):
-        lines.append(f"evidence: {data['evidence_url']}")
-    return "\n".join(lines)
 
 
 def _json(body: Any) -> bytes:
@@ -75,14 +54,16 @@ def build(
     timestamp: int,
     document: dict[str, Any],
     previous_secret: str | None = None,
+    language: str | None = None,
 ) -> Request:
     """The request for every channel but Mastodon (see ``mastodon_status``).
 
     *settings* and the secrets come opened (clear) from the outbox; a webhook is
     signed with *secret*, and with *previous_secret* too during a rotation."""
     json_headers = {"Content-Type": "application/json"}
+    text = texts.summary(document, language)
     if channel == "webhook":
-        body = _json(document)
+        body = _json(document | {"language": texts.language(language), "summary": text})
         assert secret is not None
         return Request(
             "POST",
@@ -93,16 +74,13 @@ def build(
             },
             body,
         )
-    text = summary(document)
     if channel == "slack":
         return Request("POST", settings["url"], json_headers, _json({"text": text}))
     if channel == "discord":
         return Request("POST", settings["url"], json_headers, _json({"content": text}))
     if channel == "ntfy":
-        data = document["data"]
-        title = TITLES.get(document["type"], "Blockwatch")
         headers = {
-            "Title": f"{title}: {data['domain']} ({data['cc']})",
+            "Title": header_text(texts.title(document, language)),
             "Tags": "no_entry" if document["type"] != "block.closed" else "white_check_mark",
             "Priority": "high" if document["type"] == "block.opened" else "default",
         }
@@ -115,6 +93,11 @@ def build(
         headers = {**json_headers, "Authorization": f"Bearer {settings['access_token']}"}
         return Request("PUT", url, headers, _json({"msgtype": "m.text", "body": text}))
     raise ValueError(f"no direct request for channel {channel!r}")
+
+
+def header_text(text: str) -> str:
+    """A header value: as is when ASCII, else an RFC 2047 encoded-word (ntfy decodes it)."""
+    return text if text.isascii() else Header(text, "utf-8").encode()
 
 
 def mastodon_contact_request(domain: str, settings: dict[str, Any]) -> Request:
@@ -134,11 +117,28 @@ def mastodon_contact(answer: Any, domain: str) -> str | None:
     return f"@{acct}" if "@" in acct else f"@{acct}@{domain}"
 
 
+def instance_language(answer: Any) -> str | None:
+    """The language the instance's people read, from ``languages`` in its description
+    (Mastodon's /api/v2/instance and /api/v1/instance: ISO 639-1 codes, the
+    instance's own first), when Blockwatch has it; None otherwise."""
+    try:
+        tags = answer["languages"]
+    except (KeyError, TypeError):
+        return None
+    return first_supported(tags) if isinstance(tags, list) else None
+
+
 def mastodon_status(
-    settings: dict[str, Any], contact: str, message_id: str, document: dict[str, Any]
+    settings: dict[str, Any],
+    contact: str,
+    message_id: str,
+    document: dict[str, Any],
+    language: str | None = None,
 ) -> Request:
-    """A direct message from the bot account, idempotent per delivery."""
-    status = f"{contact} {summary(document)}"[:490]
+    """A direct message from the bot account, idempotent per delivery.
+
+    Mastodon's limit is 500 characters (a CJK character counts one)."""
+    status = f"{contact} {texts.summary(document, language)}"[:490]
     return Request(
         "POST",
         f"{settings['bot_instance'].rstrip('/')}/api/v1/statuses",

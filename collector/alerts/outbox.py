@@ -37,7 +37,7 @@ import aiohttp
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from collector.alerts import channels
+from collector.alerts import channels, verify
 from collector.core import metrics
 from collector.core.clock import Clock
 from collector.core.db import session_scope
@@ -127,6 +127,8 @@ class Outbox:
         self.allow = allow
         # A sender that died mid-request: its claim lapses after a few request timeouts.
         self.sending_lease = timedelta(seconds=max(5.0, 3 * settings.alert_timeout))
+        # domain -> (the instance's language or None, until when that answer holds)
+        self.languages: dict[str, tuple[str | None, datetime]] = {}
 
     # -- 1. fan-out ------------------------------------------------------------------
 
@@ -183,6 +185,7 @@ class Outbox:
         key = (data["domain"], data["cc"])
         data = self.publication.event(data, network_volunteers(session, [key]).get(key, {}))
         data["evidence_url"] = f"{base}/api/v1/events/{data['id']}"
+        data["page_url"] = f"{base}/events/{data['id']}"
         data["mirrors"] = self._mirrors(session, data["domain"], data["cc"])
         timestamp = self.publication.time(_iso(change.at))
         return {"type": f"block.{change.kind}", "timestamp": timestamp, "data": data}
@@ -346,6 +349,7 @@ class Outbox:
                     int(now.timestamp()),
                     document,
                     self._previous_secret(sub, now),
+                    await self.language(sub, document["data"]["domain"]),
                 )
             check_literal(request.url, self.allow)
             async with http.request(
@@ -390,10 +394,30 @@ class Outbox:
             body = await answer.content.read(MAX_RESPONSE_BYTES)
             if answer.status != 200:
                 raise ValueError(f"instance description: HTTP {answer.status}")
-        contact = channels.mastodon_contact(json.loads(body), domain)
+        description = json.loads(body)
+        contact = channels.mastodon_contact(description, domain)
         if contact is None:
             raise ValueError("the instance names no contact account")
-        return channels.mastodon_status(settings, contact, delivery.message_id, document)
+        language = sub.language or channels.instance_language(description)
+        if language is None:
+            language = await self.language(sub, domain)
+        return channels.mastodon_status(settings, contact, delivery.message_id, document, language)
+
+    async def language(self, sub: SubscriptionRow, domain: str) -> str:
+        """The language of *sub*'s messages about *domain*: the one it asked for, else
+        its instance's (learned at verification, else asked now and remembered a day),
+        else the operator's default (``--alert-language``)."""
+        found = sub.language or sub.instance_language
+        if found is None:
+            now = self.clock.now()
+            cached = self.languages.get(domain)
+            if cached is not None and cached[1] > now:
+                found = cached[0]
+            else:
+                found = await verify.instance_language(self.settings, domain, self.allow)
+                hold = timedelta(days=1) if found is not None else timedelta(hours=1)
+                self.languages[domain] = (found, now + hold)
+        return found or self.settings.alert_language
 
     def _record_all(
         self,

@@ -6,16 +6,22 @@ record ``_blockwatch.<domain>`` or in a file
 control's resolvers (the collector's own view of the internet), the file through
 ``collector.netsafety``'s guarded resolver (no private ranges unless allowlisted,
 exactly the checked addresses dialled), with a timeout and a size cap.
+
+The same way in, the collector reads the instance's own description
+(``/api/v2/instance``) for the language its alerts should be written in.
 """
 
 from __future__ import annotations
+
+import json
 
 import aiohttp
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from collector.core.settings import CollectorSettings
+from collector.alerts import channels
+from collector.core.settings import CollectorSettings, Mode
 from collector.netsafety import MAX_RESPONSE_BYTES, GuardedResolver, UnsafeDestination
 from probe_agent.protocol.addresses import IPNetwork
 from probe_agent.protocol.inputs import parse_endpoint
@@ -71,13 +77,18 @@ class _DnsGuardedResolver(GuardedResolver):
         return found
 
 
-async def file_has(
-    settings: CollectorSettings,
-    domain: str,
-    token: str,
-    allow: tuple[IPNetwork, ...],
-    timeout: float,
-) -> bool:
+def can_look_up(settings: CollectorSettings) -> bool:
+    """Whether the collector may look a domain up itself: with named control resolvers,
+    or in production (the system's); never in the lab and demo modes, where nothing
+    may leave the machine."""
+    return bool(settings.control_resolvers.strip()) or settings.mode is Mode.PRODUCTION
+
+
+async def fetch(
+    settings: CollectorSettings, url: str, allow: tuple[IPNetwork, ...], timeout: float
+) -> tuple[int, bytes] | None:
+    """GET *url* as the control sees it (its resolvers, the guarded dialler, the CA
+    file), without redirects, at most MAX_RESPONSE_BYTES; None when it fails."""
     import ssl  # noqa: PLC0415
 
     resolver = _DnsGuardedResolver(allow, settings, timeout)
@@ -88,12 +99,45 @@ async def file_has(
             aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as http,
-            http.get(file_url(settings, domain), allow_redirects=False) as answer,
+            http.get(url, allow_redirects=False) as answer,
         ):
-            body = await answer.content.read(MAX_RESPONSE_BYTES)
-            return answer.status == 200 and token in body.decode(errors="replace").split()
+            return answer.status, await answer.content.read(MAX_RESPONSE_BYTES)
     except (aiohttp.ClientError, TimeoutError, OSError, UnsafeDestination):
-        return False
+        return None
+
+
+async def file_has(
+    settings: CollectorSettings,
+    domain: str,
+    token: str,
+    allow: tuple[IPNetwork, ...],
+    timeout: float,
+) -> bool:
+    got = await fetch(settings, file_url(settings, domain), allow, timeout)
+    return got is not None and got[0] == 200 and token in got[1].decode(errors="replace").split()
+
+
+def instance_url(settings: CollectorSettings, domain: str) -> str:
+    port = "" if settings.control_port == 443 else f":{settings.control_port}"
+    return f"https://{domain}{port}/api/v2/instance"
+
+
+async def instance_language(
+    settings: CollectorSettings, domain: str, allow: tuple[IPNetwork, ...]
+) -> str | None:
+    """The language of the instance's people (``languages`` of its /api/v2/instance,
+    collector.alerts.channels.instance_language), when the collector may ask and we
+    have it; None otherwise (not Mastodon, unreachable, a language we lack)."""
+    if not can_look_up(settings):
+        return None
+    got = await fetch(settings, instance_url(settings, domain), allow, settings.alert_timeout)
+    if got is None or got[0] != 200:
+        return None
+    try:
+        answer = json.loads(got[1])
+    except ValueError:
+        return None
+    return channels.instance_language(answer)
 
 
 async def owns(

@@ -14,8 +14,8 @@ Every page and badge carries a Content-Security-Policy without inline scripts
 no-referrer``, a short ``Cache-Control`` and a strong ``ETag`` (a matching
 ``If-None-Match`` gets 304).
 
-Translations are gettext catalogs (``collector/locale``, compiled by ``make
-locale``); a language without its catalog shows English.
+Translations are gettext catalogs (collector/core/i18n.py); a language
+without its catalog shows English.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from babel.support import NullTranslations, Translations
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
@@ -39,6 +38,7 @@ from starlette.responses import Response
 
 from collector.api.deps import SessionDep
 from collector.core.errors import NotFound
+from collector.core.i18n import DEFAULT_LANGUAGE, LANGUAGES, supported, translations
 from collector.core.models import TargetRow
 from collector.core.publication import WORST_FIRST, Publication
 from collector.core.settings import CollectorSettings
@@ -48,11 +48,8 @@ from collector.services.targets import normalize
 from collector.services.volunteers import reporting
 
 router = APIRouter(include_in_schema=False)
-LANGUAGES = {"en": "English", "zh-Hans": "简体中文"}
-DEFAULT_LANGUAGE = "en"
 TEMPLATES = Path(str(resources.files("collector") / "api" / "templates"))
 STATIC = Path(str(resources.files("collector") / "api" / "static"))
-LOCALES = Path(str(resources.files("collector") / "locale"))
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'"
@@ -69,15 +66,7 @@ METHOD_WORDS = {
 PER_PAGE = 50
 
 
-_TRANSLATIONS: dict[str, NullTranslations] = {}
 _ENVIRONMENTS: dict[str, Environment] = {}
-
-
-def translations(language: str) -> NullTranslations:
-    if language not in _TRANSLATIONS:
-        locale = language.replace("-", "_")
-        _TRANSLATIONS[language] = Translations.load(str(LOCALES), [locale], domain="messages")
-    return _TRANSLATIONS[language]
 
 
 def environment(language: str) -> Environment:
@@ -101,11 +90,8 @@ def language_of(request: Request, lang: str | None) -> str:
     if lang in LANGUAGES:
         return lang
     for part in request.headers.get("accept-language", "").split(","):
-        tag = part.split(";")[0].strip().lower()
-        if tag.startswith("zh"):
-            return "zh-Hans"  # Blockwatch's Chinese is Simplified; zh-TW readers read it too
-        if tag.startswith("en"):
-            return "en"
+        if (language := supported(part.split(";")[0])) is not None:
+            return language
     return DEFAULT_LANGUAGE
 
 

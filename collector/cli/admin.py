@@ -181,6 +181,10 @@ def subscriptions_add(
         list[str] | None,
         typer.Option(help="Channel setting KEY=VALUE, repeatable (url=https://..., room_id=...)."),
     ] = None,
+    language: Annotated[
+        str | None,
+        typer.Option(help="en or zh-Hans. Default: the instance's own (its /api/v2/instance)."),
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Subscribe (as the operator: no ownership challenge). Prints the secrets once."""
@@ -193,7 +197,7 @@ def subscriptions_add(
             service = SubscriptionService(settings)
             row, token = service.create(
                 session, domain=domain, group=group, channel=channel, channel_settings=values,
-                admin=True,
+                admin=True, language=language,
             )  # fmt: skip
             sub_id, secret = row.id, service.secret(row)
     except CollectorError as exc:
@@ -233,13 +237,14 @@ def subscriptions_list(
     if as_json:
         typer.echo(json.dumps(subs))
         return
-    table = Table("id", "domain/group", "channel", "state", "last delivery", "last error")
+    table = Table(
+        "id", "domain/group", "channel", "language", "state", "last delivery", "last error"
+    )
     for sub in subs:
         target = sub["domain"] or f"group {sub['group']}"
         seen = short_time(sub["last_delivery_at"])
-        table.add_row(
-            sub["id"], target, sub["channel"], sub["state"], seen, sub["last_error"] or "-"
-        )
+        table.add_row(sub["id"], target, sub["channel"], sub["language"], sub["state"], seen,
+                      sub["last_error"] or "-")  # fmt: skip
     Console().print(table)
 
 

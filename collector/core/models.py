@@ -381,6 +381,10 @@ class SubscriptionRow(Base):
     failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(String(200))
     last_delivery_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The language of its messages (collector/core/i18n.py): the one asked for, else
+    # the instance's own (``languages`` of /api/v2/instance, learned at verification).
+    language: Mapped[str | None] = mapped_column(String(16))
+    instance_language: Mapped[str | None] = mapped_column(String(16))
 
 
 class DeliveryRow(Base):

@@ -210,6 +210,12 @@ class CollectorSettings(BaseSettings):
     alert_update_interval: float = Field(600.0, ge=0, description="Seconds between updates.")
     alert_timeout: float = Field(10.0, gt=0, le=120, description="Each alert request's timeout.")
     alert_interval: float = Field(1.0, gt=0, description="How often due messages are looked for.")
+    alert_language: Annotated[str, Cli()] = Field(
+        "en",
+        pattern=r"^(en|zh-Hans)$",
+        description="The language of alerts whose subscription chose none and whose instance "
+        "names none we have (en or zh-Hans).",
+    )
     # The control prober: the collector's own, uncensored vantage. Empty resolvers mean
     # the system resolver in production and no control prober in the lab and demo modes
     # (nothing may leave the machine).

@@ -36,6 +36,7 @@ from collector.alerts import channels, signing
 from collector.alerts.verify import FILE_PATH, TXT_PREFIX, file_url
 from collector.core.db import session_scope
 from collector.core.errors import Conflict, NotFound, RateLimited, Unauthorized, Unprocessable
+from collector.core.i18n import LANGUAGES, supported
 from collector.core.models import SubscriptionRow, TargetGroupRow, TargetRow
 from collector.core.secrets import VARIABLE, Keyring, Sealer, SecretKeyError, sealed_key_id
 from collector.core.settings import CollectorSettings, Mode
@@ -72,6 +73,7 @@ def subscription_json(row: SubscriptionRow, settings: CollectorSettings) -> dict
         "failing_since": _iso(row.failing_since),
         "last_error": row.last_error,
         "last_delivery_at": _iso(row.last_delivery_at),
+        **language_json(row, settings),
     }
     if row.state == "pending" and row.challenge and row.domain:
         out["challenge"] = {
@@ -82,6 +84,31 @@ def subscription_json(row: SubscriptionRow, settings: CollectorSettings) -> dict
             "file_path": FILE_PATH,
         }
     return out
+
+
+def language_json(row: SubscriptionRow, settings: CollectorSettings) -> dict[str, str]:
+    """The language its messages are written in, and why: ``requested`` (the
+    subscriber chose it), ``instance`` (its /api/v2/instance names it) or ``default``
+    (the operator's ``--alert-language``, until the instance is asked)."""
+    if row.language:
+        return {"language": row.language, "language_source": "requested"}
+    if row.instance_language:
+        return {"language": row.instance_language, "language_source": "instance"}
+    return {"language": settings.alert_language, "language_source": "default"}
+
+
+def parse_language(value: str | None) -> str | None:
+    """A subscription's language (``en``, ``zh-Hans``; ``zh-CN``, ``zh`` and the like
+    mean zh-Hans), or None for "the instance's own"."""
+    if value is None or value == "":
+        return None
+    language = supported(value)
+    if language is None:
+        raise Unprocessable(
+            f"language must be one of {', '.join(LANGUAGES)} (or null for the instance's own)",
+            "err_language",
+        )
+    return language
 
 
 class SubscriptionService:
@@ -125,6 +152,7 @@ class SubscriptionService:
         channel: str,
         channel_settings: dict[str, Any],
         admin: bool,
+        language: str | None = None,
     ) -> tuple[SubscriptionRow, str]:
         """A new subscription and its management token (``secret(row)`` opens its secret)."""
         if (domain is None) == (group is None):
@@ -155,6 +183,7 @@ class SubscriptionService:
             state="active" if admin else "pending",
             challenge=None if admin else "bwv_" + secrets.token_urlsafe(24),
             manage_hash=_hash(token),
+            language=parse_language(language),
         )
         session.add(row)
         session.flush()
@@ -192,10 +221,18 @@ class SubscriptionService:
             raise NotFound(f"no subscription {sub_id!r}")
         return row
 
-    def mark_verified(self, row: SubscriptionRow, now: datetime) -> None:
+    def mark_verified(
+        self, row: SubscriptionRow, now: datetime, instance_language: str | None = None
+    ) -> None:
         if row.state != "pending":
             raise Conflict(f"the subscription is {row.state}, not pending", "err_not_pending")
         row.state, row.verified_at, row.challenge = "active", now, None
+        if instance_language is not None:
+            row.instance_language = instance_language
+
+    def set_language(self, row: SubscriptionRow, language: str | None) -> None:
+        """Write its messages in *language* from the next one on; None: the instance's."""
+        row.language = parse_language(language)
 
     def pause(self, row: SubscriptionRow) -> None:
         if row.state in ("pending", "disabled"):

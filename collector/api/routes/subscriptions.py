@@ -27,6 +27,14 @@ class SubscriptionIn(BaseModel):
     channel: Annotated[str, StringConstraints(min_length=1, max_length=16)] = "webhook"
     url: Text | None = None
     settings: dict[str, Text] = Field(default_factory=dict)
+    # en or zh-Hans; absent or null: the instance's own (its /api/v2/instance `languages`)
+    language: Annotated[str, StringConstraints(max_length=35)] | None = None
+
+
+class SubscriptionChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    language: Annotated[str, StringConstraints(max_length=35)] | None
 
 
 class Caller:
@@ -65,6 +73,7 @@ def create_subscription(
         channel=body.channel,
         channel_settings=channel_settings,
         admin=caller.admin,
+        language=body.language,
     )
     out = subscription_json(row, settings)
     out["token"] = token  # shown once
@@ -114,13 +123,31 @@ async def verify_subscription(
             "shows the challenge token",
             "err_verification_failed",
         )
+    # The instance's own language, for its alerts (unless the subscriber chose one).
+    language = await verify.instance_language(settings, domain, allow)
     with sessions() as session:
         row = service.get(session, sub_id, caller.token, caller.admin)
-        service.mark_verified(row, clock.now())
+        service.mark_verified(row, clock.now(), language)
         session.commit()
         out = subscription_json(row, settings)
     out["verified_by"] = found
     return out
+
+
+@router.patch("/subscriptions/{sub_id}")
+def change_subscription(
+    sub_id: str,
+    body: SubscriptionChange,
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    """Change what may change: the language of the messages (null: the instance's)."""
+    service = SubscriptionService(settings)
+    row = service.get(session, sub_id, caller.token, caller.admin)
+    service.set_language(row, body.language)
+    session.flush()
+    return subscription_json(row, settings)
 
 
 def _action(name: str) -> Any:

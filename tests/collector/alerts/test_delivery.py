@@ -15,6 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from email.header import decode_header, make_header
 from typing import Any
 
 import pytest
@@ -44,6 +45,7 @@ class Receiver:
 
     statuses: list[int] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
+    languages: list[str] | None = None  # the fake Mastodon's `languages`, when it has some
     seen: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
     url: str = ""
 
@@ -51,7 +53,10 @@ class Receiver:
         body = await request.read()
         self.seen.append((request.method, request.path, dict(request.headers), body))
         if request.path == "/api/v2/instance":  # the fake Mastodon's own description
-            return web.json_response({"contact": {"account": {"acct": "admin"}}})
+            description: dict[str, Any] = {"contact": {"account": {"acct": "admin"}}}
+            if self.languages is not None:
+                description["languages"] = self.languages
+            return web.json_response(description)
         status = self.statuses.pop(0) if self.statuses else 200
         return web.json_response({"ok": status < 300}, status=status, headers=self.headers)
 
@@ -100,12 +105,13 @@ def subscribe(
     sessions: sessionmaker[Session],
     settings: CollectorSettings,
     channel: str,
+    language: str | None = None,
     **channel_settings: str,
 ) -> SubscriptionRow:
     with session_scope(sessions) as s:
         row, _token = SubscriptionService(settings).create(
             s, domain=DOMAIN, group=None, channel=channel, channel_settings=channel_settings,
-            admin=True,
+            admin=True, language=language,
         )  # fmt: skip
         s.expunge(row)
     return row
@@ -178,6 +184,10 @@ async def test_webhook_signed_per_standard_webhooks_and_x_hub(
     )
     assert data["methods"] == ["dns", "tls"] and data["asns"] == [4134] and data["probes"] == 2
     assert data["evidence_url"] == f"https://collector.example/api/v1/events/{event_id}"
+    assert data["page_url"] == f"https://collector.example/events/{event_id}"
+    # Beside the machine document, the words for a person, in the subscriber's language.
+    assert document["language"] == "en"
+    assert document["summary"].startswith(f"Blocked: {DOMAIN} in China (CN)\n")
     assert data["mirrors"] == [{"domain": "alive-mirror.bar", "kind": "mirror", "state": "unknown"}]
     with session_scope(sessions) as s:
         change_id = s.scalar(select(EventChangeRow.id).where(EventChangeRow.event_id == event_id))
@@ -315,7 +325,12 @@ async def test_chat_formats(
         assert headers["Title"] == f"Blocked: {DOMAIN} (CN)" and headers["Priority"] == "high"
     else:
         text = json.loads(body)["text" if channel == "slack" else "content"]
-    assert f"Blocked: {DOMAIN} in CN" in text and "methods: dns, tls" in text
+    assert text.splitlines()[:3] == [
+        f"Blocked: {DOMAIN} in China (CN)",
+        "Where: nationwide (AS4134)",
+        "How: DNS poisoning, SNI blocking",
+    ]
+    assert "Details and evidence: https://collector.example/events/1?lang=en" in text
 
 
 async def test_matrix_message(
@@ -355,8 +370,92 @@ async def test_mastodon_direct_message_to_the_contact_account(
         keys.add(headers["Idempotency-Key"])
         status = json.loads(body)
         assert status["visibility"] == "direct"
-        assert status["status"].startswith(f"@admin@{DOMAIN} Blocked: {DOMAIN} in CN")
+        assert status["status"].startswith(f"@admin@{DOMAIN} Blocked: {DOMAIN} in China (CN)")
     assert len(keys) == 1  # the retry cannot post twice
+
+
+ZH_LINES = [
+    f"已被封锁：{DOMAIN} 在中国（CN）",
+    "范围：全国（AS4134）",
+    "方式：DNS 污染、SNI 阻断",
+]
+
+
+async def test_each_subscriber_reads_its_own_language(
+    sessions: sessionmaker[Session], alert_settings: CollectorSettings, clock: FakeClock,
+    receiver: Receiver,
+) -> None:  # fmt: skip
+    """One event, four subscribers: the webhook document is the same machine document for
+    all, its ``summary`` and the chat texts are in each one's language."""
+    zh_hook = subscribe(sessions, alert_settings, "webhook", "zh-Hans", url=receiver.url + "/zh")
+    subscribe(sessions, alert_settings, "webhook", "en", url=receiver.url + "/en")
+    subscribe(sessions, alert_settings, "slack", "zh-CN", url=receiver.url + "/slack")
+    subscribe(sessions, alert_settings, "ntfy", "zh", url=receiver.url + "/ntfy")
+    outbox = Outbox(alert_settings, clock, sessions)
+    change(sessions, clock, "opened")
+    assert await deliver(outbox) == 4
+    posts = {path: (headers, body) for _, path, headers, body in receiver.posts()}
+    secret = SubscriptionService(alert_settings).secret(zh_hook)
+    assert secret is not None
+    zh = check_signatures(secret, *posts["/zh"])
+    en = json.loads(posts["/en"][1])
+    assert zh["language"] == "zh-Hans" and en["language"] == "en"
+    assert zh["summary"].splitlines()[:3] == ZH_LINES
+    assert zh["summary"].splitlines()[-1].endswith("/events/1?lang=zh-Hans")
+    # The machine fields do not change with the language: codes, ISO times, numbers.
+    assert zh["data"] == en["data"] and zh["type"] == en["type"] == "block.opened"
+    assert zh["data"]["methods"] == ["dns", "tls"]
+    slack = json.loads(posts["/slack"][1])["text"]
+    assert slack.splitlines()[:3] == ZH_LINES
+    assert "个探针观测到" in slack and "Blocked" not in slack
+    # Headers are Latin-1: a Chinese ntfy title goes as an RFC 2047 encoded-word.
+    headers, body = posts["/ntfy"]
+    title = str(make_header(decode_header(headers["Title"])))
+    assert title == f"已被封锁：{DOMAIN}（CN）" and body.decode().splitlines()[:3] == ZH_LINES
+
+
+async def test_the_mastodon_message_speaks_the_instance_language(
+    sessions: sessionmaker[Session], alert_settings: CollectorSettings, clock: FakeClock,
+    receiver: Receiver,
+) -> None:  # fmt: skip
+    """No language asked for: the instance's description names its people's (zh-TW
+    first: Blockwatch's Chinese is zh-Hans, read there too)."""
+    sub = subscribe(sessions, alert_settings, "mastodon", bot_instance=receiver.url,
+                    access_token="bot-token", instance_url=receiver.url)  # fmt: skip
+    receiver.languages = ["zh-TW", "en"]
+    outbox = Outbox(alert_settings, clock, sessions)
+    change(sessions, clock, "opened")
+    await deliver(outbox)
+    [(_, _, _, body)] = receiver.posts()
+    status = json.loads(body)["status"]
+    assert status.startswith(f"@admin@{DOMAIN} 已被封锁：{DOMAIN} 在中国（CN）")
+    assert len(status) <= 500  # Mastodon's limit
+    # Asked for English, the same instance gets English.
+    with session_scope(sessions) as s:
+        row = s.get(SubscriptionRow, sub.id)
+        assert row is not None
+        SubscriptionService(alert_settings).set_language(row, "en")
+    change(sessions, clock, "closed", event_id=1)
+    await deliver(outbox)
+    assert json.loads(receiver.posts()[-1][3])["status"].startswith(
+        f"@admin@{DOMAIN} Block ended: {DOMAIN} in China (CN)"
+    )
+
+
+async def test_without_a_language_and_no_way_to_ask_the_operators_default_holds(
+    sessions: sessionmaker[Session], alert_settings: CollectorSettings, clock: FakeClock,
+    receiver: Receiver,
+) -> None:  # fmt: skip
+    """In the lab and demo modes without control resolvers the collector asks nobody
+    (nothing may leave the machine): ``--alert-language`` decides."""
+    chinese = alert_settings.model_copy(update={"alert_language": "zh-Hans"})
+    subscribe(sessions, chinese, "discord", url=receiver.url + "/discord")
+    outbox = Outbox(chinese, clock, sessions)
+    change(sessions, clock, "opened")
+    await deliver(outbox)
+    [(_, path, _, body)] = receiver.seen  # nothing asked of the instance
+    assert path == "/discord"
+    assert json.loads(body)["content"].splitlines()[:3] == ZH_LINES
 
 
 def test_two_senders_never_claim_the_same_delivery(

@@ -55,11 +55,17 @@ class WellKnown:
     def __init__(self) -> None:
         self.body: str | None = None
         self.port = 0
+        self.languages: list[str] | None = None  # /api/v2/instance's, when it is a Mastodon
 
     async def handle(self, _request: web.Request) -> web.Response:
         if self.body is None:
             return web.Response(status=404)
         return web.Response(text=self.body)
+
+    async def instance(self, _request: web.Request) -> web.Response:
+        if self.languages is None:
+            return web.Response(status=404)
+        return web.json_response({"domain": DOMAIN, "languages": self.languages})
 
 
 @pytest.fixture
@@ -70,6 +76,7 @@ def site(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> Iterator[tuple[Well
     async def start() -> web.AppRunner:
         app = web.Application()
         app.router.add_get("/.well-known/blockwatch.txt", known.handle)
+        app.router.add_get("/api/v2/instance", known.instance)
         runner, known.port = await serve_app(app, ssl_context=pki.server_context([DOMAIN]))
         return runner
 
@@ -213,6 +220,7 @@ def test_secrets_in_settings_are_never_shown_back(api: TestClient) -> None:
         ({"channel": "carrier-pigeon"}, "err_channel"),
         ({"url": "file:///etc/passwd"}, "err_unsafe_url"),
         ({"channel": "matrix", "url": None}, "err_channel_settings"),
+        ({"language": "fr"}, "err_language"),
     ],
 )
 def test_bad_subscriptions_are_refused_clearly(
@@ -279,3 +287,72 @@ def test_ownership_checks_are_rate_limited_per_subscription(api: TestClient) -> 
     assert codes == ["err_verification_failed", "err_verification_failed", "err_rate_limited"]
     answer = api.post(f"/api/v1/subscriptions/{other['id']}/verify", headers=bearer(other["token"]))
     assert answer.json()["error"]["code"] == "err_verification_failed"  # its own budget
+
+
+def test_verification_learns_the_instance_language(
+    api: TestClient, site: tuple[WellKnown, Path]
+) -> None:
+    sub = subscribe(api)
+    assert (sub["language"], sub["language_source"]) == ("en", "default")
+    site[0].body = sub["challenge"]["token"]
+    site[0].languages = ["zh", "en"]  # a Chinese-speaking instance, as Mastodon says it
+    answer = api.post(f"/api/v1/subscriptions/{sub['id']}/verify", headers=bearer(sub["token"]))
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["language"], answer.json()["language_source"]) == ("zh-Hans", "instance")
+
+
+def test_a_chosen_language_wins_and_can_be_changed(
+    api: TestClient, site: tuple[WellKnown, Path]
+) -> None:
+    sub = subscribe(api, language="zh-CN")
+    assert (sub["language"], sub["language_source"]) == ("zh-Hans", "requested")
+    site[0].body = sub["challenge"]["token"]
+    site[0].languages = ["en"]
+    verified = api.post(f"/api/v1/subscriptions/{sub['id']}/verify", headers=bearer(sub["token"]))
+    assert verified.json()["language"] == "zh-Hans"  # asked for: the instance's does not override
+    url = f"/api/v1/subscriptions/{sub['id']}"
+    changed = api.patch(url, json={"language": "en"}, headers=bearer(sub["token"]))
+    assert changed.status_code == 200 and changed.json()["language_source"] == "requested"
+    back = api.patch(url, json={"language": None}, headers=bearer(sub["token"])).json()
+    assert (back["language"], back["language_source"]) == ("en", "instance")
+    bad = api.patch(url, json={"language": "tlh"}, headers=bearer(sub["token"]))
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "err_language"
+    assert api.patch(url, json={"language": "en"}).status_code == 404  # not without its token
+    extra = api.patch(url, json={"url": "https://elsewhere.example"}, headers=bearer(sub["token"]))
+    assert extra.status_code == 422  # only the language changes here
+
+
+def test_an_alert_asks_the_instance_for_its_language_when_nobody_said(
+    api: TestClient, site: tuple[WellKnown, Path], clock: FakeClock,
+    loop: asyncio.AbstractEventLoop,
+) -> None:  # fmt: skip
+    """An operator's subscription (no ownership check) learns the language at its first
+    message, from the instance's /api/v2/instance, over the control's resolvers."""
+    from collector.alerts.outbox import Outbox
+    from tests.collector.alerts.test_delivery import change, deliver
+
+    site[0].languages = ["zh"]
+    hooks: list[dict[str, Any]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        hooks.append(await request.json())
+        return web.Response(status=204)
+
+    async def start() -> tuple[web.AppRunner, int]:
+        app = web.Application()
+        app.router.add_post("/hook", receive)
+        return await serve_app(app)
+
+    runner, port = run(loop, start())
+    hook = f"http://127.0.0.1:{port}/hook"
+    answer = api.post("/api/v1/subscriptions", json={"domain": DOMAIN, "url": hook},
+                      headers=ADMIN)  # fmt: skip
+    assert answer.status_code == 201 and answer.json()["language_source"] == "default"
+    state = api.app.state  # type: ignore[attr-defined]
+    outbox = Outbox(state.settings, clock, state.sessions)
+    change(state.sessions, clock, "opened")
+    assert asyncio.run(deliver(outbox)) == 1
+    run(loop, runner.cleanup())
+    [document] = hooks
+    assert document["language"] == "zh-Hans"
+    assert document["summary"].startswith(f"已被封锁：{DOMAIN} 在中国（CN）")

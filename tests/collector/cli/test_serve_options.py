@@ -94,6 +94,9 @@ OPTIONS = [
            {"BLOCKWATCH_EVIDENCE_DELAY": "2h"}),
     Option("--key-file", ("/tmp/bw-collector-key.pem",), "key_file",
            Path("/tmp/bw-collector-key.pem"), {"BLOCKWATCH_KEY_FILE": "/tmp/bw-collector-key.pem"}),
+    # Added with the localized alerts (issue 17).
+    Option("--alert-language", ("zh-Hans",), "alert_language", "zh-Hans",
+           {"BLOCKWATCH_ALERT_LANGUAGE": "zh-Hans"}),
 ]  # fmt: skip
 # The variables named after the settings' fields (read by the settings themselves).
 FIELD_VARIABLES = [
