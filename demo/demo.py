@@ -24,7 +24,11 @@ the Great Firewall treats blocked instances, then:
 5. the pages people read, in English and Chinese: their URLs and sizes; at a
    terminal the collector keeps serving them until Ctrl-C (``DEMO_ONCE=1``
    exits at once, as it does without a terminal);
-6. alive.demo's evidence bundle, fetched with the admin token while the
+6. alive.demo's admins get one alert per event, signed, in their language: a
+   webhook subscribed in Chinese (its signature checked as a receiver would,
+   its ``summary`` shown) and a Slack-format one in English, both received on
+   loopback (docs/admin-guide.md);
+7. alive.demo's evidence bundle, fetched with the admin token while the
    collector runs, is verified offline at the end (``blockwatch-probe verify``
    against the saved ``/.well-known/blockwatch.json``; docs/evidence.md).
 
@@ -35,7 +39,10 @@ live in 127.0.0.0/8.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -47,6 +54,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from rich.console import Console
 from rich.table import Table
 
@@ -139,7 +147,9 @@ async def _collector_round(
     port = free_tcp_port("127.0.0.1")
     admin_token = secrets.token_urlsafe(32)  # the evidence bundle is fetched as the operator
     env = {**os.environ, "BLOCKWATCH_DATABASE_URL": database, "COLUMNS": "160",
-           "BLOCKWATCH_ADMIN_TOKEN": admin_token}  # fmt: skip
+           "BLOCKWATCH_ADMIN_TOKEN": admin_token,
+           # The alert receivers are on loopback, which alerts may not reach by default.
+           "BLOCKWATCH_WEBHOOK_ALLOW_PRIVATE": "true"}  # fmt: skip
     domains = [
         inst.domain
         for inst, _ in INSTANCES
@@ -157,6 +167,10 @@ async def _collector_round(
                                     "--note", f"demo {name}"], env, quiet=True)).strip()
         for name, asn in probes
     }  # fmt: skip
+    # alive.demo's admins subscribe: a webhook in Chinese, a Slack channel in English.
+    hooks = AlertReceiver()
+    hook_runner, hook_port = await hooks.start()
+    secret = await _subscribe(console, collector, env, hook_port)
     serve = [
         collector, "serve", "--port", str(port), "--mode", "lab",
         # The control prober: the uncensored copy of the network, on loopback too.
@@ -183,6 +197,7 @@ async def _collector_round(
                 )  # fmt: skip
             console.print("\n[dim]waiting for controls and the detector's passes...[/]")
             await _wait_for_events(collector, env, minimum=5)
+            await _alerts(console, hooks, secret)
             await _fetch_evidence(console, tmp, port, admin_token)
             await _watch(console, tmp, port, admin_token)
             code = code or await _report(console, tmp, collector, probe, env)
@@ -190,7 +205,67 @@ async def _collector_round(
         finally:
             server.terminate()
             await server.wait()
+            await hook_runner.cleanup()
     return int(code)
+
+
+class AlertReceiver:
+    """alive.demo's admins' endpoints: a webhook (/zh) and a Slack-like hook (/en)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[tuple[dict[str, str], bytes]]] = {"/zh": [], "/en": []}
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.setdefault(request.path, []).append((dict(request.headers), await request.read()))
+        return web.Response(status=204)
+
+    async def start(self) -> tuple[web.AppRunner, int]:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = free_tcp_port("127.0.0.1")
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner, port
+
+
+async def _subscribe(console: Console, collector: str, env: dict[str, str], port: int) -> str:
+    """Two subscriptions of alive.demo, as its operator would add them; the webhook's secret."""
+    added = await _run(console, [collector, "subscriptions", "add", "alive.demo", "--setting",
+                                 f"url=http://127.0.0.1:{port}/zh", "--language", "zh-Hans"],
+                       env, quiet=True)  # fmt: skip
+    await _run(console, [collector, "subscriptions", "add", "alive.demo", "--channel", "slack",
+                         "--setting", f"url=http://127.0.0.1:{port}/en", "--language", "en"],
+               env, quiet=True)  # fmt: skip
+    return str(added).split("signing secret: ")[1].split()[0]
+
+
+def _signed(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """The receiver's check (Standard Webhooks): HMAC-SHA256 of id.timestamp.body."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    content = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
+    return any(hmac.compare_digest(expected, s) for s in headers["webhook-signature"].split())
+
+
+async def _alerts(console: Console, hooks: AlertReceiver, secret: str) -> None:
+    """What alive.demo's admins received: one message per event, in their language."""
+    for _ in range(100):  # the outbox sends within a second or two of the event
+        if hooks.seen["/zh"] and hooks.seen["/en"]:
+            break
+        await asyncio.sleep(0.1)
+    console.rule("[bold]Alerts: one per event, signed, in the subscriber's language")
+    for headers, body in hooks.seen["/zh"]:
+        document = json.loads(body)
+        ok = "valid" if _signed(secret, headers, body) else "[red]INVALID[/]"
+        console.print(f"[dim]POST /zh (webhook, {document['type']}, event "
+                      f"{document['data']['id']}, signature {ok}), \"summary\":[/]")  # fmt: skip
+        console.print(document["summary"], highlight=False)
+    for _headers, body in hooks.seen["/en"]:
+        console.print('[dim]POST /en (slack), "text":[/]')
+        console.print(json.loads(body)["text"], highlight=False)
+    if not hooks.seen["/zh"] or not hooks.seen["/en"]:
+        console.print("[red]an alert did not arrive (see collector.log)[/]")
 
 
 async def _report(
