@@ -92,17 +92,31 @@ typecheck: $(DEV_STAMP)
 # The pages' translations: gettext catalogs under collector/locale (babel.cfg says
 # what is extracted). `make locale` extracts the strings and updates each catalog;
 # the compiled .mo files are made from the .po files whenever these change.
+# The probe's messages likewise: domain "probe" under probe_agent/locale
+# (babel-probe.cfg), read with the standard library's gettext (probe_agent/i18n.py).
+# Every target that needs the catalogs (unit, demo, image) has $(MO_FILES), the
+# probe's included, so that the wheels and the tests have them.
 LOCALES := collector/locale
-MO_FILES := $(patsubst %.po,%.mo,$(wildcard $(LOCALES)/*/LC_MESSAGES/messages.po))
+PROBE_LOCALES := probe_agent/locale
+PROBE_MO_FILES := $(patsubst %.po,%.mo,$(wildcard $(PROBE_LOCALES)/*/LC_MESSAGES/probe.po))
+MO_FILES := $(patsubst %.po,%.mo,$(wildcard $(LOCALES)/*/LC_MESSAGES/messages.po)) $(PROBE_MO_FILES)
 
 $(LOCALES)/%/LC_MESSAGES/messages.mo: $(LOCALES)/%/LC_MESSAGES/messages.po | $(RUN_STAMP)
 	$(BIN)/pybabel compile -i $< -o $@
+
+$(PROBE_LOCALES)/%/LC_MESSAGES/probe.mo: $(PROBE_LOCALES)/%/LC_MESSAGES/probe.po | $(RUN_STAMP)
+	$(BIN)/pybabel compile -D probe -i $< -o $@
 
 locale: $(RUN_STAMP)
 	$(BIN)/pybabel extract -F babel.cfg --project Blockwatch --version 0.1.0 \
 	  --copyright-holder Blockwatch --msgid-bugs-address "" -o $(LOCALES)/messages.pot .
 	$(BIN)/pybabel update -i $(LOCALES)/messages.pot -d $(LOCALES) --width 100
 	$(BIN)/pybabel compile -d $(LOCALES) --statistics
+	$(BIN)/pybabel extract -F babel-probe.cfg --project Blockwatch --version 0.1.0 \
+	  --copyright-holder Blockwatch --msgid-bugs-address "" --add-comments TRANSLATORS: \
+	  -o $(PROBE_LOCALES)/probe.pot .
+	$(BIN)/pybabel update -D probe -i $(PROBE_LOCALES)/probe.pot -d $(PROBE_LOCALES) --width 100
+	$(BIN)/pybabel compile -D probe -d $(PROBE_LOCALES) --statistics
 
 unit: $(DEV_STAMP) debs $(MO_FILES) $(AXE)
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -6,6 +6,10 @@ not measure because of an internal error exits 1 after the others are done.
 ``run --once`` (one round for a collector, ``daemon.round``) exits 0 when every
 measurement was stored, 1 otherwise, 2 for invalid input or an unsafe key file;
 ``id`` prints the key fingerprint.
+
+What a volunteer reads (help, errors, warnings, ``status``, ``verify``) is in
+the language ``--lang`` or the environment chooses (``probe_agent.i18n``,
+``cli.language``); machine output, exit statuses and the log stay English.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from probe_agent import __version__
+from probe_agent import __version__, i18n
 from probe_agent.cli import verify
+from probe_agent.cli.language import LANG_OPTION, LocalizedCommand, LocalizedGroup
 from probe_agent.cli.options import (
     CAFileOption,
     ConcurrencyOption,
@@ -68,6 +73,7 @@ from probe_agent.protocol.inputs import (
     parse_declared,
     parse_duration,
 )
+from probe_agent.protocol.messages import N_, Message, label
 from probe_agent.state.identity import DEFAULT_STATE_DIR, key_id, load_or_create_key
 
 if TYPE_CHECKING:  # imported where used: `measure` starts faster without aiohttp
@@ -76,7 +82,8 @@ if TYPE_CHECKING:  # imported where used: `measure` starts faster without aiohtt
 
 app = typer.Typer(
     name="blockwatch-probe",
-    help="Measure fediverse instances for signs of blocking (DNS, TCP, TLS, HTTP).",
+    help=N_("Measure fediverse instances for signs of blocking (DNS, TCP, TLS, HTTP)."),
+    cls=LocalizedGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -110,14 +117,52 @@ def _read_domain_file(path: Path) -> list[str]:
     return [line.strip() for line in lines]
 
 
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+def _fail(message: Message | Exception) -> typer.Exit:
+    """Print *message* (an exception's, a ``Message``) as an error; exit 2."""
+    _error(message)
     return typer.Exit(EXIT_INVALID_INPUT)
 
 
-@app.command()
+def _error(message: Message | Exception) -> None:
+    text = i18n.error(message) if isinstance(message, Exception) else i18n.render(message)
+    line = label(i18n.gettext(N_("error:")), text, "bold red")
+    Console(stderr=True).print(line, highlight=False)
+
+
+def _warn(message: Message) -> None:
+    Console(stderr=True).print(label(i18n.gettext(N_("warning:")), i18n.render(message), "yellow"))
+
+
+def _say(message: Message) -> None:
+    """A line for the volunteer on stderr (stdout is for what scripts read)."""
+    Console(stderr=True).print(i18n.render(message), highlight=False)
+
+
+@app.callback()
+def _options(
+    lang: Annotated[
+        str | None,
+        typer.Option(
+            LANG_OPTION,
+            help=N_(
+                "Language of the messages: en or zh-Hans (before the command). Default: "
+                "BLOCKWATCH_LANG, else LANGUAGE, LC_ALL, LC_MESSAGES or LANG, else English."
+            ),
+            envvar=_env("LANG"),
+            metavar="LANG",
+        ),
+    ] = None,
+) -> None:
+    # The group read --lang before parsing, to translate the help (cli.language).
+    del lang
+
+
+@app.command(
+    cls=LocalizedCommand,
+    help=N_("Measure DOMAIN... once and print the observations (no collector involved)."),
+)
 def measure(
-    domains: Annotated[list[str] | None, typer.Argument(help="Domains to measure.")] = None,
+    domains: Annotated[list[str] | None, typer.Argument(help=N_("Domains to measure."))] = None,
     resolver: ResolverOption = None,
     injection_sink: InjectionSinkOption = None,
     ca_file: CAFileOption = None,
@@ -130,8 +175,10 @@ def measure(
         typer.Option(
             min=0,
             max=64,
-            help="Processes to spread a long list over (0: one per 200 domains, up to the "
-            "number of CPUs).",
+            help=N_(
+                "Processes to spread a long list over (0: one per 200 domains, up to the "
+                "number of CPUs)."
+            ),
             envvar=_env("WORKERS"),
         ),
     ] = 0,
@@ -141,7 +188,7 @@ def measure(
         Path | None,
         typer.Option(
             "--input",
-            help="File of domains (one a line, or CSV with 'domain'); - for stdin.",
+            help=N_("File of domains (one a line, or CSV with 'domain'); - for stdin."),
             envvar=_env("INPUT"),
         ),
     ] = None,
@@ -149,13 +196,12 @@ def measure(
         OutputFormat, typer.Option("--format", envvar=_env("FORMAT"))
     ] = OutputFormat.JSONL,
 ) -> None:
-    """Measure DOMAIN... once and print the observations (no collector involved)."""
     raw_domains = list(domains or [])
     try:
         if input_file is not None:
             raw_domains += _read_domain_file(input_file)
         if not raw_domains:
-            raise InvalidOptionError("no domain given")
+            raise InvalidOptionError(N_("no domain given"))
         names = list(dict.fromkeys(normalize_domain(d) for d in raw_domains))
         config = engine_config(
             resolver=resolver,
@@ -168,7 +214,7 @@ def measure(
             lab_network=lab_network,
         )
     except (InvalidInputError, OSError, UnicodeDecodeError, csv.Error, KeyError) as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(exc) from None
     bounded = bounded_concurrency(concurrency, config)
     failed = _run_measure(
         config, names, bounded, workers or auto_workers(len(names)), output_format
@@ -190,11 +236,13 @@ def _run_measure(
     def on_result(result: Result) -> None:
         if isinstance(result, DomainError):
             errors.append(result)
-            err_console.print(
-                f"[bold red]internal error[/] measuring {result.domain}: "
-                f"{type(result.error).__name__}: {result.error}",
-                highlight=False,
+            text = Message(
+                N_("measuring %(domain)s: %(error)s"),
+                domain=result.domain,
+                error=f"{type(result.error).__name__}: {result.error}",
             )
+            line = label(i18n.gettext(N_("internal error")), i18n.render(text), "bold red")
+            err_console.print(line, highlight=False)
         elif output_format is OutputFormat.JSONL:
             try:
                 sys.stdout.write(to_json_line(result) + "\n")
@@ -214,14 +262,15 @@ def _run_measure(
             asyncio.run(Engine(config).measure_all(names, concurrency, on_result))
 
     if output_format is OutputFormat.TABLE and err_console.is_terminal:
-        with err_console.status(f"measuring {len(names)} domain(s)..."):
+        spinner = Message(N_("measuring %(count)s domain(s)..."), count=len(names))
+        with err_console.status(i18n.render(spinner)):
             run()
     else:
         run()
     if output_format is OutputFormat.TABLE:
         order = {name: i for i, name in enumerate(names)}
         collected.sort(key=lambda m: order[m.domain])
-        Console().print(build_table(collected))
+        Console().print(build_table(collected, i18n.gettext))
     return len(errors)
 
 
@@ -229,36 +278,46 @@ def _run_measure(
 CollectorOption = Annotated[
     list[str] | None,
     typer.Option(
-        help="Collector base URL (https://...), repeatable: tried in order.",
+        help=N_("Collector base URL (https://...), repeatable: tried in order."),
         envvar=_env("COLLECTOR"),
     ),
 ]
 CollectorTimeoutOption = Annotated[
     float,
     typer.Option(
-        min=0.1, max=600, help="Seconds, per collector request.", envvar=_env("COLLECTOR_TIMEOUT")
+        min=0.1,
+        max=600,
+        help=N_("Seconds, per collector request."),
+        envvar=_env("COLLECTOR_TIMEOUT"),
     ),
 ]
 ProxyOption = Annotated[
     str | None,
     typer.Option(
-        help="Reach the collector only through this proxy: socks5://host:port (Tor: "
-        "socks5://127.0.0.1:9050) or http://host:port. The proxy resolves its name.",
+        help=N_(
+            "Reach the collector only through this proxy: socks5://host:port (Tor: "
+            "socks5://127.0.0.1:9050) or http://host:port. The proxy resolves its name."
+        ),
         envvar=_env("PROXY"),
     ),
 ]
 
 
-@app.command()
+@app.command(
+    cls=LocalizedCommand,
+    help=N_("Check in with the collector, measure the targets it hands out, sign and submit."),
+)
 def run(
     collector: CollectorOption = None,
     enroll_token: Annotated[
         str | None,
         typer.Option(
-            help="Enrollment token from the collector's admin (bwt_..., with the "
-            "collector key's fingerprint after a dot: the probe then trusts only that "
-            "collector key). Prefer the environment variable: other users can read "
-            "command lines.",
+            help=N_(
+                "Enrollment token from the collector's admin (bwt_..., with the "
+                "collector key's fingerprint after a dot: the probe then trusts only that "
+                "collector key). Prefer the environment variable: other users can read "
+                "command lines."
+            ),
             envvar=_env("ENROLL_TOKEN"),
         ),
     ] = None,
@@ -267,21 +326,26 @@ def run(
         str | None,
         typer.Option(
             "--cc",
-            help="Declared country (ISO 3166-1 alpha-2), used when the collector cannot "
-            "geolocate this probe. With --asn.",
+            help=N_(
+                "Declared country (ISO 3166-1 alpha-2), used when the collector cannot "
+                "geolocate this probe. With --asn."
+            ),
             envvar=_env("CC"),
         ),
     ] = None,
     asn: Annotated[
         int | None,
         typer.Option(
-            min=MIN_ASN, max=MAX_ASN, help="Declared AS number. With --cc.", envvar=_env("ASN")
+            min=MIN_ASN,
+            max=MAX_ASN,
+            help=N_("Declared AS number. With --cc."),
+            envvar=_env("ASN"),
         ),
     ] = None,
     once: Annotated[
         bool,
         typer.Option(
-            "--once", help="One round, then exit (0: all submitted).", envvar=_env("ONCE")
+            "--once", help=N_("One round, then exit (0: all submitted)."), envvar=_env("ONCE")
         ),
     ] = False,
     collector_timeout: CollectorTimeoutOption = 30.0,
@@ -289,18 +353,22 @@ def run(
     collector_pin: Annotated[
         str | None,
         typer.Option(
-            help="Pin the collector's certificate key: base64 SHA-256 of its "
-            "SubjectPublicKeyInfo. A certificate without that key fails the handshake, "
-            "whoever issued it.",
+            help=N_(
+                "Pin the collector's certificate key: base64 SHA-256 of its "
+                "SubjectPublicKeyInfo. A certificate without that key fails the handshake, "
+                "whoever issued it."
+            ),
             envvar=_env("COLLECTOR_PIN"),
         ),
     ] = None,
     collector_doh: Annotated[
         str | None,
         typer.Option(
-            help="A DNS-over-HTTPS server (https://IP/dns-query) to resolve the collector's "
-            "name with when the other ways fail (its answer from the system resolver may "
-            "be forged). Off by default; not used through --proxy.",
+            help=N_(
+                "A DNS-over-HTTPS server (https://IP/dns-query) to resolve the collector's "
+                "name with when the other ways fail (its answer from the system resolver may "
+                "be forged). Off by default; not used through --proxy."
+            ),
             envvar=_env("COLLECTOR_DOH"),
         ),
     ] = None,
@@ -308,33 +376,39 @@ def run(
         bool,
         typer.Option(
             "--public-evidence",
-            help="Let this probe's signed measurements, with their exact times, be "
-            "published in evidence bundles anyone can download, once the network they "
-            "come from has enough volunteers (the collector's --publish-min-volunteers). "
-            "Off by default: they then only reach the operator and the instance's admins.",
+            help=N_(
+                "Let this probe's signed measurements, with their exact times, be "
+                "published in evidence bundles anyone can download, once the network they "
+                "come from has enough volunteers (the collector's --publish-min-volunteers). "
+                "Off by default: they then only reach the operator and the instance's admins."
+            ),
             envvar=_env("PUBLIC_EVIDENCE"),
         ),
     ] = False,
     log_level: Annotated[
         LogLevel,
         typer.Option(
-            help="warning (default) and info log counts only; debug logs domains and "
-            "addresses: for labs, not for a volunteer's machine.",
+            help=N_(
+                "warning (default) and info log counts only; debug logs domains and "
+                "addresses: for labs, not for a volunteer's machine."
+            ),
             envvar=_env("LOG_LEVEL"),
         ),
     ] = LogLevel.WARNING,
     interval: Annotated[
         str | None,
         typer.Option(
-            help="Time between rounds (30s, 5m), overriding the collector's.",
+            help=N_("Time between rounds (30s, 5m), overriding the collector's."),
             envvar=_env("INTERVAL"),
         ),
     ] = None,
     retest_spacing: Annotated[
         str | None,
         typer.Option(
-            help="Least time between two measurements of one address and port "
-            "(default: the collector's, 180s).",
+            help=N_(
+                "Least time between two measurements of one address and port "
+                "(default: the collector's, 180s)."
+            ),
             envvar=_env("RETEST_SPACING"),
         ),
     ] = None,
@@ -350,13 +424,14 @@ def run(
     role: Annotated[
         Role,
         typer.Option(
-            help="probe (a volunteer in a censored network), or control: an uncensored "
-            "vantage whose measurements are the control (needs a control enrollment token).",
+            help=N_(
+                "probe (a volunteer in a censored network), or control: an uncensored "
+                "vantage whose measurements are the control (needs a control enrollment token)."
+            ),
             envvar=_env("ROLE"),
         ),
     ] = Role.PROBE,
 ) -> None:
-    """Check in with the collector, measure the targets it hands out, sign and submit."""
     # The collector client pulls in aiohttp: only `run` needs it, and `measure`
     # (which may fork workers) starts faster and smaller without it.
     from probe_agent.daemon.round import RunOptions  # noqa: PLC0415
@@ -384,7 +459,7 @@ def run(
         )
         _check_ca_file(config.ca_file)
     except InvalidInputError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(exc) from None
     _warn_plain_http(collectors)
     options = RunOptions(
         collectors=collectors,
@@ -410,7 +485,7 @@ def _doh_url(text: str | None) -> str | None:
         return None
     url = parse_collector_url(text)
     if not url.startswith("https://"):
-        raise InvalidOptionError("invalid --collector-doh: DNS-over-HTTPS needs https://")
+        raise InvalidOptionError(N_("invalid --collector-doh: DNS-over-HTTPS needs https://"))
     return url
 
 
@@ -423,15 +498,21 @@ def _split_token(text: str | None) -> tuple[str | None, str | None]:
     try:
         return split_token(text)
     except ValueError as exc:
-        raise InvalidOptionError(f"invalid --enroll-token: {exc}") from None
+        raise InvalidOptionError(
+            N_("invalid --enroll-token: %(reason)s"), reason=exc.args[0] if exc.args else ""
+        ) from None
 
 
 def _set_log_level(log_level: LogLevel) -> None:
     logging.getLogger("blockwatch").setLevel(log_level.value.upper())
     if log_level is LogLevel.DEBUG:
-        Console(stderr=True).print(
-            "[yellow]warning:[/] --log-level debug writes the measured domains and addresses "
-            "to the log: anyone who reads it learns what this probe measured"
+        _warn(
+            Message(
+                N_(
+                    "--log-level debug writes the measured domains and addresses to the log: "
+                    "anyone who reads it learns what this probe measured"
+                )
+            )
         )
 
 
@@ -439,7 +520,7 @@ def _collectors(collector: list[str] | None) -> tuple[str, ...]:
     """The ``--collector`` URLs, parsed; at least one (``run`` and ``rotate-key``)."""
     collectors = tuple(parse_collector_url(url) for url in collector or ())
     if not collectors:
-        raise InvalidOptionError("no collector given: pass --collector URL")
+        raise InvalidOptionError(N_("no collector given: pass --collector URL"))
     return collectors
 
 
@@ -462,9 +543,14 @@ def _daemon_options(interval: str | None, retest_spacing: str | None) -> DaemonO
 def _warn_plain_http(collectors: tuple[str, ...]) -> None:
     for position, url in enumerate(collectors, 1):
         if url.startswith("http://") and not _is_loopback_url(url):
-            Console(stderr=True).print(
-                f"[yellow]warning:[/] collector {position} is plain http: anyone on the path "
-                "can read the measurements and see that this machine runs a probe"
+            _warn(
+                Message(
+                    N_(
+                        "collector %(position)s is plain http: anyone on the path can read the "
+                        "measurements and see that this machine runs a probe"
+                    ),
+                    position=position,
+                )
             )
 
 
@@ -476,7 +562,7 @@ def _start(options: RunOptions, daemon: DaemonOptions | None) -> int:
     try:
         return asyncio.run(run_once(options) if daemon is None else run_daemon(options, daemon))
     except IdentityError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(exc) from None
 
 
 PROXY_SCHEMES = ("socks5", "socks5h", "socks4", "http")
@@ -487,14 +573,14 @@ def parse_proxy_url(text: str) -> str:
     parts = urllib.parse.urlsplit(text.strip())
     if parts.scheme not in PROXY_SCHEMES or not parts.hostname or parts.path not in ("", "/"):
         raise InvalidOptionError(
-            f"invalid proxy {text!r}: use socks5://host:port or http://host:port"
+            N_("invalid proxy %(text)r: use socks5://host:port or http://host:port"), text=text
         )
     try:
         port = parts.port
     except ValueError:
         port = None
     if port is None:
-        raise InvalidOptionError(f"invalid proxy {text!r}: give the port")
+        raise InvalidOptionError(N_("invalid proxy %(text)r: give the port"), text=text)
     # socks5h (curl's spelling of "the proxy resolves names") is what socks5 does here.
     return text.strip().replace("socks5h://", "socks5://", 1)
 
@@ -507,24 +593,31 @@ def _is_loopback_url(url: str) -> bool:
         return host == "localhost"
 
 
-@app.command("id")
+@app.command(
+    "id",
+    cls=LocalizedCommand,
+    help=N_("Print the probe's public key fingerprint (its key id), creating the key if needed."),
+)
 def show_id(state_dir: StateDirOption = DEFAULT_STATE_DIR) -> None:
-    """Print the probe's public key fingerprint (its key id), creating the key if needed."""
     try:
         key = load_or_create_key(state_dir)
     except IdentityError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(exc) from None
     typer.echo(key_id(key))
 
 
-@app.command()
+@app.command(
+    cls=LocalizedCommand,
+    help=N_(
+        "Show the probe's health: last check-in, last error, spool, key. Exit 1 when unhealthy."
+    ),
+)
 def status(
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
     as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON object on stdout.", envvar=_env("JSON"))
+        bool, typer.Option("--json", help=N_("One JSON object on stdout."), envvar=_env("JSON"))
     ] = False,
 ) -> None:
-    """Show the probe's health: last check-in, last error, spool, key. Exit 1 when unhealthy."""
     import json  # noqa: PLC0415
 
     from probe_agent.state.spool import SpoolError  # noqa: PLC0415
@@ -533,16 +626,23 @@ def status(
     try:
         current = read_status(state_dir)
     except (IdentityError, SpoolError) as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(exc) from None
     if as_json:
         typer.echo(json.dumps(current.to_json(), sort_keys=True))
     else:
-        for line in current.lines():
+        for line in current.lines(i18n.gettext):
             typer.echo(line)
     raise typer.Exit(0 if current.healthy else 1)
 
 
-@app.command("rotate-key")
+@app.command(
+    "rotate-key",
+    cls=LocalizedCommand,
+    help=N_(
+        "Replace the probe's key with a new one, once the collector accepted it (stop the "
+        "daemon first). Give it the same --proxy as `run`."
+    ),
+)
 def rotate_key(
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
     collector: CollectorOption = None,
@@ -550,8 +650,6 @@ def rotate_key(
     collector_timeout: CollectorTimeoutOption = 30.0,
     proxy: ProxyOption = None,
 ) -> None:
-    """Replace the probe's key with a new one, once the collector accepted it (stop the daemon
-    first). Give it the same --proxy as `run`."""
     from probe_agent.daemon.rotation import rotate_key as rotate  # noqa: PLC0415
     from probe_agent.daemon.round import describe  # noqa: PLC0415
     from probe_agent.protocol.errors import CollectorRefused, CollectorUnreachable  # noqa: PLC0415
@@ -561,7 +659,7 @@ def rotate_key(
         _check_ca_file(str(ca_file) if ca_file else None)
         proxy_url = parse_proxy_url(proxy) if proxy else None
     except InvalidInputError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(exc) from None
     try:
         rotated = asyncio.run(
             rotate(
@@ -573,61 +671,75 @@ def rotate_key(
             )
         )
     except IdentityError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(exc) from None
     except CollectorUnreachable as exc:
-        Console(stderr=True).print(
-            f"[bold red]error:[/] {describe(exc)}; the new key is kept: run rotate-key again",
-            highlight=False,
-        )
+        reason = describe(exc, i18n.gettext)
+        _error(Message(N_("%(reason)s; the new key is kept: run rotate-key again"), reason=reason))
         raise typer.Exit(1) from None
     except CollectorRefused as exc:
-        Console(stderr=True).print(
-            f"[bold red]error:[/] {describe(exc)}; the key is unchanged", highlight=False
-        )
+        reason = describe(exc, i18n.gettext)
+        _error(Message(N_("%(reason)s; the key is unchanged"), reason=reason))
         raise typer.Exit(1) from None
-    Console(stderr=True).print(
-        f"rotated the probe's key (was {rotated.old_key_id[:16]}...)", highlight=False
-    )
+    _say(Message(N_("rotated the probe's key (was %(old)s...)"), old=rotated.old_key_id[:16]))
     typer.echo(rotated.new_key_id)
 
 
-@app.command()
+@app.command(
+    cls=LocalizedCommand,
+    help=N_("Delete the probe's key, spool and state (asks first unless --yes)."),
+)
 def wipe(
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help=N_("Do not ask for confirmation."))] = False,
 ) -> None:
-    """Delete the probe's key, spool and state (asks first unless --yes)."""
     from probe_agent.state.wipe import looks_like_state_dir, wipe_state  # noqa: PLC0415
 
     directory = state_dir.expanduser()
     if not looks_like_state_dir(directory):
         raise _fail(
-            f"refusing to wipe {directory}: not a probe state directory (no key.pem or state.json)"
+            Message(
+                N_(
+                    "refusing to wipe %(directory)s: not a probe state directory (no key.pem "
+                    "or state.json)"
+                ),
+                directory=directory,
+            )
         )
-    if not yes and not typer.confirm(
-        f"Delete the probe's key, waiting measurements and state in {directory}? "
-        "This cannot be undone"
-    ):
-        Console(stderr=True).print("nothing deleted", highlight=False)
+    question = Message(
+        N_(
+            "Delete the probe's key, waiting measurements and state in %(directory)s? This "
+            "cannot be undone"
+        ),
+        directory=directory,
+    )
+    if not yes and not typer.confirm(i18n.render(question)):
+        _say(Message(N_("nothing deleted")))
         raise typer.Exit(1)
     try:
         removed, left = wipe_state(directory)
     except OSError as exc:
-        raise _fail(f"cannot wipe {directory}: {exc.strerror}") from None
-    Console(stderr=True).print(f"deleted {len(removed)} file(s)", highlight=False)
+        raise _fail(
+            Message(
+                N_("cannot wipe %(directory)s: %(reason)s"),
+                directory=directory,
+                reason=exc.strerror,
+            )
+        ) from None
+    _say(Message(N_("deleted %(count)s file(s)"), count=len(removed)))
     if left:
-        Console(stderr=True).print(
-            f"kept {len(left)} file(s) the probe did not write; the directory stays",
-            highlight=False,
+        _say(
+            Message(
+                N_("kept %(count)s file(s) the probe did not write; the directory stays"),
+                count=len(left),
+            )
         )
 
 
-app.command("verify")(verify.command)
+app.command("verify", cls=LocalizedCommand, help=verify.HELP)(verify.command)
 
 
-@app.command()
+@app.command(cls=LocalizedCommand, help=N_("Print the probe's version."))
 def version() -> None:
-    """Print the probe's version."""
     typer.echo(f"blockwatch-probe {__version__}")
 
 

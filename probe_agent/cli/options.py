@@ -14,8 +14,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from probe_agent import i18n
 from probe_agent.measure.engine import EngineConfig, Scheme
 from probe_agent.measure.parallel import fd_bounded_concurrency, raise_fd_limit
+from probe_agent.protocol.messages import N_, Message, label
 
 
 def env(name: str) -> str:
@@ -27,21 +29,21 @@ def env(name: str) -> str:
 ResolverOption = Annotated[
     list[str] | None,
     typer.Option(
-        help="Resolver IP[:PORT], repeatable. Default: the system resolver.",
+        help=N_("Resolver IP[:PORT], repeatable. Default: the system resolver."),
         envvar=env("RESOLVER"),
     ),
 ]
 InjectionSinkOption = Annotated[
     list[str] | None,
     typer.Option(
-        help="An IP[:PORT] that runs no resolver: any answer is injected.",
+        help=N_("An IP[:PORT] that runs no resolver: any answer is injected."),
         envvar=env("INJECTION_SINK"),
     ),
 ]
 CAFileOption = Annotated[
     Path | None,
     typer.Option(
-        help="Extra trusted CA bundle (PEM).",
+        help=N_("Extra trusted CA bundle (PEM)."),
         envvar=env("CA_FILE"),
         exists=True,
         dir_okay=False,
@@ -51,32 +53,34 @@ CAFileOption = Annotated[
 PortOption = Annotated[int, typer.Option(min=1, max=65535, envvar=env("PORT"))]
 SchemeOption = Annotated[Scheme, typer.Option(envvar=env("SCHEME"))]
 TimeoutOption = Annotated[
-    float, typer.Option(min=0.1, max=120, help="Seconds, per step.", envvar=env("TIMEOUT"))
+    float, typer.Option(min=0.1, max=120, help=N_("Seconds, per step."), envvar=env("TIMEOUT"))
 ]
 ConcurrencyOption = Annotated[int, typer.Option(min=1, max=1024, envvar=env("CONCURRENCY"))]
 DecoySNIOption = Annotated[
-    str, typer.Option(help="SNI of the control handshake.", envvar=env("DECOY_SNI"))
+    str, typer.Option(help=N_("SNI of the control handshake."), envvar=env("DECOY_SNI"))
 ]
 DecoyPoolOption = Annotated[
     list[str] | None,
     typer.Option(
         "--decoy-sni",
-        help="A name for the SNI control, repeatable: each round draws one (default: the "
-        "collector's pool, else a built-in pool of large sites reachable in mainland China).",
+        help=N_(
+            "A name for the SNI control, repeatable: each round draws one (default: the "
+            "collector's pool, else a built-in pool of large sites reachable in mainland China)."
+        ),
         envvar=env("DECOY_SNI"),
     ),
 ]
 LabNetworkOption = Annotated[
     list[str] | None,
     typer.Option(
-        help="CIDR to treat as globally routable (labs and tests on loopback), repeatable.",
+        help=N_("CIDR to treat as globally routable (labs and tests on loopback), repeatable."),
         envvar=env("LAB_NETWORK"),
     ),
 ]
 StateDirOption = Annotated[
     Path,
     typer.Option(
-        help="Where the probe keeps its key and state (created 0700).",
+        help=N_("Where the probe keeps its key and state (created 0700)."),
         envvar=env("STATE_DIR"),
         file_okay=False,
     ),
@@ -88,8 +92,15 @@ def bounded_concurrency(concurrency: int, config: EngineConfig) -> int:
     fd_limit = raise_fd_limit()
     bounded = fd_bounded_concurrency(concurrency, config, fd_limit)
     if bounded < concurrency:
-        Console(stderr=True).print(
-            f"[yellow]warning:[/] --concurrency {concurrency} needs more open files than the "
-            f"limit ({fd_limit}) allows; using {bounded}"
+        warning = Message(
+            N_(
+                "--concurrency %(asked)s needs more open files than the limit (%(limit)s) "
+                "allows; using %(bounded)s"
+            ),
+            asked=concurrency,
+            limit=fd_limit,
+            bounded=bounded,
         )
+        text = label(i18n.gettext(N_("warning:")), i18n.render(warning), "yellow")
+        Console(stderr=True).print(text)
     return bounded

@@ -20,7 +20,19 @@ from probe_agent.measure.observations import (
     TCPObservation,
     TLSObservation,
 )
+from probe_agent.protocol.messages import N_, Translate, untranslated
 from probe_agent.protocol.vocabulary import Failure
+
+# The table's columns (failure strings, hints and addresses in the cells stay as they are).
+COLUMNS = (
+    N_("domain"),
+    "DNS",
+    "TCP",
+    N_("TLS decoy SNI"),
+    N_("TLS real SNI"),
+    N_("HTTP API"),
+    N_("hints"),
+)
 
 
 def to_json_line(m: Measurement) -> str:
@@ -66,13 +78,13 @@ def _tls_cell(tls: list[TLSObservation], decoy: bool) -> str:
     return _count_outcomes(o.failure for o in tls if o.decoy is decoy)
 
 
-def _http_cell(http: list[HTTPObservation]) -> str:
+def _http_cell(http: list[HTTPObservation], gettext: Translate) -> str:
     if not http:
         return "-"
     last = http[-1]
     if last.failure:
         return last.failure
-    label = "mastodon" if last.mastodon else "not an instance"
+    label = "mastodon" if last.mastodon else gettext(N_("not an instance"))
     return f"{last.status_code} {label}"
 
 
@@ -84,10 +96,11 @@ def _style(m: Measurement) -> str:
     return "green"
 
 
-def build_table(measurements: list[Measurement]) -> Table:
+def build_table(measurements: list[Measurement], gettext: Translate = untranslated) -> Table:
+    """The table of ``measure --format table``, its headings in *gettext*'s language."""
     table = Table(title="blockwatch-probe measure", show_lines=True)
-    for column in ("domain", "DNS", "TCP", "TLS decoy SNI", "TLS real SNI", "HTTP API", "hints"):
-        table.add_column(column, overflow="fold")
+    for column in COLUMNS:
+        table.add_column(gettext(column), overflow="fold")
     for m in measurements:
         table.add_row(
             Text(m.domain, style=_style(m)),
@@ -95,7 +108,7 @@ def build_table(measurements: list[Measurement]) -> Table:
             _tcp_cell(m.tcp),
             _tls_cell(m.tls, decoy=True),
             _tls_cell(m.tls, decoy=False),
-            _http_cell(m.http),
+            _http_cell(m.http, gettext),
             Text("\n".join(m.hints) or "-", style="bold red" if m.hints else ""),
         )
     return table

@@ -72,6 +72,7 @@ from probe_agent.protocol.errors import (
     InvalidOptionError,
 )
 from probe_agent.protocol.inputs import DeclaredNetwork, is_port, normalize_domain
+from probe_agent.protocol.messages import N_
 from probe_agent.protocol.times import utc_now_rfc3339
 
 API_PREFIX = "/api/v1"
@@ -558,7 +559,9 @@ class CollectorClient:
         log.debug("no collector answered %s: %s", path, "; ".join(failures))
         if server_error is not None:
             raise server_error
-        raise CollectorUnreachable("no collector answered (" + "; ".join(failures) + ")")
+        raise CollectorUnreachable(
+            N_("no collector answered (%(failures)s)"), failures="; ".join(failures)
+        )
 
     async def _resolve(self, host: str) -> str:
         """*host*'s first address from the DoH server (RFC 8484, POST), A then AAAA."""

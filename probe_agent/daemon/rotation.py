@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from probe_agent.daemon.client import DEFAULT_TIMEOUT, CollectorAccess, connect
 from probe_agent.protocol.errors import CollectorRefused, IdentityError
+from probe_agent.protocol.messages import N_
 from probe_agent.state.files import ensure_state_dir
 from probe_agent.state.identity import (
     discard_rotation,
@@ -122,7 +123,9 @@ async def rotate_key(
     directory = ensure_state_dir(state_dir)
     old = read_key(directory)
     if old is None:
-        raise IdentityError(f"no key to rotate in {directory}: run the probe first")
+        raise IdentityError(
+            N_("no key to rotate in %(directory)s: run the probe first"), directory=directory
+        )
     new, resumed = stage_new_key(directory)
     if resumed:
         log.warning("resuming an interrupted key rotation with its new key")

@@ -51,6 +51,7 @@ from probe_agent.protocol.endpoints import EndpointsError
 from probe_agent.protocol.envelope import Purpose, sign
 from probe_agent.protocol.errors import CollectorRefused, CollectorUnreachable, IdentityError
 from probe_agent.protocol.inputs import DeclaredNetwork
+from probe_agent.protocol.messages import N_, Message, Translate, error_text, untranslated
 from probe_agent.state import decoys, reach
 from probe_agent.state.identity import Identity
 from probe_agent.state.spool import Spool
@@ -71,12 +72,13 @@ log = logging.getLogger("blockwatch.probe.runner")
 
 # What a volunteer can do about a collector's refusal (docs/api.md "Errors").
 _ADVICE = {
-    "err_probe_pending": "this probe waits for the collector's admin to approve it",
-    "err_revoked_key": "the collector revoked this probe's key",
-    "err_invalid_token": "the enrollment token is unknown, expired or used up",
-    "err_timestamp_out_of_window": "the collector refused the signing time: check this "
-    "machine's clock",
-    "err_rate_limited": "the collector asks this probe to slow down",
+    "err_probe_pending": N_("this probe waits for the collector's admin to approve it"),
+    "err_revoked_key": N_("the collector revoked this probe's key"),
+    "err_invalid_token": N_("the enrollment token is unknown, expired or used up"),
+    "err_timestamp_out_of_window": N_(
+        "the collector refused the signing time: check this machine's clock"
+    ),
+    "err_rate_limited": N_("the collector asks this probe to slow down"),
 }
 
 
@@ -171,14 +173,29 @@ def _code(error: CollectorRefused | CollectorUnreachable) -> str:
     return "collector_unreachable"
 
 
-def describe(error: CollectorRefused | CollectorUnreachable) -> str:
-    """A collector failure for the volunteer: advice and code, no address."""
+def describe(
+    error: CollectorRefused | CollectorUnreachable, gettext: Translate = untranslated
+) -> str:
+    """A collector failure for the volunteer: advice and code, no address.
+
+    English for the daemon's lines (logs stay English); the CLI passes its *gettext*."""
     if isinstance(error, CollectorUnreachable):
-        return str(error)
-    default = "the collector failed" if error.status >= 500 else "the collector refused the request"
-    advice = _ADVICE.get(error.code, default)
-    retry = f", retry after {error.retry_after:g} s" if error.retry_after is not None else ""
-    return f"{advice} (HTTP {error.status} {error.code}{retry})"
+        return error_text(error, gettext)
+    default = (
+        N_("the collector failed")
+        if error.status >= 500
+        else N_("the collector refused the request")
+    )
+    advice = Message(_ADVICE.get(error.code, default))
+    code = f"HTTP {error.status} {error.code}"
+    if error.retry_after is None:
+        return Message(N_("%(advice)s (%(code)s)"), advice=advice, code=code).render(gettext)
+    return Message(
+        N_("%(advice)s (%(code)s, retry after %(seconds)s s)"),
+        advice=advice,
+        code=code,
+        seconds=f"{error.retry_after:g}",
+    ).render(gettext)
 
 
 def _skew_seconds(server_time: str) -> float | None:

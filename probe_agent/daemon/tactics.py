@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from probe_agent.protocol.addresses import is_address
 from probe_agent.protocol.endpoints import Endpoint
 from probe_agent.protocol.errors import InvalidOptionError
+from probe_agent.protocol.messages import N_
 from probe_agent.state.reach import DOH_PREFIX
 
 DIRECT, ONION, DOH = "direct", "onion", "doh"  # Endpoint.kind's values, and DoH
@@ -66,9 +67,12 @@ def parse_pin(text: str) -> str:
         raw = b""
     if len(raw) != 32:
         raise InvalidOptionError(
-            f"invalid --collector-pin {text!r}: expected the base64 SHA-256 of the "
-            "certificate's public key (openssl x509 -pubkey | openssl pkey -pubin -outform der "
-            "| openssl dgst -sha256 -binary | base64)"
+            N_(
+                "invalid --collector-pin %(text)r: expected the base64 SHA-256 of the "
+                "certificate's public key (openssl x509 -pubkey | openssl pkey -pubin -outform "
+                "der | openssl dgst -sha256 -binary | base64)"
+            ),
+            text=text,
         )
     return base64.b64encode(raw).decode("ascii")
 
@@ -137,7 +141,9 @@ def way_context(ca_file: str | None, pin: str | None, front_for: str | None) -> 
         try:
             context.load_verify_locations(cafile=ca_file)
         except (OSError, ssl.SSLError) as exc:
-            raise InvalidOptionError(f"cannot load the CA bundle {ca_file!r}: {exc}") from exc
+            raise InvalidOptionError(
+                N_("cannot load the CA bundle %(path)r: %(reason)s"), path=ca_file, reason=str(exc)
+            ) from exc
     if front_for is not None:
         context.check_hostname = False  # the SNI is the front's; checked for the real name
         context.expected_host = front_for

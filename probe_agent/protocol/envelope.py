@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from probe_agent.protocol.messages import N_, Message
+
 ENVELOPE_VERSION = 1
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -86,11 +88,11 @@ def b64_field(data: dict[str, Any], name: str, error: Callable[[str], Exception]
     when it is missing or not base64 (each format has its own error type)."""
     value = data.get(name)
     if not isinstance(value, str):
-        raise error(f"{name} is missing")
+        raise error(Message(N_("%(name)s is missing"), name=name))
     try:
         return base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise error(f"{name} is not base64") from None
+        raise error(Message(N_("%(name)s is not base64"), name=name)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +150,12 @@ def sign_bytes(key: Ed25519PrivateKey, purpose: Purpose, payload: bytes) -> Enve
 def verify(envelope: Envelope, purpose: Purpose, public_key: bytes) -> None:
     """Raise ``EnvelopeError(err_bad_signature)`` unless the signature verifies."""
     if fingerprint(public_key) != envelope.key_id:
-        raise EnvelopeError("err_bad_signature", "the key does not match the key id")
+        problem = Message(N_("the key does not match the key id"))
+        raise EnvelopeError("err_bad_signature", problem)
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(
             envelope.signature, purpose.prefix + envelope.payload
         )
     except InvalidSignature as exc:
-        raise EnvelopeError("err_bad_signature", "the signature does not verify") from exc
+        problem = Message(N_("the signature does not verify"))
+        raise EnvelopeError("err_bad_signature", problem) from exc

@@ -13,11 +13,26 @@ exceptions mean the measurement cannot be made or must not be submitted.
     +-- IdentityError             the key or state file is unsafe or unreadable: exit 2
     +-- CollectorUnreachable      no collector URL answered at all (refused, timeout, TLS)
     +-- CollectorRefused          a collector answered with an error (docs/api.md "Errors")
+
+A message is an English template with named placeholders and their values
+(``InvalidOptionError(N_("invalid ASN %(asn)s"), asn=asn)``): ``str(error)`` is
+the English, and the CLI shows it in the volunteer's language
+(``probe_agent.protocol.messages``).
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from probe_agent.protocol.messages import Message
 
 
 class ProbeError(Exception):
     """Base class of every error the probe raises on purpose."""
+
+    def __init__(self, template: str = "", /, **params: Any) -> None:
+        message = template if isinstance(template, Message) and not params else None
+        super().__init__(message or Message(template, **params))
 
 
 class InvalidInputError(ProbeError):

@@ -41,6 +41,7 @@ from probe_agent.protocol.envelope import (
     fingerprint,
     verify,
 )
+from probe_agent.protocol.messages import N_, Message, Translate, untranslated
 
 FORMAT = "blockwatch-evidence/1"
 STATEMENT_FORMAT = "blockwatch-evidence-statement/1"
@@ -51,19 +52,29 @@ ATTRIBUTION = ("cc", "asn", "network_source")
 
 
 class BundleError(ValueError):
-    """One field of a bundle is missing or malformed."""
+    """One field of a bundle is missing or malformed (its message: a ``Message``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One verified thing (the collector key, the statement, a measurement): a line."""
+    """One verified thing (the collector key, the statement, a measurement): a line.
+
+    *subject* and *detail* are English (``Message``s, which ``line`` translates)."""
 
     ok: bool
     subject: str
     detail: str
 
-    def line(self) -> str:
-        return f"{'ok  ' if self.ok else 'FAIL'}  {self.subject}: {self.detail}"
+    def line(self, gettext: Translate = untranslated) -> str:
+        # One line of `verify`: a check that passed (ok) or failed (FAIL), what was
+        # checked, how it went; both verdicts take as many columns.
+        if self.ok:
+            # TRANSLATORS: the verdict takes as many columns as in "FAIL  ...".
+            template = N_("ok    %(subject)s: %(detail)s")
+        else:
+            # TRANSLATORS: the verdict takes as many columns as in "ok    ...".
+            template = N_("FAIL  %(subject)s: %(detail)s")
+        return Message(template, subject=self.subject, detail=self.detail).render(gettext)
 
 
 @dataclass
@@ -78,13 +89,20 @@ class Verification:
     def ok(self) -> bool:
         return all(check.ok for check in self.checks)
 
-    def summary(self) -> str:
-        verdict = "valid" if self.ok else "INVALID"
-        anchor = "anchored" if self.anchored else "NOT anchored (no --collector-key)"
-        return (
-            f"{verdict}: {self.valid_measurements} of {self.measurements} measurements valid, "
-            f"{self.withheld} withheld, collector key {anchor}"
-        )
+    def summary(self, gettext: Translate = untranslated) -> str:
+        verdict = N_("valid") if self.ok else N_("INVALID")
+        anchor = N_("anchored") if self.anchored else N_("NOT anchored (no --collector-key)")
+        return Message(
+            N_(
+                "%(verdict)s: %(valid)s of %(total)s measurements valid, %(withheld)s withheld, "
+                "collector key %(anchor)s"
+            ),
+            verdict=Message(verdict),
+            valid=self.valid_measurements,
+            total=self.measurements,
+            withheld=self.withheld,
+            anchor=Message(anchor),
+        ).render(gettext)
 
 
 def canonical_key_id(text: str) -> str | None:
@@ -98,11 +116,11 @@ def canonical_key_id(text: str) -> str | None:
 def key_id_of_well_known(document: Any) -> str:
     """The collector key id a saved ``/.well-known/blockwatch.json`` publishes."""
     if not isinstance(document, dict):
-        raise BundleError(f"{WELL_KNOWN_PATH} is a JSON object")
+        raise BundleError(Message(N_("%(path)s is a JSON object"), path=WELL_KNOWN_PATH))
     public = _b64(document, "public_key")
     key_id = canonical_key_id(str(document.get("collector_key_id", "")))
     if len(public) != PUBLIC_KEY_BYTES or key_id != fingerprint(public):
-        raise BundleError("its collector_key_id is not the SHA-256 of its public_key")
+        raise BundleError(Message(N_("its collector_key_id is not the SHA-256 of its public_key")))
     return key_id
 
 
@@ -112,7 +130,7 @@ def verify_bundle(bundle: Any, expected_key_id: str | None) -> Verification:
     try:
         collector_key = _collector_key(bundle)
     except BundleError as exc:
-        result.checks.append(Check(False, "bundle", str(exc)))
+        result.checks.append(Check(False, Message(N_("bundle")), _reason(exc)))
         return result
     result.checks.append(_anchor(collector_key, expected_key_id, result))
     statement, check = _statement(bundle, collector_key)
@@ -126,7 +144,8 @@ def verify_bundle(bundle: Any, expected_key_id: str | None) -> Verification:
         result.valid_measurements += check.ok
         result.checks.append(check)
     if not isinstance(items, list):
-        result.checks.append(Check(False, "bundle", "measurements is not a list"))
+        problem = Message(N_("measurements is not a list"))
+        result.checks.append(Check(False, Message(N_("bundle")), problem))
     result.checks.extend(_completeness(bundle, entries, seen, result))
     return result
 
@@ -135,40 +154,62 @@ def _b64(data: dict[str, Any], name: str) -> bytes:
     return b64_field(data, name, BundleError)
 
 
+def _reason(error: Exception) -> str:
+    """An error's message, kept translatable when it is a ``Message``."""
+    return error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+
+
 def _collector_key(bundle: Any) -> bytes:
     if not isinstance(bundle, dict):
-        raise BundleError("a bundle is a JSON object")
+        raise BundleError(Message(N_("a bundle is a JSON object")))
     if bundle.get("format") != FORMAT:
-        raise BundleError(f"format is {bundle.get('format')!r}, not {FORMAT!r}")
+        raise BundleError(
+            Message(
+                N_("format is %(found)r, not %(format)r"), found=bundle.get("format"), format=FORMAT
+            )
+        )
     public = _b64(bundle, "collector_public_key")
     if len(public) != PUBLIC_KEY_BYTES:
-        raise BundleError("collector_public_key is not 32 bytes")
+        raise BundleError(Message(N_("collector_public_key is not 32 bytes")))
     if bundle.get("collector_key_id") != fingerprint(public):
-        raise BundleError("collector_key_id is not the SHA-256 of collector_public_key")
+        raise BundleError(
+            Message(N_("collector_key_id is not the SHA-256 of collector_public_key"))
+        )
     return public
 
 
 def _anchor(public: bytes, expected: str | None, result: Verification) -> Check:
     key_id = fingerprint(public)
+    subject = Message(N_("collector key %(key_id)s"), key_id=key_id)
     if expected is None:
         return Check(
             True,
-            f"collector key {key_id}",
-            "not anchored: anyone could have made this key; compare it with the "
-            f"collector's {WELL_KNOWN_PATH} (--collector-key)",
+            subject,
+            Message(
+                N_(
+                    "not anchored: anyone could have made this key; compare it with the "
+                    "collector's %(path)s (--collector-key)"
+                ),
+                path=WELL_KNOWN_PATH,
+            ),
         )
     result.anchored = key_id == expected
     if result.anchored:
-        return Check(True, f"collector key {key_id}", "the collector's (fingerprint matches)")
-    return Check(False, f"collector key {key_id}", f"not the collector's ({expected} expected)")
+        return Check(True, subject, Message(N_("the collector's (fingerprint matches)")))
+    return Check(
+        False,
+        subject,
+        Message(N_("not the collector's (%(expected)s expected)"), expected=expected),
+    )
 
 
 def _statement(bundle: dict[str, Any], public: bytes) -> tuple[dict[str, Any], Check]:
     """The statement (parsed even when its signature fails, to check the rest against)."""
+    subject = Message(N_("statement"))
     try:
         raw, signature = _b64(bundle, "statement"), _b64(bundle, "statement_signature")
     except BundleError as exc:
-        return {}, Check(False, "statement", str(exc))
+        return {}, Check(False, subject, _reason(exc))
     try:
         parsed = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -177,31 +218,41 @@ def _statement(bundle: dict[str, Any], public: bytes) -> tuple[dict[str, Any], C
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(signature, STATEMENT_PREFIX + raw)
     except InvalidSignature:
-        return statement, Check(False, "statement", "the collector's signature does not verify")
+        unsigned = Message(N_("the collector's signature does not verify"))
+        return statement, Check(False, subject, unsigned)
     problem = _statement_problem(bundle, statement, public)
     if problem:
-        return statement, Check(False, "statement", problem)
+        return statement, Check(False, subject, problem)
     event = statement["event"]
     return statement, Check(
         True,
-        "statement",
-        f"signed by the collector: event {event.get('id')}, {event.get('domain')} in "
-        f"{event.get('cc')}, methods {','.join(map(str, event.get('methods') or [])) or '-'}, "
-        f"{statement.get('audience')} bundle issued {statement.get('issued_at')}",
+        subject,
+        Message(
+            N_(
+                "signed by the collector: event %(event)s, %(domain)s in %(cc)s, methods "
+                "%(methods)s, %(audience)s bundle issued %(issued_at)s"
+            ),
+            event=event.get("id"),
+            domain=event.get("domain"),
+            cc=event.get("cc"),
+            methods=",".join(map(str, event.get("methods") or [])) or "-",
+            audience=statement.get("audience"),
+            issued_at=statement.get("issued_at"),
+        ),
     )
 
 
 def _statement_problem(bundle: dict[str, Any], statement: dict[str, Any], public: bytes) -> str:
     if statement.get("format") != STATEMENT_FORMAT:
-        return f"format is not {STATEMENT_FORMAT!r}"
+        return Message(N_("format is not %(format)r"), format=STATEMENT_FORMAT)
     if statement.get("collector_key_id") != fingerprint(public):
-        return "it names another collector key"
+        return Message(N_("it names another collector key"))
     if not isinstance(statement.get("event"), dict):
-        return "it names no event"
+        return Message(N_("it names no event"))
     if not isinstance(statement.get("measurements"), list):
-        return "it lists no measurements"
+        return Message(N_("it lists no measurements"))
     if statement.get("withheld") != bundle.get("withheld"):
-        return "the bundle's withheld count is not the statement's"
+        return Message(N_("the bundle's withheld count is not the statement's"))
     return ""
 
 
@@ -217,11 +268,11 @@ def _measurement(
     statement: dict[str, Any],
     seen: set[tuple[str, str]],
 ) -> Check:
-    subject = f"measurement #{index + 1}"
+    subject = Message(N_("measurement #%(number)s"), number=index + 1)
     try:
         if not isinstance(item, dict):
-            raise BundleError("not a JSON object")
-        subject = f"measurement {item.get('id')}"
+            raise BundleError(Message(N_("not a JSON object")))
+        subject = Message(N_("measurement %(id)s"), id=item.get("id"))
         seen.add((str(item.get("key_id")), str(item.get("id"))))  # present, valid or not
         public, payload = _b64(item, "public_key"), _b64(item, "payload")
         envelope = Envelope(str(item.get("key_id")), payload, _b64(item, "signature"))
@@ -230,16 +281,22 @@ def _measurement(
         entry = _listed(entries, envelope.key_id, digest)
         _check_attribution(item, entry)
         _check_document(item, payload, statement)
-    except EnvelopeError as exc:
-        return Check(False, subject, str(exc))
-    except BundleError as exc:
-        return Check(False, subject, str(exc))
-    where = f"{item.get('cc')} AS{item.get('asn')} {item.get('network_source')}"
+    except (EnvelopeError, BundleError) as exc:
+        return Check(False, subject, _reason(exc))
     return Check(
         True,
         subject,
-        f"{entry.get('role', 'probe')} key {envelope.key_id[:16]}, {where}: signature, key id "
-        "and attribution as the statement says",
+        Message(
+            N_(
+                "%(role)s key %(key_id)s, %(cc)s AS%(asn)s %(source)s: signature, key id and "
+                "attribution as the statement says"
+            ),
+            role=entry.get("role", "probe"),
+            key_id=envelope.key_id[:16],
+            cc=item.get("cc"),
+            asn=item.get("asn"),
+            source=item.get("network_source"),
+        ),
     )
 
 
@@ -247,15 +304,17 @@ def _listed(entries: list[dict[str, Any]], key_id: str, digest: str) -> dict[str
     for entry in entries:
         if entry.get("key_id") == key_id and entry.get("sha256") == digest:
             return entry
-    raise BundleError("its key id and payload SHA-256 are not in the statement")
+    raise BundleError(Message(N_("its key id and payload SHA-256 are not in the statement")))
 
 
 def _check_attribution(item: dict[str, Any], entry: dict[str, Any]) -> None:
     if entry.get("id") != item.get("id"):
-        raise BundleError("the statement lists this payload under another id")
+        raise BundleError(Message(N_("the statement lists this payload under another id")))
     changed = [name for name in ATTRIBUTION if item.get(name) != entry.get(name)]
     if changed:
-        raise BundleError(f"its {', '.join(changed)} differ from the statement's")
+        raise BundleError(
+            Message(N_("its %(fields)s differ from the statement's"), fields=", ".join(changed))
+        )
 
 
 def _check_document(item: dict[str, Any], payload: bytes, statement: dict[str, Any]) -> None:
@@ -264,12 +323,16 @@ def _check_document(item: dict[str, Any], payload: bytes, statement: dict[str, A
         measured = document["measurement"]
         measurement_id, domain = measured["measurement_id"], measured["domain"]
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-        raise BundleError("the signed payload is not a measurement document") from None
+        raise BundleError(Message(N_("the signed payload is not a measurement document"))) from None
     if measurement_id != item.get("id"):
-        raise BundleError(f"the probe signed the id {measurement_id!r}, not this one")
+        raise BundleError(
+            Message(N_("the probe signed the id %(id)r, not this one"), id=measurement_id)
+        )
     event = statement.get("event")
     if isinstance(event, dict) and domain != event.get("domain"):
-        raise BundleError(f"the probe measured {domain!r}, not the event's domain")
+        raise BundleError(
+            Message(N_("the probe measured %(domain)r, not the event's domain"), domain=domain)
+        )
 
 
 def _completeness(
@@ -285,13 +348,17 @@ def _completeness(
             checks.append(
                 Check(
                     False,
-                    f"measurement {entry.get('id')}",
-                    "published in the statement, missing from the bundle",
+                    Message(N_("measurement %(id)s"), id=entry.get("id")),
+                    Message(N_("published in the statement, missing from the bundle")),
                 )
             )
     withheld = sum(1 for e in entries if not e.get("published"))
     result.withheld = withheld
     if entries and withheld != bundle.get("withheld"):
-        told = f"withheld is {bundle.get('withheld')}, the statement's {withheld}"
-        checks.append(Check(False, "bundle", told))
+        told = Message(
+            N_("withheld is %(bundle)s, the statement's %(statement)s"),
+            bundle=bundle.get("withheld"),
+            statement=withheld,
+        )
+        checks.append(Check(False, Message(N_("bundle")), told))
     return checks

@@ -18,6 +18,7 @@ import dns.resolver
 import idna
 
 from probe_agent.protocol.errors import InvalidDomainError, InvalidOptionError, InvalidResolverError
+from probe_agent.protocol.messages import N_
 
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _MAX_NAME = 253
@@ -47,17 +48,19 @@ def normalize_domain(raw: str) -> str:
     """Return the ASCII (punycode) form of *raw*, lower-cased, or raise InvalidDomainError."""
     name = raw.strip().rstrip(".")
     if not name:
-        raise InvalidDomainError(f"invalid domain {raw!r}: empty name")
+        raise InvalidDomainError(N_("invalid domain %(raw)r: empty name"), raw=raw)
     if "/" in name or ":" in name or " " in name:
         raise InvalidDomainError(
-            f"invalid domain {raw!r}: give a bare host name, not a URL or host:port"
+            N_("invalid domain %(raw)r: give a bare host name, not a URL or host:port"), raw=raw
         )
     try:
         ipaddress.ip_address(name)
     except ValueError:
         pass
     else:
-        raise InvalidDomainError(f"invalid domain {raw!r}: an IP address, not a domain name")
+        raise InvalidDomainError(
+            N_("invalid domain %(raw)r: an IP address, not a domain name"), raw=raw
+        )
     ascii_name = _plain_ascii(name)
     if ascii_name is None:
         try:
@@ -65,18 +68,23 @@ def normalize_domain(raw: str) -> str:
             # registries use ("straße" stays "xn--strae-oqa", not "strasse").
             ascii_name = idna.encode(name, uts46=True, transitional=False).decode("ascii").lower()
         except (idna.IDNAError, UnicodeError) as exc:
-            msg = f"invalid domain {raw!r}: not a valid IDNA name ({exc})"
-            raise InvalidDomainError(msg) from exc
+            msg = N_("invalid domain %(raw)r: not a valid IDNA name (%(reason)s)")
+            raise InvalidDomainError(msg, raw=raw, reason=str(exc)) from exc
     if len(ascii_name) > _MAX_NAME:
-        raise InvalidDomainError(f"invalid domain {raw!r}: longer than {_MAX_NAME} characters")
+        raise InvalidDomainError(
+            N_("invalid domain %(raw)r: longer than %(limit)s characters"), raw=raw, limit=_MAX_NAME
+        )
     labels = ascii_name.split(".")
     if len(labels) < 2:
-        raise InvalidDomainError(f"invalid domain {raw!r}: needs at least two labels")
+        raise InvalidDomainError(N_("invalid domain %(raw)r: needs at least two labels"), raw=raw)
     for label in labels:
         if not _LABEL_RE.fullmatch(label):
-            raise InvalidDomainError(f"invalid domain {raw!r}: bad label {label!r}")
+            msg = N_("invalid domain %(raw)r: bad label %(label)r")
+            raise InvalidDomainError(msg, raw=raw, label=label)
     if labels[-1].isdigit():
-        raise InvalidDomainError(f"invalid domain {raw!r}: the top-level label is numeric")
+        raise InvalidDomainError(
+            N_("invalid domain %(raw)r: the top-level label is numeric"), raw=raw
+        )
     return ascii_name
 
 
@@ -103,11 +111,13 @@ def parse_endpoint(raw: str, default_port: int = 53) -> Endpoint:
     if text.startswith("["):
         close = text.find("]")
         if close < 0:
-            raise InvalidResolverError(f"invalid resolver {raw!r}: missing ']'")
+            raise InvalidResolverError(N_("invalid resolver %(raw)r: missing ']'"), raw=raw)
         host, rest = text[1:close], text[close + 1 :]
         if rest:
             if not rest.startswith(":"):
-                raise InvalidResolverError(f"invalid resolver {raw!r}: expected ':PORT' after ']'")
+                raise InvalidResolverError(
+                    N_("invalid resolver %(raw)r: expected ':PORT' after ']'"), raw=raw
+                )
             port_text = rest[1:]
     elif text.count(":") == 1:
         host, port_text = text.split(":")
@@ -115,12 +125,14 @@ def parse_endpoint(raw: str, default_port: int = 53) -> Endpoint:
         ip = ipaddress.ip_address(host)
     except ValueError as exc:
         raise InvalidResolverError(
-            f"invalid resolver {raw!r}: expected IP[:PORT] or [IPv6]:PORT"
+            N_("invalid resolver %(raw)r: expected IP[:PORT] or [IPv6]:PORT"), raw=raw
         ) from exc
     port = default_port
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise InvalidResolverError(f"invalid resolver {raw!r}: port must be 1-65535")
+            raise InvalidResolverError(
+                N_("invalid resolver %(raw)r: port must be 1-65535"), raw=raw
+            )
         port = int(port_text)
     return Endpoint(ip.compressed, port)
 
@@ -136,7 +148,7 @@ def system_resolvers() -> list[Endpoint]:
         conf = dns.resolver.Resolver(configure=True)
     except dns.resolver.NoResolverConfiguration as exc:
         raise InvalidResolverError(
-            "no system resolver configured (/etc/resolv.conf); pass --resolver IP[:PORT]"
+            N_("no system resolver configured (/etc/resolv.conf); pass --resolver IP[:PORT]")
         ) from exc
     found: list[Endpoint] = []
     for ns in conf.nameservers:
@@ -146,7 +158,7 @@ def system_resolvers() -> list[Endpoint]:
         except InvalidResolverError:
             continue  # DoH/DoT URLs in resolv.conf are not ours to measure
     if not found:
-        raise InvalidResolverError("no usable system resolver; pass --resolver IP[:PORT]")
+        raise InvalidResolverError(N_("no usable system resolver; pass --resolver IP[:PORT]"))
     return found
 
 
@@ -156,7 +168,7 @@ def parse_network(raw: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(raw.strip(), strict=False)
     except ValueError as exc:
         raise InvalidOptionError(
-            f"invalid network {raw!r}: expected a CIDR like 127.0.0.0/8"
+            N_("invalid network %(raw)r: expected a CIDR like 127.0.0.0/8"), raw=raw
         ) from exc
 
 
@@ -181,13 +193,15 @@ def parse_declared(cc: str | None, asn: int | None) -> DeclaredNetwork | None:
     if cc is None and asn is None:
         return None
     if cc is None or asn is None:
-        raise InvalidOptionError("--cc and --asn go together: give both, or neither")
+        raise InvalidOptionError(N_("--cc and --asn go together: give both, or neither"))
     if not _COUNTRY_RE.match(cc.strip()):
         raise InvalidOptionError(
-            f"invalid country {cc!r}: expected a two-letter ISO 3166-1 code like DE"
+            N_("invalid country %(cc)r: expected a two-letter ISO 3166-1 code like DE"), cc=cc
         )
     if not MIN_ASN <= asn <= MAX_ASN:
-        raise InvalidOptionError(f"invalid ASN {asn}: expected {MIN_ASN}-{MAX_ASN}")
+        raise InvalidOptionError(
+            N_("invalid ASN %(asn)s: expected %(low)s-%(high)s"), asn=asn, low=MIN_ASN, high=MAX_ASN
+        )
     return DeclaredNetwork(cc.strip().upper(), asn)
 
 
@@ -198,17 +212,25 @@ def parse_collector_url(raw: str) -> str:
         parts = urllib.parse.urlsplit(text)
         port = parts.port  # raises ValueError for a port out of range or not a number
     except ValueError as exc:
-        raise InvalidOptionError(f"invalid collector URL {raw!r}: {exc}") from exc
+        raise InvalidOptionError(
+            N_("invalid collector URL %(raw)r: %(reason)s"), raw=raw, reason=str(exc)
+        ) from exc
     if parts.scheme not in ("https", "http"):
-        raise InvalidOptionError(f"invalid collector URL {raw!r}: expected https:// or http://")
+        raise InvalidOptionError(
+            N_("invalid collector URL %(raw)r: expected https:// or http://"), raw=raw
+        )
     if not parts.hostname:
-        raise InvalidOptionError(f"invalid collector URL {raw!r}: no host")
+        raise InvalidOptionError(N_("invalid collector URL %(raw)r: no host"), raw=raw)
     if parts.username is not None or parts.password is not None:
-        raise InvalidOptionError(f"invalid collector URL {raw!r}: credentials do not belong in it")
+        raise InvalidOptionError(
+            N_("invalid collector URL %(raw)r: credentials do not belong in it"), raw=raw
+        )
     if parts.query or parts.fragment or text.endswith(("?", "#")):
-        raise InvalidOptionError(f"invalid collector URL {raw!r}: a base URL has no query")
+        raise InvalidOptionError(
+            N_("invalid collector URL %(raw)r: a base URL has no query"), raw=raw
+        )
     if port == 0:
-        raise InvalidOptionError(f"invalid collector URL {raw!r}: port must be 1-65535")
+        raise InvalidOptionError(N_("invalid collector URL %(raw)r: port must be 1-65535"), raw=raw)
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")).rstrip("/")
 
 
@@ -221,7 +243,9 @@ def parse_duration(text: str) -> float:
     try:
         seconds = float(number) * (factor or 1)
     except ValueError:
-        raise InvalidOptionError(f"invalid duration {text!r}: use e.g. 30s, 5m, 1h") from None
+        raise InvalidOptionError(
+            N_("invalid duration %(text)r: use e.g. 30s, 5m, 1h"), text=text
+        ) from None
     if not 0 < seconds <= 86400:
-        raise InvalidOptionError(f"invalid duration {text!r}: between 0 and 24 h")
+        raise InvalidOptionError(N_("invalid duration %(text)r: between 0 and 24 h"), text=text)
     return seconds

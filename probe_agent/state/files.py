@@ -29,6 +29,7 @@ import stat
 from pathlib import Path
 
 from probe_agent.protocol.errors import IdentityError
+from probe_agent.protocol.messages import N_
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -49,14 +50,24 @@ def ensure_state_dir(state_dir: Path) -> Path:
                 directory.chmod(DIR_MODE)  # mkdir's mode is masked by the umask
         st = directory.stat()
     except OSError as exc:
-        raise IdentityError(f"cannot create the state directory {directory}: {exc}") from exc
+        raise IdentityError(
+            N_("cannot create the state directory %(directory)s: %(reason)s"),
+            directory=directory,
+            reason=str(exc),
+        ) from exc
     if not stat.S_ISDIR(st.st_mode):
-        raise IdentityError(f"the state directory {directory} is not a directory")
+        raise IdentityError(
+            N_("the state directory %(directory)s is not a directory"), directory=directory
+        )
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         # Whoever can write here can replace key.pem with a key of their own.
         raise IdentityError(
-            f"refusing the state directory {directory}: group or others can write to it "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 700 {directory}"
+            N_(
+                "refusing the state directory %(directory)s: group or others can write to it "
+                "(mode %(mode)s); run: chmod 700 %(directory)s"
+            ),
+            directory=directory,
+            mode=f"{stat.S_IMODE(st.st_mode):04o}",
         )
     return directory
 
@@ -149,11 +160,18 @@ def read_regular(path: Path, what: str, *, private: bool, limit: int) -> bytes:
     with os.fdopen(fd, "rb") as file:
         st = os.fstat(file.fileno())
         if not stat.S_ISREG(st.st_mode):
-            raise IdentityError(f"the {what} {path} is not a regular file")
+            raise IdentityError(
+                N_("the %(what)s %(path)s is not a regular file"), what=what, path=path
+            )
         if private and st.st_mode & 0o077:
             raise IdentityError(
-                f"refusing to use the {what} {path}: group or others can access it "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+                N_(
+                    "refusing to use the %(what)s %(path)s: group or others can access it "
+                    "(mode %(mode)s); run: chmod 600 %(path)s"
+                ),
+                what=what,
+                path=path,
+                mode=f"{stat.S_IMODE(st.st_mode):04o}",
             )
         return file.read(limit)
 

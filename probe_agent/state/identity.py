@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from probe_agent.protocol.envelope import fingerprint, public_bytes
 from probe_agent.protocol.errors import IdentityError
+from probe_agent.protocol.messages import N_, Message
 from probe_agent.state.files import (
     atomic_create,
     atomic_write,
@@ -88,19 +89,25 @@ def load_key(path: Path) -> Ed25519PrivateKey:
     Raises ``IdentityError`` for a key others can access, unreadable or not Ed25519.
     """
     try:
-        data = read_regular(path, "key file", private=True, limit=MAX_KEY_BYTES)
+        data = read_regular(path, Message(N_("key file")), private=True, limit=MAX_KEY_BYTES)
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise IdentityError(f"cannot read the key file {path}: {exc.strerror}") from exc
+        raise IdentityError(
+            N_("cannot read the key file %(path)s: %(reason)s"), path=path, reason=exc.strerror
+        ) from exc
     try:
         key = load_pem_private_key(data, password=None)
     except TypeError as exc:  # encrypted PEM and no password
-        raise IdentityError(f"the key file {path} is encrypted: not supported") from exc
+        raise IdentityError(
+            N_("the key file %(path)s is encrypted: not supported"), path=path
+        ) from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise IdentityError(f"the key file {path} is not a PEM private key") from exc
+        raise IdentityError(
+            N_("the key file %(path)s is not a PEM private key"), path=path
+        ) from exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise IdentityError(f"the key file {path} does not hold an Ed25519 key")
+        raise IdentityError(N_("the key file %(path)s does not hold an Ed25519 key"), path=path)
     return key
 
 
@@ -115,7 +122,9 @@ def _write_key(path: Path, key: Ed25519PrivateKey) -> None:
     try:
         atomic_write(path, pem(key))
     except OSError as exc:
-        raise IdentityError(f"cannot write {path}: {exc.strerror}") from exc
+        raise IdentityError(
+            N_("cannot write %(path)s: %(reason)s"), path=path, reason=exc.strerror
+        ) from exc
 
 
 def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
@@ -128,7 +137,9 @@ def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
     try:
         created = atomic_create(path, pem(key))
     except OSError as exc:
-        raise IdentityError(f"cannot write the key file {path}: {exc.strerror}") from exc
+        raise IdentityError(
+            N_("cannot write the key file %(path)s: %(reason)s"), path=path, reason=exc.strerror
+        ) from exc
     if not created:  # another process generated one first: use theirs
         return load_key(path)
     log.debug("generated a new probe key")
@@ -189,7 +200,7 @@ def read_state_fields(directory: Path) -> dict[str, Any]:
     """
     path = directory / STATE_FILE
     try:
-        raw = read_regular(path, "state file", private=False, limit=MAX_STATE_BYTES)
+        raw = read_regular(path, Message(N_("state file")), private=False, limit=MAX_STATE_BYTES)
         data = json.loads(raw)
     except FileNotFoundError:
         return {}
@@ -213,7 +224,9 @@ def update_state_fields(state_dir: Path, changes: dict[str, Any]) -> None:
     try:
         atomic_write(path, text)
     except OSError as exc:
-        raise IdentityError(f"cannot write the state file {path}: {exc.strerror}") from exc
+        raise IdentityError(
+            N_("cannot write the state file %(path)s: %(reason)s"), path=path, reason=exc.strerror
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)

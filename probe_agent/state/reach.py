@@ -28,6 +28,7 @@ from probe_agent.protocol.endpoints import Endpoint, EndpointList, EndpointsErro
 from probe_agent.protocol.envelope import b64_field, fingerprint
 from probe_agent.protocol.errors import InvalidOptionError
 from probe_agent.protocol.evidence import canonical_key_id
+from probe_agent.protocol.messages import N_, Message
 from probe_agent.protocol.times import rfc3339
 from probe_agent.state.identity import read_state_fields, update_state_fields
 
@@ -96,7 +97,9 @@ def split_token(text: str) -> tuple[str, str | None]:
         return token, None
     anchor = anchor.lower()
     if len(anchor) != ANCHOR_HEX or any(c not in "0123456789abcdef" for c in anchor):
-        raise ValueError("the enrollment token's part after the dot is not a key fingerprint")
+        raise ValueError(
+            Message(N_("the enrollment token's part after the dot is not a key fingerprint"))
+        )
     return token, anchor
 
 

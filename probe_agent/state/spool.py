@@ -59,6 +59,7 @@ from typing import Self
 
 from probe_agent.protocol.envelope import Envelope
 from probe_agent.protocol.errors import ProbeError
+from probe_agent.protocol.messages import N_
 from probe_agent.state.files import FILE_MODE, ensure_state_dir
 
 SPOOL_FILE = "spool.db"
@@ -145,7 +146,7 @@ def _create_private(path: Path) -> None:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise SpoolError(f"the spool {path} is not a regular file")
+            raise SpoolError(N_("the spool %(path)s is not a regular file"), path=path)
         if stat.S_IMODE(st.st_mode) != FILE_MODE:
             # Measurements say which instances this volunteer measures: owner only.
             log.warning("the spool was mode %04o: set to 0600", stat.S_IMODE(st.st_mode))
@@ -166,22 +167,28 @@ class Spool:
             _create_private(self.path)
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         except OSError as exc:
-            raise SpoolError(f"cannot open the spool {self.path}: {exc.strerror}") from exc
+            raise SpoolError(
+                N_("cannot open the spool %(path)s: %(reason)s"),
+                path=self.path,
+                reason=exc.strerror,
+            ) from exc
         try:
             self._setup()
         except sqlite3.Error as exc:
             self._db.close()
-            raise SpoolError(f"cannot use the spool {self.path}: {exc}") from exc
+            raise SpoolError(
+                N_("cannot use the spool %(path)s: %(reason)s"), path=self.path, reason=str(exc)
+            ) from exc
 
     def _setup(self) -> None:
         mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
-            raise SpoolError(f"the spool cannot use WAL (journal mode {mode})")
+            raise SpoolError(N_("the spool cannot use WAL (journal mode %(mode)s)"), mode=mode)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise SpoolError(f"the spool is of a newer version ({version})")
+            raise SpoolError(N_("the spool is of a newer version (%(version)s)"), version=version)
         with self._transaction():
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(statement)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from probe_agent.protocol.inputs import is_port
+from probe_agent.protocol.messages import N_, Message, Translate, pad, untranslated, width
 from probe_agent.protocol.times import rfc3339
 from probe_agent.state.files import ensure_state_dir
 from probe_agent.state.identity import (
@@ -40,6 +41,9 @@ from probe_agent.state.reach import load_reach, tactic_kind
 from probe_agent.state.spool import Spool, spool_exists
 
 DEFAULT_INTERVAL = 300.0  # seconds: the collector's default --measure-interval
+# The columns of the human lines: a label, then its value (a way's value two columns
+# to the left of the others: the ways are listed under the collector key).
+LABEL_COLUMNS, WAY_COLUMNS = 15, 13
 HEALTHY_INTERVALS = 3
 ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 LAST_CHECKIN, INTERVAL = "last_checkin_at", "interval_seconds"
@@ -112,29 +116,75 @@ class ProbeStatus:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def lines(self) -> list[str]:
+    def lines(self, gettext: Translate = untranslated) -> list[str]:
+        """What ``status`` prints for people, in *gettext*'s language (``--json``: English).
+
+        Codes (errors, rejections, a way's kind), ids and times are shown as they are."""
+
         def show(value: object) -> str:
             return "-" if value is None else str(value)
 
-        rejected = ", ".join(f"{c} {n}" for c, n in self.rejected.items()) or "none"
-        return [
-            f"health:        {'ok' if self.healthy else 'NOT HEALTHY'}",
-            f"probe id:      {show(self.probe_id)}"
-            + ("" if self.enrolled or self.probe_id is None else " (another key)"),
-            f"key id:        {show(self.key_id)}",
-            f"last check-in: {self.last_checkin_at or 'never'}"
-            f" (interval {self.interval_seconds:g} s)",
-            f"last error:    {show(self.last_error)}"
-            + (f" at {self.last_error_at}" if self.last_error_at else ""),
-            f"spool:         {self.spool_depth} waiting ({self.spool_bytes} bytes), "
-            f"{self.evicted_total} evicted, rejected: {rejected}",
-            f"collector key: {show(self.collector_key_id)} ({self.endpoints} listed endpoint(s))",
-            *(
-                f"way {t['way']}:{' ' * (8 - len(str(t['way'])))}{t['kind']}, {t['ok']} ok, "
-                f"{t['failed']} failed" + (" (used last)" if t["last_used"] else "")
-                for t in self.tactics
+        def text(template: str, **params: object) -> str:
+            return Message(template, **params).render(gettext)
+
+        rejected = ", ".join(f"{c} {n}" for c, n in self.rejected.items()) or gettext(N_("none"))
+        probe_id = show(self.probe_id)
+        if not (self.enrolled or self.probe_id is None):
+            probe_id = text(N_("%(probe_id)s (another key)"), probe_id=probe_id)
+        last_error = show(self.last_error)
+        if self.last_error_at:
+            last_error = text(
+                N_("%(error)s at %(time)s"), error=last_error, time=self.last_error_at
+            )
+        fields = [
+            (gettext(N_("health:")), gettext(N_("ok") if self.healthy else N_("NOT HEALTHY"))),
+            (gettext(N_("probe id:")), probe_id),
+            (gettext(N_("key id:")), show(self.key_id)),
+            (
+                gettext(N_("last check-in:")),
+                text(
+                    N_("%(time)s (interval %(seconds)s s)"),
+                    time=self.last_checkin_at or Message(N_("never")),
+                    seconds=f"{self.interval_seconds:g}",
+                ),
+            ),
+            (gettext(N_("last error:")), last_error),
+            (
+                gettext(N_("spool:")),
+                text(
+                    N_(
+                        "%(depth)s waiting (%(bytes)s bytes), %(evicted)s evicted, "
+                        "rejected: %(rejected)s"
+                    ),
+                    depth=self.spool_depth,
+                    bytes=self.spool_bytes,
+                    evicted=self.evicted_total,
+                    rejected=rejected,
+                ),
+            ),
+            (
+                gettext(N_("collector key:")),
+                text(
+                    N_("%(key_id)s (%(count)s listed endpoint(s))"),
+                    key_id=show(self.collector_key_id),
+                    count=self.endpoints,
+                ),
             ),
         ]
+        columns = max(LABEL_COLUMNS, *(width(label) + 1 for label, _ in fields))
+        lines = [pad(label, columns) + value for label, value in fields]
+        for t in self.tactics:
+            label = text(N_("way %(number)s:"), number=t["way"])
+            value = text(
+                N_("%(kind)s, %(ok)s ok, %(failed)s failed"),
+                kind=t["kind"],
+                ok=t["ok"],
+                failed=t["failed"],
+            )
+            if t["last_used"]:
+                value = text(N_("%(way)s (used last)"), way=value)
+            lines.append(pad(label, max(WAY_COLUMNS, width(label) + 1)) + value)
+        return lines
 
 
 def is_healthy(
