@@ -27,8 +27,10 @@ DEPLOY_DEBS := prometheus prometheus-alertmanager caddy
 DEPLOY_BINS := prometheus promtool amtool prometheus-alertmanager caddy
 # The pages in a real browser (tests/collector/test_pages_browser.py): Chromium and
 # its driver, a CJK font for the screenshots, npm for axe-core.
-BROWSER_DEBS := chromium chromium-driver fonts-wqy-microhei npm
-BROWSER_BINS := chromium chromedriver npm
+BROWSER_DEBS := chromium chromium-driver fonts-wqy-microhei
+# npm (for axe-core) is installed on its own, only when missing: a Node.js from
+# elsewhere (NodeSource) brings its own npm and conflicts with Debian's package.
+BROWSER_BINS := chromium chromedriver
 AXE_VERSION := 4.14.1
 AXE := $(VENV)/share/axe-core/axe.min.js
 
@@ -68,6 +70,7 @@ debs: lab-debs
 	$(call apt_install,$(CONTAINER_DEBS),$(CONTAINER_BINS))
 	$(call apt_install,$(DEPLOY_DEBS),$(DEPLOY_BINS))
 	$(call apt_install,$(BROWSER_DEBS),$(BROWSER_BINS))
+	$(call apt_install,npm,npm)
 	@fc-list | grep -qi wqy || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-wqy-microhei)
 
 # axe-core, the accessibility checker the browser test injects (npm, pinned).
