@@ -296,10 +296,32 @@ def block_evidence(
         invalid_cert(s) and consistent(s.ip, control, asn) for s in instance_tls
     ):
         found.add(Reason.TLS_INTERCEPTION)
+    if handshake_cut(probe, control, asn):
+        found.add(Reason.TLS_HANDSHAKE_CUT)
     if probe.seen.scheme == "http":
         reached = any(s.failure is None for s in tcp)
     else:
         reached = any(validated(s) for s in instance_tls)
-    if reached and control.mastodon and not any(matches_control(h, control) for h in probe.http()):
+    http = probe.http()
+    if reached and control.mastodon and http and not any(matches_control(h, control) for h in http):
         found.add(Reason.HTTP_ALTERED)
     return found
+
+
+def handshake_cut(probe: ProbeView, control: ControlView, asn: ASNLookup) -> bool:
+    """For a source that makes no decoy handshake (OONI): the instance-SNI handshake was
+    cut (reset, timeout, EOF) after its connect worked, on an address the control
+    resolved (or in the same ASN), while the control's own handshake validated.
+    Blockwatch's probes always make the decoy handshake, and are judged by
+    ``tls.sni_filter`` instead: this rule never reads a record that has one."""
+    tls = probe.tls()
+    if any(s.decoy for s in tls) or not control.tls_validated:
+        return False
+    connected = {key(s) for s in probe.tcp() if s.failure is None}
+    return any(
+        s.failed_operation == Operation.TLS_HANDSHAKE.value
+        and s.failure in SNI_BLOCK_FAILURES
+        and key(s) in connected
+        and consistent(s.ip, control, asn)
+        for s in tls
+    )

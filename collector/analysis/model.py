@@ -21,7 +21,7 @@ from probe_agent.protocol.addresses import IPNetwork
 # Bump whenever any rule changes (a rule added, removed or changed in what it
 # reads or concludes), even when no golden verdict changes: verdicts stored with
 # an older version were decided by other rules. Format: year.month.serial.
-RULES_VERSION = "2026.12.1"
+RULES_VERSION = "2026.12.2"
 
 
 class Flag(StrEnum):
@@ -51,6 +51,7 @@ class Reason(StrEnum):
     TCP_IP_UNREACHABLE = "tcp_ip.unreachable"
     TLS_SNI_FILTER = "tls.sni_filter"
     TLS_INTERCEPTION = "tls.interception"
+    TLS_HANDSHAKE_CUT = "tls.handshake_cut"
     HTTP_ALTERED = "http.altered"
     OK_REACHED = "ok.reached"
     OK_REACHED_CONTROL_FAILED = "ok.reached_control_failed"
@@ -73,6 +74,7 @@ REASON_FLAGS: Mapping[Reason, Flag] = {
     Reason.TCP_IP_UNREACHABLE: Flag.TCP_IP,
     Reason.TLS_SNI_FILTER: Flag.TLS,
     Reason.TLS_INTERCEPTION: Flag.TLS,
+    Reason.TLS_HANDSHAKE_CUT: Flag.TLS,
     Reason.HTTP_ALTERED: Flag.HTTP,
 }
 

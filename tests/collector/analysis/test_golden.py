@@ -248,6 +248,37 @@ CASES = [
         {Flag.TLS},
         (Reason.TLS_INTERCEPTION,),
     ),
+    # A source without decoy handshakes (OONI): the cut handshake against the control's.
+    Case(
+        "handshake_cut_without_a_decoy",
+        measurement(
+            tcp_steps=[tcp()],
+            tls_steps=[tls(decoy=False, failure="connection_reset")],
+        ),
+        {Flag.TLS},
+        (Reason.TLS_HANDSHAKE_CUT,),
+    ),
+    Case(
+        "a_handshake_after_a_failed_connect_is_ip_blocking_not_a_cut",
+        measurement(
+            tcp_steps=[tcp(failure="generic_timeout_error")],
+            tls_steps=[tls(decoy=False, failure="connection_reset")],
+        ),
+        {Flag.TCP_IP},
+        (Reason.TCP_IP_UNREACHABLE,),
+    ),
+    Case(
+        "handshake_cut_with_a_decoy_is_judged_by_sni_filter_only",
+        measurement(
+            tcp_steps=[tcp()],
+            tls_steps=[
+                tls(decoy=True, failure="connection_reset"),
+                tls(decoy=False, failure="connection_reset", t0=0.8),
+            ],
+        ),
+        {Flag.UNKNOWN},
+        (Reason.UNKNOWN_UNEXPLAINED,),
+    ),
     # HTTP
     Case(
         "http_altered",
