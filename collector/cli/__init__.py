@@ -14,7 +14,7 @@ import sys
 import typer
 
 from collector import __version__
-from collector.cli import admin, keys, maintenance, report, secrets, serve, targets
+from collector.cli import admin, keys, maintenance, ooni, report, secrets, serve, targets
 from collector.cli.common import sessions
 from collector.cli.options import DatabaseUrl, admin_settings
 
@@ -29,6 +29,7 @@ app.add_typer(targets.app, name="targets")
 app.add_typer(admin.probes_app, name="probes")
 app.add_typer(admin.subscriptions_app, name="subscriptions")
 app.add_typer(secrets.app, name="secrets")
+app.add_typer(ooni.app, name="ooni")
 app.command("events")(report.events_command)
 app.command("status")(report.status_command)
 app.command("keygen")(keys.keygen_command)

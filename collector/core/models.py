@@ -191,7 +191,11 @@ class MeasurementRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     hints: Mapped[str] = mapped_column(Text)  # JSON list
     payload: Mapped[bytes] = mapped_column(LargeBinary)  # zlib of the exact signed bytes
-    signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))  # empty for OONI's
+    # blockwatch (a probe's signed envelope) | ooni (OONI's archive: report_id, uid)
+    source: Mapped[str] = mapped_column(
+        String(16), default="blockwatch", server_default="blockwatch"
+    )
 
 
 class AnalysisQueueRow(Base):

@@ -16,15 +16,34 @@ rules are Blockwatch's), and ``report_line`` the JSON line of ``ooni import
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
 from collector.analysis import Context, Verdict, analyze
 from collector.analysis.ooni import OONIFormatError, OONIMeasurement, parse
+from collector.core.clock import Clock
+from collector.core.db import session_scope
+from collector.core.models import (
+    DetectorStateRow,
+    MeasurementRow,
+    ProbeRow,
+    TargetRow,
+    VerdictRow,
+    pack_payload,
+)
+from collector.core.settings import CollectorSettings
+from collector.services.targets import TargetService
+from probe_agent.protocol.addresses import IPNetwork
+from probe_agent.protocol.inputs import parse_network
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_LINE = 16 * 1024 * 1024  # one measurement; OONI's largest are a few MB (bodies)
@@ -127,7 +146,7 @@ def read_stream(name: str, stream: IO[bytes]) -> Iterator[Item]:
             yield _item(name, number, line.strip())
 
 
-def judge(measurement: OONIMeasurement, lab_networks: tuple[Any, ...] = ()) -> Verdict:
+def judge(measurement: OONIMeasurement, lab_networks: tuple[IPNetwork, ...] = ()) -> Verdict:
     """Our verdict on one OONI measurement: the rules, its own control, its ASNs."""
     ctx = Context(asn_of=measurement.asns.get, lab_networks=lab_networks)
     controls = [measurement.control] if measurement.control is not None else []
@@ -156,3 +175,212 @@ def report_line(item: Item, verdict: Verdict | None, stored: bool, target: bool)
         ),
         "ooni": {"blocking": m.blocking, "accessible": m.accessible},
     }
+
+
+OONI_PROBE_ID = "ooni"  # every OONI measurement's "probe": one volunteer (docs/methodology.md)
+OONI_KEY_ID = "ooni"
+NETWORK_SOURCE = "ooni"  # attributed to OONI's probe_cc/probe_asn, never to probe_ip
+BATCH = 500
+
+
+@dataclass
+class ImportStats:
+    read: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    not_targets: int = 0
+    errors: int = 0
+    added_targets: int = 0
+    blocked: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+def measurement_id(measurement: OONIMeasurement, raw: bytes) -> str:
+    """OONI's measurement uid, else the SHA-256 of its bytes (a report as a probe wrote it)."""
+    if measurement.measurement_uid:
+        return measurement.measurement_uid[:64]
+    return "sha256:" + hashlib.sha256(raw).hexdigest()[:57]
+
+
+class Importer:
+    """OONI measurements stored as a source of their own (``measurements.source =
+    'ooni'``, one volunteer ``ooni``), each with its verdict; nothing when dry."""
+
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        clock: Clock,
+        *,
+        dry_run: bool = False,
+        add_targets: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.dry_run = dry_run
+        self.add_targets = add_targets
+        self.lab_networks = tuple(
+            parse_network(n) for n in settings.lab_networks.split(",") if n.strip()
+        )
+
+    def run(
+        self,
+        sessions: sessionmaker[Session],
+        items: Iterable[Item],
+        report: Callable[[dict[str, Any]], None],
+    ) -> ImportStats:
+        stats = ImportStats()
+        batch: list[Item] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) >= BATCH:
+                self._batch(sessions, batch, stats, report)
+                batch = []
+        if batch:
+            self._batch(sessions, batch, stats, report)
+        return stats
+
+    def _batch(
+        self,
+        sessions: sessionmaker[Session],
+        batch: list[Item],
+        stats: ImportStats,
+        report: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """One transaction a batch: acknowledged (reported stored) means committed."""
+        lines: list[dict[str, Any]] = []
+        with session_scope(sessions) as session:
+            domains = {i.measurement.domain for i in batch if i.measurement is not None}
+            watched = set(
+                session.scalars(
+                    select(TargetRow.domain).where(
+                        TargetRow.domain.in_(sorted(domains)), TargetRow.enabled.is_(True)
+                    )
+                )
+            )
+            if not self.dry_run:
+                _ensure_probe(session)
+            touched: set[tuple[str, str]] = set()
+            for item in batch:
+                stats.read += 1
+                m = item.measurement
+                if m is None:
+                    stats.errors += 1
+                    lines.append(report_line(item, None, stored=False, target=False))
+                    continue
+                verdict = judge(m, self.lab_networks)
+                stats.blocked += verdict.blocked
+                target = m.domain in watched
+                stored = False
+                if not target and not self.add_targets:
+                    stats.not_targets += 1
+                elif self.dry_run:
+                    stats.stored += 1  # would be (a duplicate is found only by storing)
+                else:
+                    if not target:
+                        TargetService().add(session, [m.domain], source="ooni import")
+                        watched.add(m.domain)
+                        stats.added_targets += 1
+                    stored = self._store(session, item, m, verdict)
+                    if stored:
+                        stats.stored += 1
+                        touched.add((m.domain, m.probe_cc))
+                    else:
+                        stats.duplicates += 1
+                lines.append(report_line(item, verdict, stored=stored, target=target))
+            if touched:
+                evaluate_soon(session, touched)
+        for line in lines:  # after the commit
+            report(line)
+
+    def _store(self, session: Session, item: Item, m: OONIMeasurement, verdict: Verdict) -> bool:
+        """The measurement and its verdict; False when it was stored already."""
+        now = self.clock.now()
+        mid = measurement_id(m, item.raw)
+        raw = scrubbed(item.raw)
+        values = {
+            "measurement_id": mid,
+            "probe_id": OONI_PROBE_ID,
+            "key_id": OONI_KEY_ID,
+            "domain": m.domain,
+            "started_at": m.started_at,
+            "received_at": now,
+            "cc": m.probe_cc,
+            "asn": m.probe_asn,
+            "network_source": NETWORK_SOURCE,
+            "role": "ooni",
+            "hints": "[]",
+            "payload": pack_payload(raw),
+            "signature": b"",
+            "source": "ooni",
+        }
+        dialect = session.get_bind().dialect.name
+        insert_into = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = (
+            insert_into(MeasurementRow)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["key_id", "measurement_id"])
+            .returning(MeasurementRow.id)
+        )
+        pk = session.scalar(statement)
+        if pk is None:
+            return False
+        session.add(
+            VerdictRow(
+                measurement_pk=pk,
+                measurement_id=mid,
+                probe_id=OONI_PROBE_ID,
+                domain=m.domain,
+                cc=m.probe_cc,
+                asn=m.probe_asn,
+                network_source=NETWORK_SOURCE,
+                started_at=m.started_at,
+                flags=",".join(sorted(verdict.flags)),
+                blocked=verdict.blocked,
+                reasons=json.dumps(list(verdict.reasons)),
+                triggers="[]",
+                controls=json.dumps(["ooni-test-helper"] if m.control is not None else []),
+                rule_version=verdict.rule_version,
+                analyzed_at=now,
+            )
+        )
+        return True
+
+
+SCRUBBED_IP = "127.0.0.1"  # what OONI publishes in place of every probe's address
+
+
+def scrubbed(raw: bytes) -> bytes:
+    """The bytes to store: as read, unless ``probe_ip`` holds an address (a report
+    straight from a probe, before OONI's pipeline scrubbed it), which is replaced
+    by OONI's own placeholder: no volunteer's address is ever stored."""
+    if b'"probe_ip"' not in raw:
+        return raw
+    document = json.loads(raw)
+    if document.get("probe_ip") in (None, SCRUBBED_IP):
+        return raw
+    document["probe_ip"] = SCRUBBED_IP
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _ensure_probe(session: Session) -> None:
+    """The one ``probes`` row OONI's measurements hang from (never checks in, never
+    enrolls: its role is ``ooni``)."""
+    if session.get(ProbeRow, OONI_PROBE_ID) is None:
+        session.add(
+            ProbeRow(id=OONI_PROBE_ID, status="active", role="ooni", spool_depth=0,
+                     evicted_total=0)
+        )  # fmt: skip
+        session.flush()
+
+
+def evaluate_soon(session: Session, keys: Iterable[tuple[str, str]]) -> None:
+    """Have the next detection pass evaluate these (domain, country) keys."""
+    for domain, cc in sorted(set(keys)):
+        row = session.get(DetectorStateRow, (domain, cc))
+        if row is None:
+            session.add(DetectorStateRow(domain=domain, cc=cc, evaluated_at=None))
+        else:
+            row.evaluated_at = None
+    session.flush()

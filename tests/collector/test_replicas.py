@@ -157,7 +157,7 @@ def test_two_replicas_one_lease_failover_and_no_double_event_or_alert(
             with engine.connect() as conn:
                 revision = conn.execute(text("SELECT version_num FROM alembic_version")).all()
             engine.dispose()
-            assert revision == [("0008",)]  # one row: migrated once, not twice
+            assert revision == [("0009",)]  # one row: migrated once, not twice
             a, b_ = replicas
             assert httpx.post(a.url + "/api/v1/targets", json={"domains": [DOMAIN]},
                               headers=ADMIN).status_code == 201  # fmt: skip
