@@ -238,7 +238,8 @@ class NetworkStatusOut(BaseModel):
     state: Literal["ok", "blocked", "down", "unknown"]
     methods: list[str]
     since: datetime
-    probes: int
+    probes: int  # volunteers; OONI never counted here
+    ooni: bool = False  # OONI's measurements vote in this network too ("OONI saw")
     updated_at: datetime
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
     true,
 )
@@ -335,7 +336,10 @@ class NetworkStateRow(Base):
     state: Mapped[str] = mapped_column(String(8))  # ok|blocked|down|unknown
     methods: Mapped[str] = mapped_column(Text, default="[]")
     since: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Volunteers voting here (OONI not counted: it hides nobody, k-anonymity), and
+    # whether OONI's measurements vote here too ("OONI saw").
     probes: Mapped[int] = mapped_column(Integer, default=0)
+    ooni: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

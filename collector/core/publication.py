@@ -184,5 +184,6 @@ def _fold(cc: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         # Since when at least one of them has been in that state; the latest update.
         "since": iso(min(_parse(r["since"]) for r in in_state)),
         "probes": sum(r["probes"] for r in rows),
+        "ooni": any(r.get("ooni", False) for r in rows),
         "updated_at": iso(max(_parse(r["updated_at"]) for r in rows)),
     }

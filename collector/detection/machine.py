@@ -84,6 +84,11 @@ class Vote:
     started_at: datetime
     flags: frozenset[str]
     measurement_id: str
+    # A public source (OONI's archive: one volunteer per network, ``ooni:<asn>``): it
+    # votes in its network, counts at most once toward any quorum of the key, and
+    # hides nobody, so it never counts toward the volunteers a network needs to be
+    # named (k-anonymity) nor among the probes reporting.
+    public: bool = False
 
     @property
     def blocked(self) -> bool:
@@ -133,9 +138,10 @@ class NetworkView:
     asn: int
     state: NetworkState
     methods: tuple[str, ...]
-    probes: int
+    probes: int  # volunteers with a vote here, public sources not counted
     since: datetime  # earliest of the current votes that make this state
     updated_at: datetime  # the newest vote
+    public: bool = False  # a public source (OONI) votes here too
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +149,13 @@ class Outcome:
     state: KeyState
     change: Change | None
     networks: tuple[NetworkView, ...] = field(default=())
+
+
+def quorum(votes: Iterable[Vote]) -> int:
+    """Distinct volunteers among *votes*, public sources (OONI) counted once together:
+    OONI alone never makes a quorum of two."""
+    volunteers = {v.volunteer for v in votes if not v.public}
+    return len(volunteers) + any(v.public for v in votes)
 
 
 def _latest_per_volunteer(votes: Iterable[Vote]) -> dict[str, Vote]:
@@ -184,9 +197,10 @@ def _network_views(ballots: dict[str, Vote]) -> tuple[NetworkView, ...]:
                 asn=asn,
                 state=state,
                 methods=tuple(methods) if state is NetworkState.BLOCKED else (),
-                probes=len(group),
+                probes=sum(1 for v in group if not v.public),
                 since=min(v.started_at for v in deciding),
                 updated_at=max(v.started_at for v in group),
+                public=any(v.public for v in group),
             )
         )
     return tuple(views)
@@ -197,13 +211,14 @@ def _agreed_methods(ballots: Sequence[Vote], params: Params) -> tuple[set[str], 
     blocked ones, when fewer), and True; failing that, the most reported, and False
     (stand-ins until one is agreed). One probe's odd method (a reset while the
     censor was being reconfigured) does not join."""
-    counts: dict[str, int] = {}
+    by_method: dict[str, list[Vote]] = {}
     for vote in ballots:
         for method in vote.flags & BLOCK_FLAGS:
-            counts[method] = counts.get(method, 0) + 1
+            by_method.setdefault(method, []).append(vote)
+    counts = {method: quorum(votes) for method, votes in by_method.items()}
     if not counts:
         return set(), False
-    needed = min(params.open_min_probes, len(ballots))
+    needed = min(params.open_min_probes, quorum(ballots))
     agreed = {m for m, n in counts.items() if n >= needed}
     if agreed:
         return agreed, True
@@ -280,7 +295,7 @@ def evaluate(
     withdrawn at once (closed now): its evidence is gone.
     """
     tally = _tally(votes, params, now)
-    active = len(tally.ballots)
+    active = sum(1 for v in tally.ballots.values() if not v.public)
     peak = max(state.peak_probes, active)
     collapsed_at = _collapse(state.collapsed_at, active, peak, params, now)
     last_vote_at = max((v.started_at for v in tally.window), default=state.last_vote_at)
@@ -325,7 +340,7 @@ def _open(
 ) -> tuple[Event | None, Change | None]:
     """No open event: open one when enough blocked probes agree, else none."""
     blocked_ballots = tally.blocked_ballots
-    if len(blocked_ballots) < params.open_min_probes:
+    if quorum(blocked_ballots) < params.open_min_probes:
         return None, None
     # First blocked evidence: the earliest blocked verdict of the probes that agree.
     agreeing = {v.volunteer for v in blocked_ballots}
@@ -393,7 +408,7 @@ def _advance(
     if not volunteers and not still_blocked:
         # Every volunteer who saw it was revoked: what opened it no longer counts.
         return replace(grown, ended_at=now, closed_at=now, updated_at=now), Change.CLOSED
-    if len(still_blocked) < params.stay_min_probes:
+    if quorum(still_blocked) < params.stay_min_probes:
         # Nobody sees the block any more. Close only on positive evidence from the
         # networks that saw it: silence is not an unblock.
         ok_after = [
@@ -401,7 +416,7 @@ def _advance(
             for v in ballots.values()
             if Flag.OK in v.flags and v.asn in asns and v.started_at > last_blocked
         ]
-        if len({v.volunteer for v in ok_after}) >= params.close_min_probes:
+        if quorum(ok_after) >= params.close_min_probes:
             closed = replace(
                 grown,
                 ended_at=min(v.started_at for v in ok_after),

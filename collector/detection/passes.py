@@ -53,6 +53,7 @@ from collector.detection.machine import (
 )
 from collector.services.events import event_json, json_list
 from collector.services.geo import Geolocator
+from collector.services.ooni import OONI_PROBE_ID, OONI_VOLUNTEER
 from collector.services.volunteers import Standing, standings
 from probe_agent.protocol.addresses import FORGED_POOL_VERSION
 from probe_agent.protocol.inputs import parse_network
@@ -222,7 +223,9 @@ class Detector:
                     flag_set = flag_sets.get(flags)
                     if flag_set is None:
                         flag_set = flag_sets[flags] = frozenset(flags.split(","))
-                    found[key].append(Vote(standing.volunteer, asn, started_at, flag_set, mid))
+                    public = probe_id == OONI_PROBE_ID  # one volunteer a network
+                    volunteer = f"{OONI_VOLUNTEER}{asn}" if public else standing.volunteer
+                    found[key].append(Vote(volunteer, asn, started_at, flag_set, mid, public))
         return found
 
     def _states(self, session: Session, keys: set[Key]) -> dict[Key, DetectorStateRow]:
@@ -369,9 +372,11 @@ def _save_networks(
         row.state = view.state.value
         row.methods = json.dumps(list(view.methods))
         row.probes = view.probes
+        row.ooni = view.public
         row.updated_at = view.updated_at
     for row in existing.values():  # nobody in this network reported within the window
         if row.state != "unknown":
             row.state, row.since = "unknown", now
         row.probes = 0
+        row.ooni = False
         row.methods = "[]"

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from collector.core.errors import NotFound, Unprocessable
 from collector.core.models import EventRow, NetworkStateRow, TargetRow
 from collector.core.publication import Publication
+from collector.services.ooni import OONI_VOLUNTEER
 from collector.services.targets import TargetService, normalize
 
 STATES = ("open", "closed")
@@ -60,7 +61,7 @@ def event_json(row: EventRow, public_url: str = "") -> dict[str, Any]:
         "updated_at": _iso_or_none(row.updated_at),
         "ended_at": _iso_or_none(row.ended_at),
         "closed_at": _iso_or_none(row.closed_at),
-        "probes": len(json_list(row.volunteers)),
+        "probes": volunteer_count(json_list(row.volunteers)),
         "reporting_probes": row.reporting_probes,
         "volume_collapse_at": _iso_or_none(row.volume_collapse_at),
         "evidence": json_list(row.evidence),
@@ -71,6 +72,13 @@ def event_json(row: EventRow, public_url: str = "") -> dict[str, Any]:
     }
 
 
+def volunteer_count(volunteers: list[Any]) -> int:
+    """The volunteers who saw an event, OONI (one volunteer a network) counted once."""
+    names = {str(v) for v in volunteers}
+    ooni = {v for v in names if v.startswith(OONI_VOLUNTEER)}
+    return len(names - ooni) + bool(ooni)
+
+
 def network_json(row: NetworkStateRow) -> dict[str, Any]:
     return {
         "cc": row.cc,
@@ -79,6 +87,7 @@ def network_json(row: NetworkStateRow) -> dict[str, Any]:
         "methods": json.loads(row.methods),
         "since": _iso(row.since),
         "probes": row.probes,
+        "ooni": row.ooni,  # OONI's measurements vote here too (not counted in probes)
         "updated_at": _iso(row.updated_at),
     }
 

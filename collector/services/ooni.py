@@ -177,7 +177,8 @@ def report_line(item: Item, verdict: Verdict | None, stored: bool, target: bool)
     }
 
 
-OONI_PROBE_ID = "ooni"  # every OONI measurement's "probe": one volunteer (docs/methodology.md)
+OONI_PROBE_ID = "ooni"  # every OONI measurement's "probe" (docs/methodology.md)
+OONI_VOLUNTEER = "ooni:"  # + ASN: OONI votes as one volunteer per network
 OONI_KEY_ID = "ooni"
 NETWORK_SOURCE = "ooni"  # attributed to OONI's probe_cc/probe_asn, never to probe_ip
 BATCH = 500

@@ -1,5 +1,9 @@
 """measurements: where each comes from (a Blockwatch probe, or OONI's archive)
 
+``network_states.ooni``: OONI's measurements vote in this network too ("OONI
+saw"); ``network_states.probes`` no longer counts them (OONI hides nobody, so
+it never helps a network reach the volunteers it needs to be named).
+
 ``measurements.source``: ``blockwatch`` (a probe's signed envelope: the
 signature column holds it) or ``ooni`` (an OONI measurement imported by
 ``blockwatch-collector ooni import``: the payload is its exact JSON, whose
@@ -27,8 +31,12 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("source", sa.String(16), nullable=False, server_default="blockwatch")
         )
+    with op.batch_alter_table("network_states") as batch:
+        batch.add_column(sa.Column("ooni", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("network_states") as batch:
+        batch.drop_column("ooni")
     with op.batch_alter_table("measurements") as batch:
         batch.drop_column("source")

@@ -41,7 +41,8 @@ def test_small_networks_fold_into_a_blocked_country_row_if_any_is_blocked() -> N
     assert country == {
         "cc": "CN", "asn": None, "state": "blocked", "methods": ["dns", "tls"],
         # the earliest of the blocked ones, rounded; every folded volunteer counted
-        "since": "2026-12-02T11:00:00Z", "probes": 4, "updated_at": "2026-12-02T12:05:00Z",
+        "since": "2026-12-02T11:00:00Z", "probes": 4, "ooni": False,
+        "updated_at": "2026-12-02T12:05:00Z",
     }  # fmt: skip
     assert (taiwan["cc"], taiwan["asn"], taiwan["probes"]) == ("TW", None, 1)
 

@@ -270,3 +270,34 @@ def test_stand_in_methods_follow_the_votes_until_one_is_agreed() -> None:
     w.round(T0 + MIN, {"a1": (CN_A, ("tls",)), "b1": (CN_B, ("http",))})
     out = run(out.state, w, T0 + MIN)
     assert out.state.event is not None and out.state.event.methods == ("dns",)
+
+
+def public(votes: Votes, asn: int, at: datetime, *flags: str) -> None:
+    """OONI's vote: one volunteer a network, a public source."""
+    votes.n += 1
+    votes.votes.append(Vote(f"ooni:{asn}", asn, at, frozenset(flags), f"m{votes.n}", True))
+
+
+def test_a_public_source_counts_once_and_never_names_a_network() -> None:
+    v = Votes()
+    public(v, CN_A, T0, *BLOCKED)
+    public(v, CN_B, T0, *BLOCKED)
+    out = run(KeyState(), v, T0 + MIN)
+    # Both networks blocked on OONI's word, but OONI alone is one volunteer: no event,
+    # nobody counted as reporting, no volunteer for k-anonymity.
+    assert out.change is None and out.state.event is None
+    assert {(n.asn, n.state, n.probes, n.public) for n in out.networks} == {
+        (CN_A, NetworkState.BLOCKED, 0, True), (CN_B, NetworkState.BLOCKED, 0, True),
+    }  # fmt: skip
+    assert out.state.active_probes == 0
+    v.add("a1", CN_A, T0 + MIN, *BLOCKED)  # one volunteer agrees: a quorum of two
+    out = run(out.state, v, T0 + 2 * MIN)
+    assert out.change is Change.OPENED and out.state.event is not None
+    assert set(out.state.event.methods) == {"dns", "tls"}
+    # OONI's ok votes in two networks are one ok: with one volunteer's, two close it.
+    later = T0 + 5 * MIN
+    public(v, CN_A, later, *OK)
+    public(v, CN_B, later, *OK)
+    v.add("a1", CN_A, later, *OK)
+    closed = run(out.state, v, later + MIN)
+    assert closed.change is Change.CLOSED

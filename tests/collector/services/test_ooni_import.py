@@ -16,6 +16,7 @@ from collector.core.db import session_scope
 from collector.core.models import (
     DetectorStateRow,
     MeasurementRow,
+    NetworkStateRow,
     ProbeRow,
     TargetRow,
     VerdictRow,
@@ -153,7 +154,7 @@ def test_ooni_is_one_volunteer_never_a_quorum_alone(
     open_min_probes 2 (OONI is one volunteer); one Blockwatch volunteer agreeing does."""
     from tests.collector.analysis import builders as b
     from tests.collector.detection.test_pass import World
-    from tests.collector.helpers import rfc3339
+    from tests.collector.helpers import ADMIN, rfc3339
 
     world = World(client, settings, clock)
     try:
@@ -173,6 +174,18 @@ def test_ooni_is_one_volunteer_never_a_quorum_alone(
         assert stats.stored == 2 and all(line["verdict"]["flags"] == ["tls"] for line in lines)
         world.run()
         assert world.events() == []
+        # OONI votes in both networks, and hides nobody: it is never counted among the
+        # volunteers a network needs to be named (k-anonymity), only shown as "OONI saw".
+        with session_scope(world.sessions) as s:
+            states = {
+                (n.asn, n.state, n.probes, n.ooni) for n in s.scalars(select(NetworkStateRow))
+            }
+        assert states == {(4134, "blocked", 0, True), (4837, "blocked", 0, True)}
+        status = client.get(f"/api/v1/status/{b.DOMAIN}", headers=ADMIN).json()
+        assert {(n["asn"], n["probes"], n["ooni"]) for n in status["networks"]} == {
+            (4134, 0, True),
+            (4837, 0, True),
+        }
         # One Blockwatch volunteer sees the same block: two volunteers, an event.
         t = world.now() - timedelta(seconds=30)
         world.submit(world.probes[0], b.sni_blocked(), t)
