@@ -104,6 +104,11 @@ class Item:
     def sha256(self) -> str:
         return hashlib.sha256(self.payload).hexdigest()
 
+    @property
+    def ooni(self) -> bool:
+        """An OONI measurement: public already (OONI's archive), signed by no probe."""
+        return self.row.source == "ooni"
+
 
 def well_known(settings: CollectorSettings, key: CollectorKey) -> dict[str, Any]:
     """``/.well-known/blockwatch.json``: what a verifier anchors the collector's key to."""
@@ -214,7 +219,10 @@ class EvidenceService:
         published: set[tuple[str, str]],
         named: set[tuple[str, int]],
     ) -> dict[str, Any]:
-        entries = [_entry(item, item.ident in published, item.network in named) for item in probes]
+        entries = [
+            _entry(item, item.ident in published, item.ooni or item.network in named)
+            for item in probes
+        ]
         entries += [_entry(item, True, True) for item in controls]
         return {
             "format": STATEMENT_FORMAT,
@@ -275,10 +283,27 @@ def _entry(item: Item, published: bool, named: bool) -> dict[str, Any]:
     }
     if published:
         entry["key_id"] = item.row.key_id
+    if item.ooni:
+        entry["source"] = "ooni"
     return entry
 
 
 def _measurement_json(item: Item) -> dict[str, Any]:
+    if item.ooni:  # its provenance is OONI's public archive, not a probe's signature
+        document = json.loads(item.payload)
+        return {
+            "id": item.row.measurement_id,
+            "source": "ooni",
+            "key_id": item.row.key_id,
+            "report_id": document.get("report_id"),
+            "measurement_uid": document.get("measurement_uid"),
+            "payload": b64encode(item.payload),
+            "role": item.row.role,
+            "cc": item.row.cc,
+            "asn": item.row.asn,
+            "region": None,
+            "network_source": item.row.network_source,
+        }
     return {
         "id": item.row.measurement_id,
         "key_id": item.row.key_id,
@@ -306,7 +331,7 @@ def gather(session: Session, event: EventRow, ids: list[str]) -> tuple[list[Item
                 MeasurementRow.measurement_id.in_(ids),
                 MeasurementRow.domain == event.domain,
                 MeasurementRow.cc == event.cc,
-                MeasurementRow.role == "probe",
+                MeasurementRow.role.in_(("probe", "ooni")),
             )
         )
     )
@@ -378,12 +403,13 @@ def _items(
     items = []
     for row in rows:
         probe, standing = probes.get(row.probe_id), probe_standings.get(row.probe_id)
-        control = row.role == "control"
+        # A control votes for nobody; OONI hides nobody: neither counts toward K.
+        control = row.role == "control" or row.source == "ooni"
         items.append(
             Item(
                 row=row,
                 payload=unpack_payload(row.payload),
-                public_key=keys[row.key_id],
+                public_key=keys.get(row.key_id, b""),  # OONI's: none (not signed)
                 region=probe.region if probe is not None else None,
                 volunteer=None if control or standing is None else standing.volunteer,
                 counts=standing is not None
@@ -414,6 +440,7 @@ def publishable(items: Sequence[Item], k: int, audience: Audience) -> set[tuple[
     networks with at least *k* counting volunteers who run with --public-evidence."""
     if audience is Audience.FULL:
         return {item.ident for item in items}
+    shown = {item.ident for item in items if item.ooni}  # OONI publishes them itself
     public = [item for item in items if item.public_evidence]
     networks = {n for n, who in _volunteers_per_network(public).items() if len(who) >= k}
-    return {item.ident for item in public if item.counts and item.network in networks}
+    return shown | {item.ident for item in public if item.counts and item.network in networks}

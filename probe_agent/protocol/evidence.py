@@ -17,8 +17,12 @@ public key), its signature (as the envelope's, ``envelope.verify``), that its
 payload's SHA-256 and key id are listed in the statement with the same
 attribution the bundle shows, and that the signed document names the event's
 domain and the measurement's id; that every measurement the statement says is
-published is in the bundle, and the withheld count agrees. Malformed input is
-reported as a failed check, never raised.
+published is in the bundle, and the withheld count agrees. An OONI measurement
+(``"source": "ooni"``, imported from OONI's public archive) is signed by no
+probe: its bytes' SHA-256 and attribution are checked against the statement,
+and its ``report_id``, ``measurement_uid`` and measured domain against its
+payload; the archive itself is the provenance. Malformed input is reported as a
+failed check, never raised.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -49,6 +54,7 @@ STATEMENT_FORMAT = "blockwatch-evidence-statement/1"
 STATEMENT_PREFIX = f"blockwatch/v{ENVELOPE_VERSION}/evidence\n".encode()
 WELL_KNOWN_PATH = "/.well-known/blockwatch.json"
 ATTRIBUTION = ("cc", "asn", "network_source")
+OONI_SOURCE = "ooni"  # an OONI measurement's source, and its key id in the statement
 
 
 class BundleError(ValueError):
@@ -274,6 +280,8 @@ def _measurement(
             raise BundleError(Message(N_("not a JSON object")))
         subject = Message(N_("measurement %(id)s"), id=item.get("id"))
         seen.add((str(item.get("key_id")), str(item.get("id"))))  # present, valid or not
+        if item.get("source") == OONI_SOURCE:
+            return _ooni_measurement(subject, item, entries, statement)
         public, payload = _b64(item, "public_key"), _b64(item, "payload")
         envelope = Envelope(str(item.get("key_id")), payload, _b64(item, "signature"))
         verify(envelope, Purpose.MEASUREMENT, public)
@@ -296,6 +304,44 @@ def _measurement(
             cc=item.get("cc"),
             asn=item.get("asn"),
             source=item.get("network_source"),
+        ),
+    )
+
+
+def _ooni_measurement(
+    subject: str, item: dict[str, Any], entries: list[dict[str, Any]], statement: dict[str, Any]
+) -> Check:
+    """An OONI measurement: no probe signed it, so what holds is the collector's
+    statement (its bytes' SHA-256 and attribution, under the collector's signature)
+    and its provenance, which anyone can look up in OONI's public archive."""
+    payload = _b64(item, "payload")
+    entry = _listed(entries, OONI_SOURCE, hashlib.sha256(payload).hexdigest())
+    _check_attribution(item, entry)
+    try:
+        document = json.loads(payload)
+        report_id, uid = document["report_id"], document.get("measurement_uid")
+        url = document["input"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        raise BundleError(Message(N_("the payload is not an OONI measurement"))) from None
+    if report_id != item.get("report_id") or (uid is not None and uid != item.get("id")):
+        raise BundleError(Message(N_("its report_id or measurement_uid differ from the payload's")))
+    host = urlsplit(str(url)).hostname or ""
+    event = statement.get("event")
+    if isinstance(event, dict) and host.rstrip(".").lower() != event.get("domain"):
+        raise BundleError(
+            Message(N_("OONI measured %(domain)r, not the event's domain"), domain=host)
+        )
+    return Check(
+        True,
+        subject,
+        Message(
+            N_(
+                "OONI report %(report_id)s, %(cc)s AS%(asn)s: bytes and attribution as the "
+                "statement says; signed by no probe: OONI's public archive holds it"
+            ),
+            report_id=report_id,
+            cc=item.get("cc"),
+            asn=item.get("asn"),
         ),
     )
 

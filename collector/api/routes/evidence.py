@@ -8,7 +8,7 @@ to the domain's verified subscribers at once and to anyone after
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel
@@ -53,6 +53,22 @@ class EvidenceMeasurementOut(BaseModel):
     network_source: str
 
 
+class OONIEvidenceMeasurementOut(BaseModel):
+    """An OONI measurement: signed by no probe; OONI's public archive holds it."""
+
+    id: str
+    source: Literal["ooni"]
+    key_id: str
+    report_id: str
+    measurement_uid: str | None
+    payload: str
+    role: str
+    cc: str
+    asn: int
+    region: str | None
+    network_source: str
+
+
 class EvidenceBundleOut(BaseModel):
     format: str
     collector_key_id: str
@@ -62,7 +78,7 @@ class EvidenceBundleOut(BaseModel):
     withheld: int
     statement: str
     statement_signature: str
-    measurements: list[EvidenceMeasurementOut]
+    measurements: list[EvidenceMeasurementOut | OONIEvidenceMeasurementOut]
 
 
 def collector_key(request: Request) -> CollectorKey:

@@ -25,6 +25,7 @@ from collector.core.models import (
 from collector.core.settings import CollectorSettings
 from collector.services.ooni import OONI_PROBE_ID, Importer, read_file, read_files
 from collector.services.targets import TargetService
+from probe_agent.protocol.evidence import verify_bundle
 from tests.collector.conftest import FakeClock
 
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "ooni"
@@ -194,5 +195,19 @@ def test_ooni_is_one_volunteer_never_a_quorum_alone(
         world.run()
         [event] = world.events(state="open")
         assert event["probes"] == 2 and event["started_at"] <= rfc3339(t)
+        # The evidence: OONI's measurements with their provenance (OONI's archive),
+        # under the collector's signed statement; verified offline like the rest.
+        bundle = client.get(f"/api/v1/events/{event['id']}/evidence", headers=ADMIN).json()
+        ooni = [m for m in bundle["measurements"] if m.get("source") == "ooni"]
+        imported = {json.loads(line)["report_id"] for line in path.read_text().splitlines()}
+        assert {m["report_id"] for m in ooni} == imported
+        assert all("signature" not in m and "public_key" not in m for m in ooni)
+        result = verify_bundle(bundle, None)
+        assert result.ok, [c.line() for c in result.checks if not c.ok]
+        assert sum("OONI report" in c.line() for c in result.checks) == len(ooni)
+        forged = json.loads(json.dumps(bundle))
+        [first, *_] = [m for m in forged["measurements"] if m.get("source") == "ooni"]
+        first["asn"] = 9808  # an attribution the statement does not give
+        assert not verify_bundle(forged, None).ok
     finally:
         world.engine.dispose()
