@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,7 +26,16 @@ from rich.table import Table
 from collector.cli.common import invalid, sessions
 from collector.cli.options import DatabaseUrl, admin_settings
 from collector.core.clock import SystemClock
-from collector.services.ooni import Importer, Item, read_files, read_stream
+from collector.services.ooni import (
+    OONI_API,
+    FetchError,
+    Importer,
+    Item,
+    Query,
+    fetch,
+    read_files,
+    read_stream,
+)
 
 app = typer.Typer(no_args_is_help=True, help="OONI's measurements: a second source.")
 
@@ -67,6 +76,14 @@ def import_command(
     missing = [f for f in files if f != "-" and not Path(f).is_file()]
     if missing:
         raise invalid(f"no such file: {', '.join(missing)}")
+    _import(_items(files), dry_run, output, add_targets, database_url)
+
+
+def _import(
+    items: Iterable[Item], dry_run: bool, output: Format, add_targets: bool,
+    database_url: str | None,
+) -> None:  # fmt: skip
+    """Judge, store (unless dry), report; exit 1 when some measurement was unreadable."""
     settings = admin_settings(database_url)
     summary: Counter[tuple[str, str, str, str]] = Counter()
     errors: list[dict[str, Any]] = []
@@ -83,7 +100,7 @@ def import_command(
 
     importer = Importer(settings, SystemClock(), dry_run=dry_run, add_targets=add_targets)
     with sessions(settings) as factory:
-        stats = importer.run(factory, _items(files), report)
+        stats = importer.run(factory, items, report)
     err = Console(stderr=True)
     for line in errors[:20]:
         err.print(f"[yellow]{line['file']}:{line['line']}[/]: {line['error']}", highlight=False)
@@ -102,3 +119,48 @@ def import_command(
         highlight=False,
     )
     raise typer.Exit(1 if stats.errors else 0)
+
+
+@app.command("fetch")
+def fetch_command(
+    domain: Annotated[str, typer.Option(help="The domain OONI measured (its input's host).")],
+    cc: Annotated[str, typer.Option(help="The country (probe_cc), two letters.")],
+    since: Annotated[str, typer.Option(help="From this day (YYYY-MM-DD), exclusive.")],
+    until: Annotated[str | None, typer.Option(help="To this day (YYYY-MM-DD).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100000, help="Measurements at most.")] = 1000,
+    api: Annotated[str, typer.Option(help="OONI's API.", envvar="BLOCKWATCH_OONI_API")] = OONI_API,
+    save: Annotated[
+        Path | None, typer.Option(help="Also write the measurements, one JSON a line.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Judge and report; store nothing.")
+    ] = False,
+    output: Annotated[
+        Format, typer.Option("--format", help="table (a summary) or jsonl (a line each).")
+    ] = Format.TABLE,
+    add_targets: Annotated[
+        bool, typer.Option("--add-targets", help="Store them even if the domain is no target.")
+    ] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Fetch OONI's measurements of a domain in a country from its public API, then import."""
+    import asyncio  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    for name, day in (("--since", since), ("--until", until)):
+        if day is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+            raise invalid(f"{name} must be YYYY-MM-DD: {day!r}")
+    if not re.fullmatch(r"[A-Za-z]{2}", cc):
+        raise invalid(f"--cc must be two letters: {cc!r}")
+    if not api.startswith(("https://", "http://")):
+        raise invalid(f"--api must be an http(s) URL: {api!r}")
+    query = Query(domain=domain.strip().lower(), cc=cc.upper(), since=since, until=until,
+                  limit=limit)  # fmt: skip
+    try:
+        items = asyncio.run(fetch(api, query))
+    except FetchError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if save is not None:
+        save.write_bytes(b"".join(item.raw + b"\n" for item in items))
+    _import(items, dry_run, output, add_targets, database_url)

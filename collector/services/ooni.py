@@ -15,6 +15,7 @@ rules are Blockwatch's), and ``report_line`` the JSON line of ``ooni import
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -23,13 +24,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
+from urllib.parse import urlsplit
 
+import aiohttp
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector.analysis import Context, Verdict, analyze
-from collector.analysis.ooni import OONIFormatError, OONIMeasurement, parse
+from collector.analysis.ooni import TEST_NAME, OONIFormatError, OONIMeasurement, parse
 from collector.core.clock import Clock
 from collector.core.db import session_scope
 from collector.core.models import (
@@ -385,3 +388,106 @@ def evaluate_soon(session: Session, keys: Iterable[tuple[str, str]]) -> None:
         else:
             row.evaluated_at = None
     session.flush()
+
+
+# -- OONI's public API (ooni fetch) --------------------------------------------------
+
+OONI_API = "https://api.ooni.io"
+PAGE_SIZE = 100
+RETRIES = 4
+FETCH_CONCURRENCY = 4
+
+
+class FetchError(RuntimeError):
+    """OONI's API answered what this reader cannot use (after the retries)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    domain: str
+    cc: str
+    since: str  # YYYY-MM-DD (OONI's since: measurement_start_time > since)
+    until: str | None = None
+    limit: int = 1000  # measurements at most
+
+
+async def fetch(api: str, query: Query, timeout: float = 30.0) -> list[Item]:
+    """OONI's web_connectivity measurements of *query*, raw, as OONI's API lists them
+    (``GET /api/v1/measurements``, paged by ``offset``) and serves them
+    (``GET /api/v1/raw_measurement?measurement_uid=``). Pages follow the API's
+    ``next_url`` only on *api*'s own origin; a 429 or 5xx is retried with backoff
+    (``Retry-After`` honoured). The list's ``measurement_url`` is not followed:
+    every body comes from *api*."""
+    base = api.rstrip("/")
+    params: dict[str, str] = {
+        "domain": query.domain,
+        "probe_cc": query.cc,
+        "test_name": TEST_NAME,
+        "since": query.since,
+        "order_by": "measurement_start_time",
+        "order": "asc",
+        "limit": str(min(PAGE_SIZE, query.limit)),
+        "offset": "0",
+    }
+    if query.until:
+        params["until"] = query.until
+    uids: list[str] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+        url: str | None = f"{base}/api/v1/measurements"
+        request_params: dict[str, str] | None = params
+        while url is not None and len(uids) < query.limit:
+            page = json.loads(await _get(http, url, request_params))
+            results = page.get("results") if isinstance(page, dict) else None
+            if not isinstance(results, list):
+                raise FetchError(f"{url}: no results list in the answer")
+            for result in results:
+                uid = result.get("measurement_uid") if isinstance(result, dict) else None
+                if isinstance(uid, str) and uid and result.get("test_name") == TEST_NAME:
+                    uids.append(uid)
+            url, request_params = _next_page(base, page, params, len(results))
+        uids = list(dict.fromkeys(uids))[: query.limit]
+        gate = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def body(uid: str) -> bytes:
+            async with gate:
+                return await _get(http, f"{base}/api/v1/raw_measurement", {"measurement_uid": uid})
+
+        bodies = await asyncio.gather(*(body(uid) for uid in uids))
+    source = f"{base}/api/v1/raw_measurement"
+    return [_item(f"{source}?measurement_uid={uid}", n, raw.strip())
+            for n, (uid, raw) in enumerate(zip(uids, bodies, strict=True), start=1)]  # fmt: skip
+
+
+def _next_page(
+    base: str, page: dict[str, Any], params: dict[str, str], got: int
+) -> tuple[str | None, dict[str, str] | None]:
+    """The next page: the API's next_url when it is on *base*'s origin, else our offset."""
+    metadata = page.get("metadata") if isinstance(page.get("metadata"), dict) else {}
+    next_url = metadata.get("next_url") if isinstance(metadata, dict) else None
+    if not next_url or got == 0:
+        return None, None
+    if isinstance(next_url, str) and urlsplit(next_url)[:2] == urlsplit(base)[:2]:
+        return next_url, None
+    params["offset"] = str(int(params["offset"]) + got)
+    return f"{base}/api/v1/measurements", params
+
+
+async def _get(http: aiohttp.ClientSession, url: str, params: dict[str, str] | None) -> bytes:
+    delay = 1.0
+    for attempt in range(RETRIES + 1):
+        try:
+            async with http.get(url, params=params, allow_redirects=False) as answer:
+                body: bytes = await answer.read()
+                if answer.status == 200:
+                    return body
+                retry = answer.status == 429 or answer.status >= 500
+                wait = answer.headers.get("Retry-After", "")
+                if not retry or attempt == RETRIES:
+                    raise FetchError(f"{url}: HTTP {answer.status}")
+                delay = max(delay, min(float(wait), 60.0)) if wait.isdigit() else delay
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if attempt == RETRIES:
+                raise FetchError(f"{url}: {type(exc).__name__}") from None
+        await asyncio.sleep(delay)
+        delay *= 2
+    raise FetchError(f"{url}: no answer")
