@@ -225,6 +225,7 @@ class EventOut(BaseModel):
     rule_version: str
     forged_pool_version: str
     evidence_bundle_url: str | None = None  # docs/evidence.md
+    history: bool = False  # opened by replaying imported history (ooni import)
 
 
 class EventList(BaseModel):

@@ -26,6 +26,8 @@ from rich.table import Table
 from collector.cli.common import invalid, sessions
 from collector.cli.options import DatabaseUrl, admin_settings
 from collector.core.clock import SystemClock
+from collector.core.db import session_scope
+from collector.detection.history import replay
 from collector.services.ooni import (
     OONI_API,
     FetchError,
@@ -101,6 +103,10 @@ def _import(
     importer = Importer(settings, SystemClock(), dry_run=dry_run, add_targets=add_targets)
     with sessions(settings) as factory:
         stats = importer.run(factory, items, report)
+        with session_scope(
+            factory
+        ) as session:  # what history shows (collector/detection/history.py)
+            history = replay(session, stats.keys, settings, SystemClock().now())
     err = Console(stderr=True)
     for line in errors[:20]:
         err.print(f"[yellow]{line['file']}:{line['line']}[/]: {line['error']}", highlight=False)
@@ -118,6 +124,13 @@ def _import(
         f"{stats.errors} unreadable; {stats.blocked} blocked by Blockwatch's rules",
         highlight=False,
     )
+    if history.opened:
+        err.print(
+            f"history: {history.opened} events opened from the imported measurements, "
+            f"{history.ended} of them ended (no alert), {history.ongoing} still going on "
+            f"(alerted once, marked history), {history.merged} the start of a live event",
+            highlight=False,
+        )
     raise typer.Exit(1 if stats.errors else 0)
 
 

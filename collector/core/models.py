@@ -280,6 +280,9 @@ class EventRow(Base):
     methods: Mapped[str] = mapped_column(Text)  # JSON list
     # False while the methods are stand-ins (no method agreed yet): replaced, not grown.
     methods_agreed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Opened by replaying history (``ooni import``: measurements older than the window),
+    # not by a live pass; it sent no alert unless it was still going on at the end.
+    history: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     volunteers: Mapped[str] = mapped_column(Text)  # JSON list of volunteer ids, never published
     evidence: Mapped[str] = mapped_column(Text)  # JSON list of measurement ids
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)

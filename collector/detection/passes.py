@@ -194,39 +194,7 @@ class Detector:
     def _votes(
         self, session: Session, keys: set[Key], since: datetime, probes: dict[str, Standing]
     ) -> defaultdict[Key, list[Vote]]:
-        """The votes of *keys* since the window's start: by domain and time, or by
-        time alone when the window is a large share of the table (docs/architecture.md,
-        "Cost of a pass"); never a scan of the history. Each verdict is its
-        volunteer's; those that do not count (``services.volunteers``) are left out."""
-        found: defaultdict[Key, list[Vote]] = defaultdict(list)
-        flag_sets: dict[str, frozenset[str]] = {}  # a handful of distinct values
-        v = VerdictRow
-        connection = session.connection()  # Core: hundreds of thousands of plain rows
-        for names in chunks(sorted({domain for domain, _ in keys})):
-            for domain, cc, probe_id, asn, source, started_at, flags, mid in connection.execute(
-                select(
-                    v.domain,
-                    v.cc,
-                    v.probe_id,
-                    v.asn,
-                    v.network_source,
-                    v.started_at,
-                    v.flags,
-                    v.measurement_id,
-                )
-                .where(v.domain.in_(names))
-                .where(v.started_at >= since)
-            ).all():
-                key = (domain, cc)
-                standing = probes.get(probe_id)
-                if key in keys and standing is not None and standing.counts(cc, asn, source):
-                    flag_set = flag_sets.get(flags)
-                    if flag_set is None:
-                        flag_set = flag_sets[flags] = frozenset(flags.split(","))
-                    public = probe_id == OONI_PROBE_ID  # one volunteer a network
-                    volunteer = f"{OONI_VOLUNTEER}{asn}" if public else standing.volunteer
-                    found[key].append(Vote(volunteer, asn, started_at, flag_set, mid, public))
-        return found
+        return votes_of(session, keys, since, probes)
 
     def _states(self, session: Session, keys: set[Key]) -> dict[Key, DetectorStateRow]:
         return {(row.domain, row.cc): row for row in _rows_of(session, DetectorStateRow, keys)}
@@ -269,7 +237,7 @@ class Detector:
                     forged_pool_version=FORGED_POOL_VERSION,
                 )
                 session.add(event_row)
-            _write_event(event_row, event)
+            write_event(event_row, event)
             if outcome.change is not None:
                 event_row.revision += 1
             if event_row.id is None:
@@ -307,6 +275,54 @@ def _rows_of(session: Session, model: type[_State], keys: set[Key]) -> Iterator[
                 yield row
 
 
+def votes_of(
+    session: Session,
+    keys: set[Key],
+    since: datetime,
+    probes: dict[str, Standing],
+    until: datetime | None = None,
+) -> defaultdict[Key, list[Vote]]:
+    """The votes of *keys* from *since* (and before *until*): by domain and time, or
+    by time alone when the window is a large share of the table (docs/architecture.md,
+    "Cost of a pass"); never a scan of the history. Each verdict is its volunteer's;
+    those that do not count (``services.volunteers``) are left out. OONI's verdicts
+    are a public source's, one volunteer a network (docs/methodology.md)."""
+    found: defaultdict[Key, list[Vote]] = defaultdict(list)
+    flag_sets: dict[str, frozenset[str]] = {}  # a handful of distinct values
+    v = VerdictRow
+    connection = session.connection()  # Core: hundreds of thousands of plain rows
+    for names in chunks(sorted({domain for domain, _ in keys})):
+        query = (
+            select(
+                v.domain,
+                v.cc,
+                v.probe_id,
+                v.asn,
+                v.network_source,
+                v.started_at,
+                v.flags,
+                v.measurement_id,
+            )
+            .where(v.domain.in_(names))
+            .where(v.started_at >= since)
+        )
+        if until is not None:
+            query = query.where(v.started_at < until)
+        for domain, cc, probe_id, asn, source, started_at, flags, mid in connection.execute(
+            query
+        ).all():
+            key = (domain, cc)
+            standing = probes.get(probe_id)
+            if key in keys and standing is not None and standing.counts(cc, asn, source):
+                flag_set = flag_sets.get(flags)
+                if flag_set is None:
+                    flag_set = flag_sets[flags] = frozenset(flags.split(","))
+                public = probe_id == OONI_PROBE_ID  # one volunteer a network
+                volunteer = f"{OONI_VOLUNTEER}{asn}" if public else standing.volunteer
+                found[key].append(Vote(volunteer, asn, started_at, flag_set, mid, public))
+    return found
+
+
 def _key_state(row: DetectorStateRow | None, event_row: EventRow | None) -> KeyState:
     if row is None:
         return KeyState()
@@ -335,7 +351,7 @@ def _key_state(row: DetectorStateRow | None, event_row: EventRow | None) -> KeyS
     )
 
 
-def _write_event(row: EventRow, event: Event) -> None:
+def write_event(row: EventRow, event: Event) -> None:
     row.state = "open" if event.open else "closed"
     row.scope = event.scope
     row.asns = json.dumps(list(event.asns))

@@ -64,6 +64,7 @@ def event_json(row: EventRow, public_url: str = "") -> dict[str, Any]:
         "probes": volunteer_count(json_list(row.volunteers)),
         "reporting_probes": row.reporting_probes,
         "volume_collapse_at": _iso_or_none(row.volume_collapse_at),
+        "history": row.history,  # opened by replaying imported history, not live
         "evidence": json_list(row.evidence),
         "revision": row.revision,
         "rule_version": row.rule_version,

@@ -21,7 +21,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 from urllib.parse import urlsplit
@@ -196,9 +196,10 @@ class ImportStats:
     errors: int = 0
     added_targets: int = 0
     blocked: int = 0
+    keys: set[tuple[str, str]] = field(default_factory=set)  # (domain, cc) stored into
 
     def to_json(self) -> dict[str, int]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if isinstance(v, int)}
 
 
 def measurement_id(measurement: OONIMeasurement, raw: bytes) -> str:
@@ -295,6 +296,7 @@ class Importer:
                 lines.append(report_line(item, verdict, stored=stored, target=target))
             if touched:
                 evaluate_soon(session, touched)
+                stats.keys |= touched
         for line in lines:  # after the commit
             report(line)
 

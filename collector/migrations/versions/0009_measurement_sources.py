@@ -4,6 +4,9 @@
 saw"); ``network_states.probes`` no longer counts them (OONI hides nobody, so
 it never helps a network reach the volunteers it needs to be named).
 
+``events.history``: the event was opened by replaying history (an import of
+measurements older than the detector's window), not by a live pass.
+
 ``measurements.source``: ``blockwatch`` (a probe's signed envelope: the
 signature column holds it) or ``ooni`` (an OONI measurement imported by
 ``blockwatch-collector ooni import``: the payload is its exact JSON, whose
@@ -33,9 +36,15 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("network_states") as batch:
         batch.add_column(sa.Column("ooni", sa.Boolean(), nullable=False, server_default=sa.false()))
+    with op.batch_alter_table("events") as batch:
+        batch.add_column(
+            sa.Column("history", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("events") as batch:
+        batch.drop_column("history")
     with op.batch_alter_table("network_states") as batch:
         batch.drop_column("ooni")
     with op.batch_alter_table("measurements") as batch:
