@@ -187,6 +187,11 @@ def test_ooni_is_one_volunteer_never_a_quorum_alone(
             (4134, 0, True),
             (4837, 0, True),
         }
+        # The instance's page says so, in both languages (a public page: the networks
+        # are folded, OONI's mark is kept).
+        page = client.get(f"/i/{b.DOMAIN}?lang=en").text
+        assert "OONI saw" in page and "never enough alone to open an event" in page
+        assert "OONI 观测" in client.get(f"/i/{b.DOMAIN}?lang=zh-Hans").text
         # One Blockwatch volunteer sees the same block: two volunteers, an event.
         t = world.now() - timedelta(seconds=30)
         world.submit(world.probes[0], b.sni_blocked(), t)
