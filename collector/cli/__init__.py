@@ -14,7 +14,17 @@ import sys
 import typer
 
 from collector import __version__
-from collector.cli import admin, keys, maintenance, ooni, report, secrets, serve, targets
+from collector.cli import (
+    admin,
+    export,
+    keys,
+    maintenance,
+    ooni,
+    report,
+    secrets,
+    serve,
+    targets,
+)
 from collector.cli.common import sessions
 from collector.cli.options import DatabaseUrl, admin_settings
 
@@ -34,6 +44,7 @@ app.command("events")(report.events_command)
 app.command("status")(report.status_command)
 app.command("keygen")(keys.keygen_command)
 app.command("prune")(maintenance.prune_command)
+app.command("export")(export.export_command)
 
 
 @app.command("migrate")
