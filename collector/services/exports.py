@@ -50,7 +50,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "verdicts": ("measurement_id", "source", "domain", "cc", "asn", "network_source",
                  "started_at", "flags", "reasons", "rule_version"),
     "measurements": ("id", "source", "role", "domain", "cc", "asn", "network_source",
-                     "started_at", "key_id", "public_key", "payload", "signature",
+                     "started_at", "flags", "key_id", "public_key", "payload", "signature",
                      "report_id", "measurement_uid"),
     "events": ("id", "domain", "cc", "asns", "withheld_networks", "methods", "scope", "state",
                "started_at", "detected_at", "ended_at", "probes", "rule_version", "history"),
@@ -63,6 +63,7 @@ class Filters:
     cc: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    source: str | None = None  # blockwatch | ooni (measurements and verdicts)
 
 
 def _filtered(query: Select[Any], model: Any, filters: Filters, time: Any) -> Select[Any]:
@@ -124,31 +125,55 @@ def rows(
     sessions: sessionmaker[Session], what: str, filters: Filters, publication: Publication
 ) -> Iterator[dict[str, Any]]:
     """Every row of *what* matching *filters*, as *publication* lets it show."""
-    model, time = _model(what)
     names = _Names(publication)
     last = 0
     while True:
         with session_scope(sessions) as session:
-            # Verdicts as plain rows (a million ORM objects cost 4x as much); the others
-            # as rows of the model, which need their relations' columns.
-            columns = model.__table__ if what == "verdicts" else model
-            query = _filtered(select(columns).where(model.id > last), model, filters, time)
-            query = query.order_by(model.id).limit(BATCH)
-            batch: list[Any] = list(
-                session.execute(query).all() if what == "verdicts" else session.scalars(query)
-            )
-            if not batch:
-                return
-            names.load(session, {(r.domain, r.cc) for r in batch})
-            if what == "verdicts":
-                out = [_verdict(r, names, publication) for r in batch]
-            elif what == "events":
-                out = [_event(r, names, publication) for r in batch]
-            else:
-                out = _measurements(session, batch, names, publication)
-            last = batch[-1].id
+            out, last_id = page(session, what, filters, publication, after=last, names=names)
             session.expunge_all()
+        if last_id is None:
+            return
+        last = last_id
         yield from out
+
+
+def page(
+    session: Session,
+    what: str,
+    filters: Filters,
+    publication: Publication,
+    *,
+    after: int = 0,
+    limit: int = BATCH,
+    names: _Names | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """One batch of rows after the row id *after*, and the last id read (the cursor of
+    the next batch; None when there is none)."""
+    model, time = _model(what)
+    names = names or _Names(publication)
+    # Verdicts as plain rows (a million ORM objects cost 4x as much); the others as
+    # rows of the model.
+    columns = model.__table__ if what == "verdicts" else model
+    query = _filtered(select(columns).where(model.id > after), model, filters, time)
+    if filters.source and what == "measurements":
+        query = query.where(MeasurementRow.source == filters.source)
+    elif filters.source and what == "verdicts":
+        ooni = VerdictRow.probe_id == OONI_PROBE_ID
+        query = query.where(ooni if filters.source == "ooni" else ~ooni)
+    query = query.order_by(model.id).limit(limit)
+    batch: list[Any] = list(
+        session.execute(query).all() if what == "verdicts" else session.scalars(query)
+    )
+    if not batch:
+        return [], None
+    names.load(session, {(r.domain, r.cc) for r in batch})
+    if what == "verdicts":
+        out = [_verdict(r, names, publication) for r in batch]
+    elif what == "events":
+        out = [_event(r, names, publication) for r in batch]
+    else:
+        out = _measurements(session, batch, names, publication)
+    return out, batch[-1].id
 
 
 def _time(publication: Publication, value: datetime | None) -> str | None:
@@ -187,6 +212,14 @@ def _measurements(
             select(ProbeKeyRow).where(ProbeKeyRow.key_id.in_({r.key_id for r in batch}))
         )
     }
+    flags = {
+        pk: value.split(",")
+        for pk, value in session.execute(
+            select(VerdictRow.measurement_pk, VerdictRow.flags).where(
+                VerdictRow.measurement_pk.in_([r.id for r in batch])
+            )
+        )
+    }
     public_evidence = set(
         session.scalars(
             select(ProbeRow.id).where(
@@ -214,6 +247,7 @@ def _measurements(
             asn=row.asn if named or ooni else None,
             network_source=row.network_source,
             started_at=_time(publication, row.started_at),
+            flags=flags.get(row.id),  # the verdict; none for a control
         )
         if shown:
             payload = unpack_payload(row.payload)

@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 import anyio.to_thread
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
 
-from collector.api.deps import ClockDep, NetworkOfDep, SettingsDep
+from collector.api.deps import ClockDep, NetworkOfDep, PublicationDep, SessionDep, SettingsDep
 from collector.api.schemas import BatchIn, BatchOut
 from collector.core import metrics
 from collector.core.errors import BadRequest, TooLarge, Unprocessable
+from collector.services.exports import Filters, page
 from collector.services.ingest import IngestService
 
 router = APIRouter(tags=["measurements"])
@@ -102,4 +105,73 @@ async def submit(
             "duplicates": counts["duplicate"],
             "rejected": len(results) - counts["accepted"] - counts["duplicate"],
         }
+    )
+
+
+class MeasurementOut(BaseModel):
+    """A stored measurement as the caller's view shows it (collector/services/exports.py)."""
+
+    id: str
+    source: Literal["blockwatch", "ooni"]
+    role: str
+    domain: str
+    cc: str
+    asn: int | None  # None: a network too small to be named
+    network_source: str
+    started_at: str
+    flags: list[str] | None  # its verdict; None for a control, or before the analysis
+    key_id: str | None  # the rest: the signed bytes, given when the view may show them
+    public_key: str | None
+    payload: str | None
+    signature: str | None
+    report_id: str | None  # OONI's provenance
+    measurement_uid: str | None
+
+
+class MeasurementList(BaseModel):
+    data: list[MeasurementOut]
+    count: int
+    next: str | None  # the cursor of the next page (None: the last page)
+
+
+def _when(name: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise Unprocessable(
+            f"{name} must be an RFC 3339 time or a date", "err_validation"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@router.get("/measurements", response_model=MeasurementList)
+def list_measurements(
+    session: SessionDep,
+    publication: PublicationDep,
+    domain: Annotated[str | None, Query(max_length=253)] = None,
+    cc: Annotated[str | None, Query(pattern=r"^[A-Za-z]{2}$")] = None,
+    since: Annotated[str | None, Query(max_length=40)] = None,
+    until: Annotated[str | None, Query(max_length=40)] = None,
+    source: Literal["blockwatch", "ooni"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$")] = None,
+) -> MeasurementList:
+    """Stored measurements, oldest stored first, a page at a time (``cursor``: the
+    previous page's ``next``). k-anonymous like every public answer; a volunteer's
+    signed bytes and key only when their probe runs with --public-evidence; OONI's
+    and the control's in full; with the admin token, everything."""
+    filters = Filters(
+        domain=domain.strip().lower() if domain else None,
+        cc=cc.upper() if cc else None,
+        since=_when("since", since),
+        until=_when("until", until),
+        source=source,
+    )
+    rows, last = page(session, "measurements", filters, publication,
+                      after=int(cursor or 0), limit=limit)  # fmt: skip
+    more = last is not None and len(rows) == limit
+    return MeasurementList.model_validate(
+        {"data": rows, "count": len(rows), "next": str(last) if more else None}
     )

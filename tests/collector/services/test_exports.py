@@ -97,3 +97,29 @@ def test_the_command(tmp_path: Path) -> None:
     assert parquet.exit_code == 0 and out.stat().st_size > 0
     refused = runner.invoke(app, ["export", "--format", "parquet", *database])
     assert refused.exit_code == 2
+
+
+def test_the_api_pages_measurements_in_the_callers_view(opened: Any, client: TestClient) -> None:
+    from tests.collector.helpers import ADMIN
+
+    _world, _event, _settings = opened
+    public = client.get("/api/v1/measurements", params={"limit": 3})
+    assert public.status_code == 200, public.text
+    first = public.json()
+    assert first["count"] == 3 and first["next"] is not None
+    seen = list(first["data"])
+    cursor = first["next"]
+    while cursor is not None:
+        answer = client.get("/api/v1/measurements", params={"limit": 3, "cursor": cursor}).json()
+        seen += answer["data"]
+        cursor = answer["next"]
+    assert len(seen) == 8 and len({m["id"] for m in seen}) == 8
+    assert all(m["payload"] is None for m in seen if m["role"] == "probe")
+    assert all(m["payload"] for m in seen if m["role"] == "control")
+    full = client.get("/api/v1/measurements", params={"limit": 100}, headers=ADMIN).json()
+    assert all(m["payload"] and m["signature"] for m in full["data"])
+    assert {tuple(m["flags"] or ()) for m in full["data"]} == {(), ("ok",), ("dns", "tls")}
+    none = client.get("/api/v1/measurements", params={"source": "ooni"}).json()
+    assert none == {"data": [], "count": 0, "next": None}
+    bad = client.get("/api/v1/measurements", params={"since": "last tuesday"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "err_validation"
