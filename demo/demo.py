@@ -28,7 +28,10 @@ the Great Firewall treats blocked instances, then:
    webhook subscribed in Chinese (its signature checked as a receiver would,
    its ``summary`` shown) and a Slack-format one in English, both received on
    loopback (docs/admin-guide.md);
-7. alive.demo's evidence bundle, fetched with the admin token while the
+7. OONI's measurements (a sample built from OONI's spec) judged by the same
+   rules, Blockwatch's verdict beside OONI's ``blocking`` (``ooni import
+   --dry-run``: nothing stored);
+8. alive.demo's evidence bundle, fetched with the admin token while the
    collector runs, is verified offline at the end (``blockwatch-probe verify``
    against the saved ``/.well-known/blockwatch.json``; docs/evidence.md).
 
@@ -287,6 +290,14 @@ async def _report(
         "is kept as the exact bytes the probe signed, attributed to the declared network and never "
         "to an address."
     )
+    # OONI as a second source: its measurements judged by the same rules, side by side.
+    console.rule("[bold]OONI's measurements, judged by Blockwatch's rules (docs/methodology.md)")
+    await _run(console, [collector, "ooni", "import", str(OONI_SAMPLE), "--dry-run"], env)
+    console.print(
+        "OONI's volunteers measured these in June (a sample built from OONI's spec): where "
+        "OONI says http-failure, Blockwatch names the layer (the TLS handshake was cut); "
+        "toot.downtown.example is down for everyone, OONI's control too, never a block."
+    )
     # Offline: the bundle and the key saved before are all it takes (verify sends nothing).
     console.rule("[bold]Evidence anyone can verify (docs/evidence.md)")
     verify = [probe, "verify", str(tmp / "bundle.json"), "--collector-key",
@@ -309,6 +320,8 @@ async def _fetch_evidence(console: Console, tmp: Path, port: int, admin_token: s
 
 
 REPO = Path(__file__).resolve().parents[1]
+# OONI web_connectivity measurements built from OONI's spec (tests/data/ooni/README.md).
+OONI_SAMPLE = REPO / "tests" / "data" / "ooni" / "mixed.jsonl"
 STATE_WORDS = {0: "ok", 1: "unknown", 2: "down", 3: "blocked"}
 
 
