@@ -137,6 +137,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/bench_alerts.py
 	$(BIN)/python bench/bench_scrape.py
 	$(BIN)/python bench/bench_pages.py
+	$(BIN)/python bench/bench_export.py
 
 # Both images, offline (a debootstrap base, wheels built here): deploy/images.py.
 image: $(RUN_STAMP) debs $(MO_FILES)
