@@ -45,6 +45,7 @@ app.command("status")(report.status_command)
 app.command("keygen")(keys.keygen_command)
 app.command("prune")(maintenance.prune_command)
 app.command("export")(export.export_command)
+app.command("reanalyse")(maintenance.reanalyse_command)
 
 
 @app.command("migrate")

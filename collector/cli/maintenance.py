@@ -53,3 +53,52 @@ def prune_command(
             f"kept {report.kept_as_evidence} older ones as event evidence; "
             f"{report.remaining} remain"
         )
+
+
+def reanalyse_command(
+    since: Annotated[
+        str | None, typer.Option(help="Only measurements from this day (YYYY-MM-DD) on.")
+    ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Write the new verdicts (else report only).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Judge the stored measurements again with the current rules; report what would
+    change, or (--apply) write it, resumably, and replay the touched keys' history."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from collector.detection.reanalysis import Reanalysis  # noqa: PLC0415
+    from collector.services.geo import make_geolocator  # noqa: PLC0415
+
+    start = None
+    if since is not None:
+        try:
+            start = datetime.fromisoformat(since).replace(tzinfo=UTC)
+        except ValueError:
+            raise invalid(f"--since must be YYYY-MM-DD: {since!r}") from None
+    settings = admin_settings(database_url)
+    geolocator = make_geolocator(settings.geoip_country_db, settings.geoip_asn_db)
+    err = Console(stderr=True)
+    with sessions(settings) as factory, Progress(console=err, disable=not err.is_terminal) as bar:
+        task = bar.add_task("measurements", total=None)
+        stats = Reanalysis(settings, geolocator).run(
+            factory, start, apply, lambda n: bar.advance(task, n)
+        )
+    summary = stats.to_json()
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    verb = "changed" if apply else "would change"
+    typer.echo(
+        f"{stats.judged} judged again: {stats.changed} {verb} (now blocked {stats.now_blocked}, "
+        f"no longer blocked {stats.no_longer_blocked}), {stats.reasons_changed} with other "
+        f"reasons, {stats.unchanged} unchanged; {len(stats.keys)} (domain, country) touched"
+        + (f"; {stats.written} written" if apply else "")
+    )
+    for change, n in stats.by_change.most_common(10):
+        typer.echo(f"  {n:>8}  {change}")

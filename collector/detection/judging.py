@@ -118,11 +118,21 @@ class Analyzer:
         rows = self._queued(session, now)
         if not rows:
             return Judged()
-        docs = {row.measurement_pk: _observed(row.payload) for row in rows}
-        evidence = self._evidence(session, rows, docs, parsed)
-        judged = self._judge_batch(rows, docs, evidence, now)
+        judged = self.judge_rows(session, rows, parsed, now)
         self._write_verdicts(session, judged, now)
         return judged
+
+    def judge_rows(
+        self, session: Session, rows: Sequence[Any], parsed: dict[int, Observed], now: datetime
+    ) -> Judged:
+        """*rows* (``measurement_pk``, ``measurement_id``, ``probe_id``, ``domain``, ``cc``,
+        ``asn``, ``network_source``, ``started_at``, ``payload``) judged, nothing written:
+        the queue's, or stored ones a re-analysis judges again."""
+        if not rows:
+            return Judged()
+        docs = {row.measurement_pk: _observed(row.payload) for row in rows}
+        evidence = self._evidence(session, rows, docs, parsed)
+        return self._judge_batch(rows, docs, evidence, now)
 
     def _queued(self, session: Session, now: datetime) -> Sequence[Any]:
         """The queue's due measurements, oldest first, one batch."""
