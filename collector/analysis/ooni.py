@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -421,13 +421,7 @@ def _control_record(
     ]
     tcp = []
     connected: list[tuple[str, int]] = []
-    for address_text, status in _obj(control.get("tcp_connect")).items():
-        address = _endpoint(address_text)
-        if address is None or not isinstance(status, Mapping):
-            continue
-        failure = _failure(status.get("failure"))
-        if failure is None and status.get("status") is not True:
-            failure = Failure.GENERIC_TIMEOUT.value
+    for address, failure in _helper_steps(control.get("tcp_connect")):
         tcp.append({"ip": address[0], "port": address[1], "failure": failure,
                     "failed_operation": Operation.CONNECT.value if failure else None})  # fmt: skip
         if failure is None:
@@ -443,13 +437,7 @@ def _control_record(
     tls = []
     raw_tls = _obj(control.get("tls_handshake"))
     if raw_tls:  # 0.5: per address
-        for address_text, status in raw_tls.items():
-            address = _endpoint(address_text)
-            if address is None or not isinstance(status, Mapping):
-                continue
-            failure = _failure(status.get("failure"))
-            if failure is None and status.get("status") is not True:
-                failure = Failure.GENERIC_TIMEOUT.value
+        for address, failure in _helper_steps(raw_tls):
             tls.append(_control_tls(address, domain, failure))
     elif scheme == "https" and connected:  # 0.4: the fetch's outcome, on its first address
         tls.append(_control_tls(connected[0], domain, http_failure if code is None else None))
@@ -471,6 +459,19 @@ def _control_record(
         else []
     )
     return record
+
+
+def _helper_steps(steps: object) -> Iterator[tuple[tuple[str, int], str | None]]:
+    """The test helper's ``{"ip:port": {"status", "failure"}}`` (its tcp_connect and,
+    in 0.5, tls_handshake): each address and its failure (None: it worked)."""
+    for address_text, status in _obj(steps).items():
+        address = _endpoint(address_text)
+        if address is None or not isinstance(status, Mapping):
+            continue
+        failure = _failure(status.get("failure"))
+        if failure is None and status.get("status") is not True:
+            failure = Failure.GENERIC_TIMEOUT.value
+        yield address, failure
 
 
 def _control_tls(address: tuple[str, int], domain: str, failure: str | None) -> dict[str, Any]:

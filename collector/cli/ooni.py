@@ -47,6 +47,19 @@ class Format(StrEnum):
     JSONL = "jsonl"
 
 
+# The options import and fetch share (same names, same meaning).
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Judge and report; store nothing.")]
+FormatOption = Annotated[
+    Format, typer.Option("--format", help="table (a summary) or jsonl (a line each).")
+]
+AddTargetsOption = Annotated[
+    bool,
+    typer.Option(
+        "--add-targets", help="Store measurements of domains that are not targets, as targets."
+    ),
+]
+
+
 def _items(files: list[str]) -> Iterator[Item]:
     for name in files:
         if name == "-":
@@ -60,18 +73,9 @@ def import_command(
     files: Annotated[
         list[str], typer.Argument(help="OONI measurement files (JSON, JSONL, .gz); - for stdin.")
     ],
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Judge and report; store nothing.")
-    ] = False,
-    output: Annotated[
-        Format, typer.Option("--format", help="table (a summary) or jsonl (a line each).")
-    ] = Format.TABLE,
-    add_targets: Annotated[
-        bool,
-        typer.Option(
-            "--add-targets", help="Store measurements of domains that are not targets, as targets."
-        ),
-    ] = False,
+    dry_run: DryRunOption = False,
+    output: FormatOption = Format.TABLE,
+    add_targets: AddTargetsOption = False,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Judge OONI web_connectivity measurements by Blockwatch's rules, and store them."""
@@ -145,15 +149,9 @@ def fetch_command(
     save: Annotated[
         Path | None, typer.Option(help="Also write the measurements, one JSON a line.")
     ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Judge and report; store nothing.")
-    ] = False,
-    output: Annotated[
-        Format, typer.Option("--format", help="table (a summary) or jsonl (a line each).")
-    ] = Format.TABLE,
-    add_targets: Annotated[
-        bool, typer.Option("--add-targets", help="Store them even if the domain is no target.")
-    ] = False,
+    dry_run: DryRunOption = False,
+    output: FormatOption = Format.TABLE,
+    add_targets: AddTargetsOption = False,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Fetch OONI's measurements of a domain in a country from its public API, then import."""

@@ -30,15 +30,13 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from collector.analysis import RULES_VERSION
 from collector.core.models import DetectorStateRow, EventChangeRow, EventRow
 from collector.core.settings import CollectorSettings
 from collector.detection.judging import Key
 from collector.detection.machine import Change, KeyState, evaluate
-from collector.detection.passes import params_from, votes_of, write_event
+from collector.detection.passes import new_event_row, params_from, votes_of, write_event
 from collector.services.events import event_json
 from collector.services.volunteers import Standing, standings
-from probe_agent.protocol.addresses import FORGED_POOL_VERSION
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -111,14 +109,7 @@ def _replay_key(
         if outcome.change is None or state.event is None:
             continue
         if outcome.change is Change.OPENED:
-            row = EventRow(
-                domain=domain,
-                cc=cc,
-                revision=0,
-                history=True,
-                rule_version=RULES_VERSION,
-                forged_pool_version=FORGED_POOL_VERSION,
-            )
+            row = new_event_row(domain, cc, history=True)
             session.add(row)
             stats.opened += 1
         if row is not None:

@@ -85,6 +85,19 @@ class _Control:
     doc: Observed
 
 
+# What judging reads of a measurement, besides its primary key (``measurement_pk``).
+JUDGED_COLUMNS = (
+    MeasurementRow.measurement_id,
+    MeasurementRow.probe_id,
+    MeasurementRow.domain,
+    MeasurementRow.cc,
+    MeasurementRow.asn,
+    MeasurementRow.network_source,
+    MeasurementRow.started_at,
+    MeasurementRow.payload,
+)
+
+
 def _observed(payload: bytes) -> Observed:
     """The observations inside a stored signed document (validated at ingest), read."""
     try:
@@ -138,17 +151,7 @@ class Analyzer:
         """The queue's due measurements, oldest first, one batch."""
         m = MeasurementRow
         return session.execute(
-            select(
-                AnalysisQueueRow.measurement_pk,
-                m.measurement_id,
-                m.probe_id,
-                m.domain,
-                m.cc,
-                m.asn,
-                m.network_source,
-                m.started_at,
-                m.payload,
-            )
+            select(AnalysisQueueRow.measurement_pk, *JUDGED_COLUMNS)
             .join(m, m.id == AnalysisQueueRow.measurement_pk)
             .where(AnalysisQueueRow.not_before <= now)
             .order_by(AnalysisQueueRow.measurement_pk)

@@ -229,13 +229,7 @@ class Detector:
         event = state.event
         if event is not None:
             if event_row is None:
-                event_row = EventRow(
-                    domain=domain,
-                    cc=cc,
-                    revision=0,
-                    rule_version=RULES_VERSION,
-                    forged_pool_version=FORGED_POOL_VERSION,
-                )
+                event_row = new_event_row(domain, cc)
                 session.add(event_row)
             write_event(event_row, event)
             if outcome.change is not None:
@@ -348,6 +342,18 @@ def _key_state(row: DetectorStateRow | None, event_row: EventRow | None) -> KeyS
         peak_probes=row.peak_probes,
         collapsed_at=row.collapsed_at,
         last_vote_at=row.last_vote_at,
+    )
+
+
+def new_event_row(domain: str, cc: str, history: bool = False) -> EventRow:
+    """A new event's row, under the rules and pool that judged it."""
+    return EventRow(
+        domain=domain,
+        cc=cc,
+        revision=0,
+        history=history,
+        rule_version=RULES_VERSION,
+        forged_pool_version=FORGED_POOL_VERSION,
     )
 
 

@@ -33,7 +33,7 @@ from collector.core.db import session_scope
 from collector.core.models import CursorRow, MeasurementRow, VerdictRow, unpack_payload
 from collector.core.settings import CollectorSettings
 from collector.detection.history import replay
-from collector.detection.judging import Analyzer, Key
+from collector.detection.judging import JUDGED_COLUMNS, Analyzer, Key
 from collector.services.geo import Geolocator
 from collector.services.ooni import evaluate_soon, judge
 from probe_agent.protocol.inputs import parse_network
@@ -123,18 +123,7 @@ class Reanalysis:
     def _batch(self, session: Session, after: int, since: datetime | None) -> list[Any]:
         m = MeasurementRow
         query = (
-            select(
-                m.id.label("measurement_pk"),
-                m.measurement_id,
-                m.probe_id,
-                m.domain,
-                m.cc,
-                m.asn,
-                m.network_source,
-                m.started_at,
-                m.payload,
-                m.source,
-            )
+            select(m.id.label("measurement_pk"), *JUDGED_COLUMNS, m.source)
             .join(VerdictRow, VerdictRow.measurement_pk == m.id)
             .where(m.id > after, m.role.in_(("probe", "ooni")))
             .order_by(m.id)
