@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from collector.core.models import DetectorStateRow, EventChangeRow, EventRow
 from collector.core.settings import CollectorSettings
 from collector.detection.judging import Key
-from collector.detection.machine import Change, KeyState, evaluate
+from collector.detection.machine import Change, KeyState, Params, evaluate
 from collector.detection.passes import new_event_row, params_from, votes_of, write_event
 from collector.services.events import event_json
 from collector.services.volunteers import Standing, standings
@@ -63,7 +63,7 @@ def replay(
     stats = ReplayStats()
     for key in sorted(keys):
         stats.keys += 1
-        _replay_key(session, key, settings, cutoff, probes, stats, now)
+        _replay_key(session, key, settings, params, cutoff, probes, stats, now)
     return stats
 
 
@@ -71,13 +71,13 @@ def _replay_key(
     session: Session,
     key: Key,
     settings: CollectorSettings,
+    params: Params,
     cutoff: datetime,
     probes: dict[str, Standing],
     stats: ReplayStats,
     now: datetime,
 ) -> None:
     domain, cc = key
-    params = params_from(settings)
     events = list(session.scalars(select(EventRow).where(EventRow.domain == domain,
                                                          EventRow.cc == cc)))  # fmt: skip
     alerted = set(

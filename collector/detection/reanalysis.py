@@ -35,7 +35,8 @@ from collector.core.settings import CollectorSettings
 from collector.detection.history import replay
 from collector.detection.judging import JUDGED_COLUMNS, Analyzer, Key
 from collector.services.geo import Geolocator
-from collector.services.ooni import evaluate_soon, judge
+from collector.services.ooni import judge
+from collector.services.volunteers import evaluate_soon
 from probe_agent.protocol.inputs import parse_network
 
 BATCH = 1000

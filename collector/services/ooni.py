@@ -36,7 +36,6 @@ from collector.analysis.ooni import TEST_NAME, OONIFormatError, OONIMeasurement,
 from collector.core.clock import Clock
 from collector.core.db import session_scope
 from collector.core.models import (
-    DetectorStateRow,
     MeasurementRow,
     ProbeRow,
     TargetRow,
@@ -45,6 +44,7 @@ from collector.core.models import (
 )
 from collector.core.settings import CollectorSettings
 from collector.services.targets import TargetService
+from collector.services.volunteers import evaluate_soon
 from probe_agent.protocol.addresses import IPNetwork
 from probe_agent.protocol.inputs import parse_network
 
@@ -379,17 +379,6 @@ def _ensure_probe(session: Session) -> None:
                      evicted_total=0)
         )  # fmt: skip
         session.flush()
-
-
-def evaluate_soon(session: Session, keys: Iterable[tuple[str, str]]) -> None:
-    """Have the next detection pass evaluate these (domain, country) keys."""
-    for domain, cc in sorted(set(keys)):
-        row = session.get(DetectorStateRow, (domain, cc))
-        if row is None:
-            session.add(DetectorStateRow(domain=domain, cc=cc, evaluated_at=None))
-        else:
-            row.evaluated_at = None
-    session.flush()
 
 
 # -- OONI's public API (ooni fetch) --------------------------------------------------

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from collector.core.models import DetectorStateRow, ProbeRow, TokenRow, VerdictRow
@@ -90,19 +90,20 @@ def reevaluate(session: Session, probe_ids: Iterable[str], since: datetime) -> i
             .distinct()
         )
     }
-    for domain, cc in keys:
+    evaluate_soon(session, keys)
+    return len(keys)
+
+
+def evaluate_soon(session: Session, keys: Iterable[tuple[str, str]]) -> None:
+    """Have the next detection pass evaluate these (domain, country) keys (a vouch, a
+    revocation, an import or a re-analysis changed their votes)."""
+    for domain, cc in sorted(set(keys)):
         row = session.get(DetectorStateRow, (domain, cc))
         if row is None:
             session.add(DetectorStateRow(domain=domain, cc=cc, evaluated_at=None))
-    if keys:
-        session.flush()
-        for domain, cc in keys:
-            session.execute(
-                update(DetectorStateRow)
-                .where(DetectorStateRow.domain == domain, DetectorStateRow.cc == cc)
-                .values(evaluated_at=None)
-            )
-    return len(keys)
+        else:
+            row.evaluated_at = None
+    session.flush()
 
 
 def window_start(now: datetime, window_seconds: float) -> datetime:
