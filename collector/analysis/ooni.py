@@ -136,6 +136,11 @@ def _dns_failure(value: object) -> str | None:
     return Failure.DNS_NXDOMAIN.value if failure == ANDROID_NO_DATA else failure
 
 
+def _status(value: object) -> int | None:
+    """An HTTP status code (OONI writes -1, or 0, when there was none)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _endpoint(text: object) -> tuple[str, int] | None:
     """``1.2.3.4:443`` or ``[2001:db8::1]:443`` as (canonical ip, port)."""
     if not isinstance(text, str):
@@ -357,8 +362,7 @@ def _probe_http(
         if address is None:
             continue
         response = _obj(entry.get("response"))
-        code = response.get("code")
-        code = code if isinstance(code, int) and not isinstance(code, bool) and code > 0 else None
+        code = _status(response.get("code"))
         failure = _failure(entry.get("failure"))
         steps.append(
             {
@@ -431,8 +435,7 @@ def _control_record(
         answers = record["dns"][0]["answers"]
         connected = [(ip, port) for ip in map(canonical_ip, answers) if ip is not None]
     http = _obj(control.get("http_request"))
-    code = http.get("status_code")
-    code = code if isinstance(code, int) and not isinstance(code, bool) and code > 0 else None
+    code = _status(http.get("status_code"))
     http_failure = _failure(http.get("failure"))
     tls = []
     raw_tls = _obj(control.get("tls_handshake"))
