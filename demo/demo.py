@@ -30,7 +30,9 @@ the Great Firewall treats blocked instances, then:
    loopback (docs/admin-guide.md);
 7. OONI's measurements (a sample built from OONI's spec) judged by the same
    rules, Blockwatch's verdict beside OONI's ``blocking`` (``ooni import
-   --dry-run``: nothing stored);
+   --dry-run``: nothing stored); then every stored measurement judged again by
+   today's rules (``reanalyse``, a dry run) and the events exported as CSV (the
+   public view), as a researcher would;
 8. alive.demo's evidence bundle, fetched with the admin token while the
    collector runs, is verified offline at the end (``blockwatch-probe verify``
    against the saved ``/.well-known/blockwatch.json``; docs/evidence.md).
@@ -297,6 +299,17 @@ async def _report(
         "OONI's volunteers measured these in June (a sample built from OONI's spec): where "
         "OONI says http-failure, Blockwatch names the layer (the TLS handshake was cut); "
         "toot.downtown.example is down for everyone, OONI's control too, never a block."
+    )
+    # For researchers: today's rules over everything stored, and the data out.
+    console.rule("[bold]Re-analysis and exports (docs/operator-guide.md)")
+    await _run(console, [collector, "reanalyse"], env)
+    await _run(console, [collector, "export", "--what", "events", "--format", "csv"], env)
+    console.print(
+        "reanalyse judged every stored measurement again with today's rules and would "
+        "change nothing: they are the rules that judged them (after a rules change it lists "
+        "the verdicts and the events that would open, close or change; --apply writes "
+        "them). The export is the public view: networks too small to name are withheld, "
+        "times are rounded."
     )
     # Offline: the bundle and the key saved before are all it takes (verify sends nothing).
     console.rule("[bold]Evidence anyone can verify (docs/evidence.md)")

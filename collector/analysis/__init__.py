@@ -22,7 +22,7 @@ from collector.analysis.model import (
     Trigger,
     Verdict,
 )
-from collector.analysis.reading import Observed, Record, read
+from collector.analysis.reading import Observed, Record, canonical_ip, read
 from collector.analysis.verdict import analyze, dns_silent, sni_triggers
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "Trigger",
     "Verdict",
     "analyze",
+    "canonical_ip",
     "dns_silent",
     "read",
     "sni_triggers",

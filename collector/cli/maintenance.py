@@ -67,6 +67,7 @@ def reanalyse_command(
 ) -> None:
     """Judge the stored measurements again with the current rules; report what would
     change, or (--apply) write it, resumably, and replay the touched keys' history."""
+    from collections import Counter  # noqa: PLC0415
     from datetime import UTC, datetime  # noqa: PLC0415
 
     from rich.console import Console  # noqa: PLC0415
@@ -102,3 +103,20 @@ def reanalyse_command(
     )
     for change, n in stats.by_change.most_common(10):
         typer.echo(f"  {n:>8}  {change}")
+    kinds = Counter(event.kind for event in stats.events)
+    verb = "" if apply else "would "
+    typer.echo(
+        f"events: {kinds['open']} {verb}open, {kinds['close']} {verb}close, "
+        f"{kinds['change']} {verb}change"
+    )
+    for event in stats.events[:20]:
+        typer.echo(f"  {event.kind:<6}  {event.domain} {event.cc}  {event.describe()}")
+    if len(stats.events) > 20:
+        typer.echo(f"  ... and {len(stats.events) - 20} more (--json lists them all)")
+    if stats.history is not None:
+        h = stats.history
+        typer.echo(
+            f"history: {h.opened} events stored from history ({h.ended} ended, alerting "
+            f"nobody; {h.ongoing} going on, handed to the detector; {h.merged} merged into "
+            f"a live event)"
+        )

@@ -18,12 +18,13 @@ per pass (the caller keeps the cache of parsed controls across batches).
 
 from __future__ import annotations
 
+import bisect
 import json
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, literal_column, select, update
@@ -35,6 +36,7 @@ from collector.analysis import (
     Trigger,
     Verdict,
     analyze,
+    canonical_ip,
     dns_silent,
     read,
     sni_triggers,
@@ -58,8 +60,50 @@ class _Evidence:
     """What a batch is judged against, read once per batch."""
 
     controls: defaultdict[str, list[_Control]]
-    triggers: defaultdict[str, list[Trigger]]
+    triggers: _Triggers
     vantage_failing: set[int]
+
+
+class _Triggers:
+    """The SNI triggers of each probe, by address and time. A measurement is handed,
+    for each of its steps, only the latest trigger on the step's address at or
+    before the step (not its own): that one alone decides whether the step is
+    residue (collector.analysis.evidence.residue: a trigger counts when the step
+    lies within the residual time after it and no decoy handshake worked on that
+    triple after it; if any trigger before the step does, the latest does). So a
+    batch costs its steps times log(triggers), however many triggers an address
+    (a CDN's, say) gathers, not every measurement times every trigger."""
+
+    def __init__(self) -> None:
+        self._by: defaultdict[tuple[str, str, int], list[tuple[datetime, Trigger]]]
+        self._by = defaultdict(list)
+        self._sorted = True
+
+    def add(self, probe_id: str, trigger: Trigger) -> None:
+        ip = canonical_ip(trigger.ip)
+        if ip is not None:
+            at = trigger.at if trigger.at.tzinfo else trigger.at.replace(tzinfo=UTC)
+            self._by[(probe_id, ip, trigger.port)].append((at, trigger))
+            self._sorted = False
+
+    def near(self, probe_id: str, doc: Observed, own: Sequence[Trigger]) -> tuple[Trigger, ...]:
+        """For each step of *doc*, the latest other trigger of *probe_id* before it."""
+        if not self._sorted:
+            for series in self._by.values():
+                series.sort(key=lambda pair: pair[0])
+            self._sorted = True
+        near: dict[Trigger, None] = {}
+        for step in (*doc.tcp, *doc.tls, *doc.http):
+            when = doc.at(step)
+            timed = self._by.get((probe_id, step.ip, step.port))
+            if when is None or not timed:
+                continue
+            for i in range(bisect.bisect_right(timed, when, key=lambda pair: pair[0]), 0, -1):
+                trigger = timed[i - 1][1]
+                if trigger not in own:
+                    near[trigger] = None
+                    break
+        return tuple(near)
 
 
 @dataclass
@@ -184,7 +228,7 @@ class Analyzer:
         for row in rows:
             doc = docs[row.measurement_pk]
             own = sni_triggers(doc)
-            others = tuple(t for t in evidence.triggers[row.probe_id] if t not in own)
+            others = evidence.triggers.near(row.probe_id, doc, own)
             failing = row.measurement_pk in evidence.vantage_failing
             ctx = replace(self.context, triggers=others, vantage_dns_failing=failing)
             verdict, used = self._judge(doc, row.started_at, evidence.controls[row.domain],
@@ -286,11 +330,12 @@ class Analyzer:
         rows: Sequence[Any],
         docs: dict[int, Observed],
         since: datetime,
-    ) -> defaultdict[str, list[Trigger]]:
+    ) -> _Triggers:
         """SNI triggers per probe: stored ones within the residual time, and this batch's."""
-        found: defaultdict[str, list[Trigger]] = defaultdict(list)
+        found = _Triggers()
         for row in rows:
-            found[row.probe_id].extend(sni_triggers(docs[row.measurement_pk]))
+            for trigger in sni_triggers(docs[row.measurement_pk]):
+                found.add(row.probe_id, trigger)
         residual = timedelta(seconds=self.settings.residual_seconds)
         if not residual:
             return found
@@ -304,20 +349,32 @@ class Analyzer:
                 .where(VerdictRow.triggers != literal_column("'[]'"))
             ):
                 for ip, port, at in json.loads(stored):
-                    found[probe_id].append(Trigger(ip, int(port), datetime.fromisoformat(at)))
+                    found.add(probe_id, Trigger(ip, int(port), datetime.fromisoformat(at)))
         return found
 
 
 def _vantage_failing(rows: Sequence[Any], docs: dict[int, Observed]) -> set[int]:
-    """Measurements whose probe's round mostly got no DNS answer at all."""
+    """Measurements whose probe's round mostly got no DNS answer at all: among the
+    probe's measurements started within ROUND_SPREAD of it (itself included), at
+    least VANTAGE_MIN, and half or more silent. Sorted by time with running counts
+    of the silent ones, so a batch costs n log n, not n squared."""
     rounds: defaultdict[str, list[tuple[datetime, bool]]] = defaultdict(list)
     for row in rows:
         rounds[row.probe_id].append((row.started_at, dns_silent(docs[row.measurement_pk])))
+    silent_before: dict[str, tuple[list[datetime], list[int]]] = {}
+    for probe_id, seen in rounds.items():
+        seen.sort(key=lambda pair: pair[0])
+        counts = [0]
+        for _, quiet in seen:
+            counts.append(counts[-1] + quiet)
+        silent_before[probe_id] = ([at for at, _ in seen], counts)
     found = set()
     for row in rows:
-        peers = [silent for at, silent in rounds[row.probe_id]
-                 if abs(at - row.started_at) <= ROUND_SPREAD]  # fmt: skip
-        if len(peers) >= VANTAGE_MIN and 2 * sum(peers) >= len(peers):
+        times, counts = silent_before[row.probe_id]
+        first = bisect.bisect_left(times, row.started_at - ROUND_SPREAD)
+        last = bisect.bisect_right(times, row.started_at + ROUND_SPREAD)
+        peers, silent_peers = last - first, counts[last] - counts[first]
+        if peers >= VANTAGE_MIN and 2 * silent_peers >= peers:
             found.add(row.measurement_pk)
     return found
 

@@ -24,9 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from collector.core.db import chunks
 from collector.core.models import DetectorStateRow, ProbeRow, TokenRow, VerdictRow
 from collector.services.geo import NetworkSource
 
@@ -96,14 +97,29 @@ def reevaluate(session: Session, probe_ids: Iterable[str], since: datetime) -> i
 
 def evaluate_soon(session: Session, keys: Iterable[tuple[str, str]]) -> None:
     """Have the next detection pass evaluate these (domain, country) keys (a vouch, a
-    revocation, an import or a re-analysis changed their votes)."""
-    for domain, cc in sorted(set(keys)):
-        row = session.get(DetectorStateRow, (domain, cc))
-        if row is None:
-            session.add(DetectorStateRow(domain=domain, cc=cc, evaluated_at=None))
-        else:
-            row.evaluated_at = None
+    revocation, an import or a re-analysis changed their votes): one query a chunk
+    of domains to find the keys the detector knows, one statement to mark them, one
+    to add the others (a re-analysis may touch every key there is)."""
+    wanted = set(keys)
     session.flush()
+    d = DetectorStateRow
+    known: set[tuple[str, str]] = set()
+    for names in chunks(sorted({domain for domain, _ in wanted})):
+        known.update(
+            (domain, cc)
+            for domain, cc in session.execute(select(d.domain, d.cc).where(d.domain.in_(names)))
+            if (domain, cc) in wanted
+        )
+    if known:
+        session.execute(update(d), [{"domain": domain, "cc": cc, "evaluated_at": None}
+                                    for domain, cc in sorted(known)])  # fmt: skip
+    if wanted - known:
+        session.execute(insert(d), [{"domain": domain, "cc": cc, "evaluated_at": None,
+                                     "active_probes": 0, "peak_probes": 0}
+                                    for domain, cc in sorted(wanted - known)])  # fmt: skip
+    for row in list(session.identity_map.values()):  # this session's rows: read again
+        if isinstance(row, d) and (row.domain, row.cc) in known:
+            session.expire(row, ["evaluated_at"])
 
 
 def window_start(now: datetime, window_seconds: float) -> datetime:

@@ -49,7 +49,7 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -237,11 +237,20 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
 
 def classify(ip: str | IPAddress, allow: Iterable[IPNetwork] = ()) -> Classification:
     """What *ip* is; addresses inside *allow* (and wrappers around them) are ``ALLOWED``."""
+    if isinstance(ip, str):
+        return _classify_text(ip, tuple(allow))
+    return _classify(ip, tuple(allow))
+
+
+@lru_cache(maxsize=16384)
+def _classify_text(ip: str, allow: tuple[IPNetwork, ...]) -> Classification:
+    # Cached: the collector's analysis asks about the same few thousand addresses again
+    # and again (every answer of every measurement); the answer never changes.
     try:
         addr = parse_address(ip)
     except ValueError:
         return INVALID
-    return _classify(addr, tuple(allow))
+    return _classify(addr, allow)
 
 
 def _classify(addr: IPAddress, allow: tuple[IPNetwork, ...]) -> Classification:

@@ -128,3 +128,37 @@ def test_a_block_still_going_on_is_handed_to_the_live_detector_and_alerted_once(
     with session_scope(sessions) as s:
         replay(s, stats2.keys, settings, clock.now())
     assert len(events(sessions)) == 1 and changes(sessions) == ["opened"]
+
+
+def test_history_around_an_event_someone_was_told_of_leaves_that_event_alone(
+    settings: CollectorSettings, sessions: sessionmaker[Session], clock: FakeClock, tmp_path: Path
+) -> None:
+    """A live event of June 2 (its subscribers were alerted) stays as the live pass made
+    it; history's blocks before and after it are stored, the one it covers is not."""
+    from collector.detection.passes import new_event_row
+
+    settings, hour, day = lenient(settings), timedelta(hours=1), timedelta(days=1)
+    watch(sessions)
+    with session_scope(sessions) as s:
+        live = new_event_row(DOMAIN, "CN")
+        live.state, live.scope, live.asns, live.methods = "closed", "national", "[4134]", '["tls"]'
+        live.volunteers, live.evidence, live.reporting_probes = "[]", "[]", 3
+        start = (JUNE + day).replace(tzinfo=clock.now().tzinfo)
+        live.started_at = live.detected_at = live.updated_at = live.last_blocked_at = start
+        live.ended_at = live.closed_at = start + 2 * hour
+        s.add(live)
+        s.flush()
+        s.add(EventChangeRow(event_id=live.id, kind="opened", revision=1, at=start,
+                             snapshot="{}"))  # fmt: skip
+    series = []
+    for base in (JUNE, JUNE + day, JUNE + 2 * day):
+        series += [(REACHED, base), (BLOCKED, base + hour), (REACHED, base + 3 * hour)]
+    stats = history(settings, sessions, clock, tmp_path, series)
+    assert (stats.opened, stats.ended, stats.ongoing) == (2, 2, 0)
+    stored = events(sessions)
+    assert [(state, h) for state, h, _, _ in stored] == [("closed", True), ("closed", False),
+                                                         ("closed", True)]  # fmt: skip
+    assert stored[1][2].replace(tzinfo=None) == JUNE + day  # the live event, as it was
+    with session_scope(sessions) as s:  # again: derived again, not doubled
+        replay(s, {(DOMAIN, "CN")}, settings, clock.now())
+    assert len(events(sessions)) == 3 and changes(sessions) == ["opened"]

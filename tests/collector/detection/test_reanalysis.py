@@ -96,3 +96,75 @@ def test_oonis_measurements_are_judged_again_from_their_own_control(
     # Every one whose verdict is not "unknown" changes back to what the import judged.
     assert dry.changed == sum(1 for line in lines if line["verdict"]["flags"] != ["unknown"])
     assert dry.changed > 0 and dry.changed + dry.unchanged + dry.reasons_changed == stats.stored
+
+
+def set_verdicts(world: World, flags: str, blocked: bool, where: str | None = None) -> None:
+    """Verdicts an older rule version wrote: every one, or those whose flags were *where*."""
+    with session_scope(world.sessions) as s:
+        query = update(VerdictRow).values(flags=flags, blocked=blocked, rule_version="2026.11.1")
+        if where is not None:
+            query = query.where(VerdictRow.flags == where)
+        s.execute(query)
+
+
+def test_an_event_the_old_rules_missed_would_open(world: World, settings: CollectorSettings,
+                                                  clock: FakeClock) -> None:  # fmt: skip
+    set_verdicts(world, "unknown", False)
+    dry = Reanalysis(settings).run(world.sessions, None, apply=False, now=clock.now())
+    [change] = dry.events
+    assert (change.kind, change.before) == ("open", None)
+    assert change.after is not None and change.after.event.methods == ("dns", "tls")
+    assert dry.to_json()["events"] == {"open": 1, "close": 0, "change": 0}
+    # Applied: the live event is that event; nothing doubles, nobody is alerted again.
+    applied = Reanalysis(settings).run(world.sessions, None, apply=True, now=clock.now())
+    assert [c.kind for c in applied.events] == ["open"]
+    assert len(world.events()) == 1
+
+
+def test_methods_the_old_rules_named_otherwise_change(world: World, settings: CollectorSettings,
+                                                     clock: FakeClock) -> None:  # fmt: skip
+    set_verdicts(world, "tls", True, where="dns,tls")
+    dry = Reanalysis(settings).run(world.sessions, None, apply=False, now=clock.now())
+    [change] = dry.events
+    assert change.kind == "change" and change.before and change.after
+    assert (change.before.event.methods, change.after.event.methods) == (("tls",), ("dns", "tls"))
+    assert "-> " in change.describe() and "dns,tls" in change.describe()
+
+
+def test_an_outage_the_old_rules_called_a_block_would_close(
+    client: TestClient, settings: CollectorSettings, clock: FakeClock
+) -> None:
+    from datetime import timedelta
+
+    from tests.collector.analysis import builders as b
+
+    world = World(client, settings, clock)
+    try:
+        t = world.now() - timedelta(minutes=2)
+        world.round(b.reached(), t)
+        world.submit(world.control, b.control(), t + timedelta(seconds=5))
+        world.clock.offset_seconds += 60
+        world.run()
+        assert world.events() == []
+        set_verdicts(world, "tcp_ip", True)  # the old rules saw a block
+        dry = Reanalysis(settings).run(world.sessions, None, apply=False, now=clock.now())
+        [change] = dry.events
+        assert (change.kind, change.after) == ("close", None)
+        assert change.before is not None and change.before.event.methods == ("tcp_ip",)
+        done = CliRunner().invoke(app, ["reanalyse", "--database-url", settings.database_url])
+        assert done.exit_code == 0, done.output
+        assert "events: 0 would open, 1 would close, 0 would change" in done.output
+        assert "  close   alive.bar CN" in done.output
+    finally:
+        world.engine.dispose()
+
+
+def test_a_measurement_not_judged_yet_is_left_to_the_queue(
+    world: World, settings: CollectorSettings
+) -> None:
+    with session_scope(world.sessions) as s:
+        first = s.scalars(select(VerdictRow).order_by(VerdictRow.id)).first()
+        assert first is not None
+        s.delete(first)
+    dry = Reanalysis(settings).run(world.sessions, None, apply=False)
+    assert (dry.judged, dry.changed) == (5, 0)
