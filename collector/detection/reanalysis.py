@@ -60,6 +60,9 @@ from probe_agent.protocol.addresses import FORGED_POOL_VERSION
 from probe_agent.protocol.inputs import parse_network
 
 BATCH = 1000
+# Parsed control documents kept between batches: the next batch needs the same window's
+# controls, and a run over 10M rows must not keep every control it ever read.
+PARSED_LIMIT = 20000
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)  # no measurement waits for a control here
 
 
@@ -198,6 +201,8 @@ class Reanalysis:
                 if apply:
                     self._advance(session, last)
             progress(len(rows))
+            if len(parsed) > PARSED_LIMIT:
+                parsed.clear()
         now = now or datetime.now(UTC)
         if stats.flips:
             with session_scope(sessions) as session:
