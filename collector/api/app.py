@@ -39,6 +39,7 @@ from collector.detection.loops import BackgroundLoops
 from collector.services.admission import Admission
 from collector.services.geo import Geolocator, make_geolocator
 from collector.services.reachability import register_at_startup, signed_endpoints
+from collector.services.regions import open_city_regions
 from collector.services.subscriptions import seal_at_startup
 
 log = logging.getLogger("blockwatch.collector")
@@ -128,6 +129,7 @@ def create_app(
     app.state.geolocator = geolocator or make_geolocator(
         settings.geoip_country_db, settings.geoip_asn_db
     )
+    app.state.city_regions = open_city_regions(settings.geoip_city_db)
     app.state.rate_limiter = RateLimiter(settings.probe_rate_limit)
     app.state.verify_limiter = RateLimiter(settings.verify_rate_limit)
     app.state.admission = Admission(

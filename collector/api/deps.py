@@ -27,6 +27,7 @@ from collector.core.publication import FULL, Publication
 from collector.core.settings import CollectorSettings
 from collector.services.geo import Network, resolve_network
 from collector.services.ingest import NetworkOf
+from collector.services.regions import with_region
 
 
 def get_settings(request: Request) -> CollectorSettings:
@@ -128,12 +129,16 @@ def get_network_of(
     address = _client_address(request, settings)
     geolocator = request.app.state.geolocator
     # One request, one address: a batch of 100 items asks the same question 100 times.
-    answers: dict[tuple[tuple[str, int] | None, bool], Network] = {}
+    city = request.app.state.city_regions
+    answers: dict[tuple[tuple[str, int] | None, bool, str | None], Network] = {}
 
-    def network_of(declared: tuple[str, int] | None, via_proxy: bool) -> Network:
-        key = (declared, via_proxy)
+    def network_of(
+        declared: tuple[str, int] | None, via_proxy: bool, region: str | None = None
+    ) -> Network:
+        key = (declared, via_proxy, region)
         if key not in answers:
-            answers[key] = resolve_network(geolocator, address, declared, via_proxy)
+            network = resolve_network(geolocator, address, declared, via_proxy)
+            answers[key] = with_region(network, city, address, via_proxy, region)
         return answers[key]
 
     return network_of

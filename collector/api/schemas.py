@@ -67,6 +67,10 @@ class NetworkOut(BaseModel):
     cc: str
     asn: int
     source: str
+    # ISO 3166-2 (CN-HA) when the collector places the probe in a region, and how:
+    # geolocated (its city database) or declared (--region; counts once vouched).
+    region: str | None = None
+    region_source: str | None = None
 
 
 class TargetOut(BaseModel):

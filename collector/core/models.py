@@ -81,6 +81,7 @@ class ProbeRow(Base):
     role: Mapped[str] = mapped_column(String(16))  # probe|control
     declared_cc: Mapped[str | None] = mapped_column(String(2))
     declared_asn: Mapped[int | None] = mapped_column(BigInteger)
+    declared_region: Mapped[str | None] = mapped_column(String(6))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -88,6 +89,7 @@ class ProbeRow(Base):
     last_cc: Mapped[str | None] = mapped_column(String(2))
     last_asn: Mapped[int | None] = mapped_column(BigInteger)
     last_network_source: Mapped[str | None] = mapped_column(String(16))
+    last_region: Mapped[str | None] = mapped_column(String(6))
     software_version: Mapped[str | None] = mapped_column(String(64))
     spool_depth: Mapped[int] = mapped_column(Integer, default=0)
     evicted_total: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -189,6 +191,9 @@ class MeasurementRow(Base):
     cc: Mapped[str] = mapped_column(String(2))
     asn: Mapped[int] = mapped_column(BigInteger)
     network_source: Mapped[str] = mapped_column(String(16))
+    # ISO 3166-2 (CN-HA), and how it is known: geolocated | declared (migration 0010).
+    region: Mapped[str | None] = mapped_column(String(6))
+    region_source: Mapped[str | None] = mapped_column(String(10))
     role: Mapped[str] = mapped_column(String(16))
     hints: Mapped[str] = mapped_column(Text)  # JSON list
     payload: Mapped[bytes] = mapped_column(LargeBinary)  # zlib of the exact signed bytes
@@ -255,6 +260,9 @@ class VerdictRow(Base):
     asn: Mapped[int] = mapped_column(BigInteger)
     # geolocated | declared | unknown: a declared network counts only when vouched.
     network_source: Mapped[str] = mapped_column(String(16), default="unknown")
+    # ISO 3166-2 (CN-HA), and how it is known: geolocated | declared (migration 0010).
+    region: Mapped[str | None] = mapped_column(String(6))
+    region_source: Mapped[str | None] = mapped_column(String(10))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     flags: Mapped[str] = mapped_column(String(64))  # sorted, comma-separated
     blocked: Mapped[bool] = mapped_column(Boolean)
@@ -283,6 +291,7 @@ class EventRow(Base):
     # Opened by replaying history (``ooni import``: measurements older than the window),
     # not by a live pass; it sent no alert unless it was still going on at the end.
     history: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    regions: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
     volunteers: Mapped[str] = mapped_column(Text)  # JSON list of volunteer ids, never published
     evidence: Mapped[str] = mapped_column(Text)  # JSON list of measurement ids
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)

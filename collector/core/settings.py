@@ -174,6 +174,9 @@ class CollectorSettings(BaseSettings):
     )  # fmt: skip
     geoip_country_db: Path | None = Field(None, description="MaxMind-format country .mmdb.")
     geoip_asn_db: Path | None = Field(None, description="MaxMind-format ASN .mmdb.")
+    geoip_city_db: Path | None = Field(
+        None, description="City-level .mmdb (GeoLite2-City, DB-IP City Lite): regions (CN-HA)."
+    )
     trusted_proxies: str = Field(
         "",
         description="Reverse proxies whose X-Forwarded-For is believed (CIDRs, comma-separated).",

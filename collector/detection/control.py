@@ -190,7 +190,7 @@ class ControlProber:
         for start in range(0, len(items), limit):
             with session_scope(self.sessions) as session:
                 results = self.ingest.ingest(
-                    session, items[start : start + limit], lambda _d, _p: self.network
+                    session, items[start : start + limit], lambda _d, _p, _r=None: self.network
                 )
             stored += sum(r.status == "accepted" for r in results)
             for r in results:

@@ -137,6 +137,8 @@ JUDGED_COLUMNS = (
     MeasurementRow.cc,
     MeasurementRow.asn,
     MeasurementRow.network_source,
+    MeasurementRow.region,
+    MeasurementRow.region_source,
     MeasurementRow.started_at,
     MeasurementRow.payload,
 )
@@ -182,8 +184,7 @@ class Analyzer:
     def judge_rows(
         self, session: Session, rows: Sequence[Any], parsed: dict[int, Observed], now: datetime
     ) -> Judged:
-        """*rows* (``measurement_pk``, ``measurement_id``, ``probe_id``, ``domain``, ``cc``,
-        ``asn``, ``network_source``, ``started_at``, ``payload``) judged, nothing written:
+        """*rows* (``measurement_pk`` and JUDGED_COLUMNS) judged, nothing written:
         the queue's, or stored ones a re-analysis judges again."""
         if not rows:
             return Judged()
@@ -391,6 +392,8 @@ def _verdict_row(
         "cc": row.cc,
         "asn": row.asn,
         "network_source": row.network_source,
+        "region": row.region,
+        "region_source": row.region_source,
         "started_at": row.started_at,
         "flags": ",".join(sorted(verdict.flags)),
         "blocked": verdict.blocked,

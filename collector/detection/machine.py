@@ -159,9 +159,17 @@ def quorum(votes: Iterable[Vote]) -> int:
 
 
 def _latest_per_volunteer(votes: Iterable[Vote]) -> dict[str, Vote]:
-    """Each volunteer's vote: its newest decisive verdict, else its newest verdict."""
+    """Each volunteer's vote: its newest decisive verdict (blocked or ok), else its newest
+    verdict; but a newer ``down`` replaces an ``ok``. An unknown (residue, a failing
+    resolver) never hides what the volunteer saw last. ``down`` means the control
+    failed too: the instance went down after this volunteer reached it, which is news
+    now, not when the ok leaves the window (that took up to a window and an
+    interval: 4 intervals, where a block shows in about 1). A newer ``down`` never
+    replaces a blocked vote: an instance that goes down during a block must not make
+    the block look like an outage."""
     newest: dict[str, Vote] = {}
     decisive: dict[str, Vote] = {}
+    down: dict[str, Vote] = {}
     for vote in votes:
         current = newest.get(vote.volunteer)
         if current is None or vote.started_at > current.started_at:
@@ -170,7 +178,18 @@ def _latest_per_volunteer(votes: Iterable[Vote]) -> dict[str, Vote]:
             current = decisive.get(vote.volunteer)
             if current is None or vote.started_at > current.started_at:
                 decisive[vote.volunteer] = vote
-    return {probe: decisive.get(probe, vote) for probe, vote in newest.items()}
+        elif Flag.DOWN in vote.flags:
+            current = down.get(vote.volunteer)
+            if current is None or vote.started_at > current.started_at:
+                down[vote.volunteer] = vote
+    ballots = {}
+    for volunteer, vote in newest.items():
+        ballot = decisive.get(volunteer, vote)
+        fell = down.get(volunteer)
+        if fell is not None and Flag.OK in ballot.flags and fell.started_at > ballot.started_at:
+            ballot = fell
+        ballots[volunteer] = ballot
+    return ballots
 
 
 def _network_views(ballots: dict[str, Vote]) -> tuple[NetworkView, ...]:

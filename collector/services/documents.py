@@ -34,6 +34,8 @@ MAX_EXTRA_BYTES = 8 * 1024
 MAX_STEP_FIELDS = 64  # keys of one DNS, TCP, TLS or HTTP step
 HintName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")]
+# An ISO 3166-2 subdivision code's shape (CN-HA); one ISO does not know is ignored.
+RegionText = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}-[A-Za-z0-9]{1,3}$")]
 
 
 def parse_public_key(text: str) -> bytes:
@@ -89,11 +91,13 @@ class EnrollDocument(SignedDocument):
     token: Annotated[str, StringConstraints(max_length=100)] | None = None
     role: Annotated[str, StringConstraints(pattern=r"^(probe|control)$")] = "probe"
     declared: Declared | None = None
+    region: RegionText | None = None
     software: Software = Software()
 
 
 class CheckinDocument(SignedDocument):
     declared: Declared | None = None
+    region: RegionText | None = None
     via_proxy: bool = False
     # The volunteer lets its measurements appear in public evidence (`run --public-evidence`).
     public_evidence: bool = False
@@ -150,4 +154,5 @@ class MeasurementBody(BaseModel):
 class MeasurementDocument(SignedDocument):
     measurement: MeasurementBody
     declared: Declared | None = None
+    region: RegionText | None = None  # run --region: ISO 3166-2, counts once vouched
     via_proxy: bool = False

@@ -410,7 +410,9 @@ def _items(
                 row=row,
                 payload=unpack_payload(row.payload),
                 public_key=keys.get(row.key_id, b""),  # OONI's: none (not signed)
-                region=probe.region if probe is not None else None,
+                region=standing.counted_region(row.region, row.region_source)
+                if standing is not None
+                else None,
                 volunteer=None if control or standing is None else standing.volunteer,
                 counts=standing is not None
                 and standing.counts(row.cc, row.asn, row.network_source),

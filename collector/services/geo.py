@@ -71,7 +71,8 @@ class NetworkSource(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Network:
-    """The network a probe measures from: ISO 3166 alpha-2 country and AS number.
+    """The network a probe measures from: ISO 3166 alpha-2 country and AS number, and
+    the region (ISO 3166-2 subdivision) when known (collector.services.regions).
 
     ``asn`` 0 means the AS is not known (e.g. the bundled database has no AS numbers).
     """
@@ -79,6 +80,8 @@ class Network:
     cc: str
     asn: int
     source: NetworkSource
+    region: str | None = None
+    region_source: str | None = None  # collector.services.regions.RegionSource
 
 
 UNKNOWN_NETWORK: Final = Network("ZZ", 0, NetworkSource.UNKNOWN)

@@ -31,7 +31,7 @@ from collector.core.db import alembic_config
 
 # The oldest schema this code runs on: bump it in the release whose code first
 # reads what a migration adds (never in the release that adds it, see above).
-REQUIRED_SCHEMA = "0009"
+REQUIRED_SCHEMA = "0010"
 
 
 class LoopsView(Protocol):

@@ -16,10 +16,9 @@ by its code (``metrics.REJECTIONS``), a fixed set.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, insert, select
 from sqlalchemy.dialects import sqlite
@@ -36,9 +35,16 @@ from collector.services.documents import MeasurementDocument
 from collector.services.geo import Network
 from probe_agent.protocol.envelope import Envelope, Purpose
 
+
 # Where the caller is: *network_of(declared, via_proxy)*, one request's closure over
 # its address (collector.api.deps.get_network_of), used by ingest and check-in.
-NetworkOf = Callable[[tuple[str, int] | None, bool], Network]
+class NetworkOf(Protocol):
+    """The network (and region) of the request's probe: located from its address, else
+    declared; the address is forgotten once answered (collector.api.deps)."""
+
+    def __call__(
+        self, declared: tuple[str, int] | None, via_proxy: bool, region: str | None = None
+    ) -> Network: ...
 
 
 @dataclass
@@ -77,17 +83,19 @@ COLUMNS = (
     "cc",
     "asn",
     "network_source",
+    "region",
+    "region_source",
     "role",
     "hints",
     "payload",
     "signature",
 )
-# One fixed statement of 13 parameters: psycopg prepares it once and pipelines the
+# One fixed statement of 15 parameters: psycopg prepares it once and pipelines the
 # rows (SQLAlchemy's multi-row VALUES has 1,300 parameters, re-parsed every batch).
 _PG_INSERT = (
     "INSERT INTO measurements (measurement_id, probe_id, key_id, domain, started_at, "
-    "received_at, cc, asn, network_source, role, hints, payload, signature) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "received_at, cc, asn, network_source, region, region_source, role, hints, payload, "
+    "signature) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (key_id, measurement_id) DO NOTHING RETURNING id, key_id, measurement_id"
 )
 
@@ -248,7 +256,7 @@ class IngestService:
                 "measurement.started_at is after signed_at", "err_timestamp_out_of_window"
             )
         declared = (doc.declared.cc.upper(), doc.declared.asn) if doc.declared else None
-        network = network_of(declared, doc.via_proxy)
+        network = network_of(declared, doc.via_proxy, doc.region)
         return {
             "measurement_id": m.measurement_id,
             "probe_id": signer.probe.id,
@@ -259,6 +267,8 @@ class IngestService:
             "cc": network.cc,
             "asn": network.asn,
             "network_source": str(network.source),
+            "region": network.region,
+            "region_source": network.region_source,
             "role": signer.probe.role,
             "hints": json.dumps(m.hints),
             "payload": pack_payload(envelope.payload),

@@ -44,6 +44,7 @@ from collector.services.documents import (
 )
 from collector.services.geo import Network
 from collector.services.ingest import NetworkOf
+from collector.services.regions import region_code
 from collector.services.volunteers import reevaluate, window_start
 from probe_agent.protocol.envelope import Envelope, EnvelopeError, Purpose, fingerprint
 
@@ -184,6 +185,7 @@ class ProbeService:
             role=doc.role,
             declared_cc=doc.declared.cc.upper() if doc.declared else None,
             declared_asn=doc.declared.asn if doc.declared else None,
+            declared_region=region_code(doc.region),
             created_at=now,
             approved_at=now if status == "active" else None,
             software_version=doc.software.version[:64],
@@ -226,11 +228,13 @@ class ProbeService:
         if limit is not None:
             limit(signer.key.key_id)
         declared = (doc.declared.cc.upper(), doc.declared.asn) if doc.declared else None
-        network = network_of(declared, doc.via_proxy)
+        network = network_of(declared, doc.via_proxy, doc.region)
         probe = signer.probe
         probe.last_checkin_at = self.clock.now()
         probe.last_cc, probe.last_asn = network.cc, network.asn
         probe.last_network_source = str(network.source)
+        probe.last_region = network.region
+        probe.declared_region = region_code(doc.region)
         probe.software_version = doc.software.version[:64]
         probe.spool_depth = int(doc.spool.get("depth", 0))
         probe.evicted_total = max(probe.evicted_total, int(doc.spool.get("evicted", 0)))
@@ -337,6 +341,8 @@ def _region(region: str | None, cc: str | None) -> str | None:
     code = region.strip().upper()
     if not re.fullmatch(r"[A-Z]{2}-[A-Z0-9]{1,3}", code):
         raise Unprocessable(f"region {region!r}: expected an ISO 3166-2 code such as CN-GD")
+    if region_code(code) is None:
+        raise Unprocessable(f"region {code}: ISO 3166-2 knows no such subdivision")
     if cc is not None and not code.startswith(cc + "-"):
         raise Unprocessable(f"region {code} is not in {cc}")
     return code

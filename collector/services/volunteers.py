@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from collector.core.db import chunks
 from collector.core.models import DetectorStateRow, ProbeRow, TokenRow, VerdictRow
 from collector.services.geo import NetworkSource
+from collector.services.regions import RegionSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class Standing:
     volunteer: str
     vouched: tuple[str, int] | None  # the network someone vouched for
     active: bool  # neither the probe nor its token is revoked
+    region: str | None = None  # the region someone vouched for (ISO 3166-2)
 
     def counts(self, cc: str, asn: int, network_source: str) -> bool:
         """True when a verdict of this probe from (*cc*, *asn*) is a vote."""
@@ -47,6 +49,16 @@ class Standing:
         if network_source == NetworkSource.DECLARED:
             return self.vouched == (cc, asn)
         return True
+
+    def counted_region(self, region: str | None, region_source: str | None) -> str | None:
+        """The region a verdict of this probe votes in: a located one, or a declared one
+        someone vouched for; else none (it still votes in its network). Rows stored
+        before regions (no source) take the vouched region, as they always did."""
+        if region_source is None:
+            return self.region if region is None else None
+        if region_source == RegionSource.GEOLOCATED:
+            return region
+        return region if region is not None and region == self.region else None
 
 
 def volunteer_id(probe_id: str, token_id: int | None) -> str:
@@ -70,8 +82,9 @@ def standings(session: Session) -> dict[str, Standing]:
     )
     for probe, token in rows:
         active = probe.status != "revoked" and (token is None or token.revoked_at is None)
+        region = token.region if token is not None and token.region else probe.region
         found[probe.id] = Standing(
-            volunteer_id(probe.id, probe.token_id), vouched_network(probe, token), active
+            volunteer_id(probe.id, probe.token_id), vouched_network(probe, token), active, region
         )
     return found
 

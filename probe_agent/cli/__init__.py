@@ -72,6 +72,7 @@ from probe_agent.protocol.inputs import (
     parse_collector_url,
     parse_declared,
     parse_duration,
+    parse_region,
 )
 from probe_agent.protocol.messages import N_, Message, label
 from probe_agent.state.identity import DEFAULT_STATE_DIR, key_id, load_or_create_key
@@ -342,6 +343,17 @@ def run(
             envvar=_env("ASN"),
         ),
     ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            "--region",
+            help=N_(
+                "Declared region (ISO 3166-2, e.g. CN-HA for Henan): where in its country "
+                "this probe measures. Counts once the operator vouches for it."
+            ),
+            envvar=_env("REGION"),
+        ),
+    ] = None,
     once: Annotated[
         bool,
         typer.Option(
@@ -442,6 +454,7 @@ def run(
         daemon = _daemon_options(interval, retest_spacing)
         collectors = _collectors(collector)
         declared = parse_declared(cc, asn)
+        declared_region = parse_region(region, cc)
         proxy_url = parse_proxy_url(proxy) if proxy else None
         token, anchor = _split_token(enroll_token)
         pin = parse_pin(collector_pin) if collector_pin else None
@@ -472,6 +485,7 @@ def run(
         collector_doh=doh,
         decoys=pool,
         declared=declared,
+        region=declared_region,
         collector_timeout=collector_timeout,
         proxy=proxy_url,
         role=role.value,

@@ -408,7 +408,11 @@ class CollectorClient:
     # -- the API ---------------------------------------------------------------
 
     async def enroll(
-        self, token: str | None, role: str = "probe", declared: DeclaredNetwork | None = None
+        self,
+        token: str | None,
+        role: str = "probe",
+        declared: DeclaredNetwork | None = None,
+        region: str | None = None,
     ) -> dict[str, Any]:
         """``POST /probes/enroll``: ``{"probe_id", "key_id", "status", "role"}``."""
         document: dict[str, Any] = {"public_key": b64encode(public_bytes(self._key))}
@@ -419,7 +423,7 @@ class CollectorClient:
             "declared": declared.to_json() if declared else None,
             "software": dict(SOFTWARE),
             "signed_at": self._now(),
-        }
+        } | ({"region": region} if region is not None else {})
         status, data = await self._post_envelope("/probes/enroll", Purpose.ENROLL, document)
         for name in ("probe_id", "status"):
             _field(data, name, str, status)
@@ -434,6 +438,7 @@ class CollectorClient:
         spool_depth: int = 0,
         evicted: int = 0,
         public_evidence: bool = False,
+        region: str | None = None,
     ) -> CheckIn:
         """``POST /probes/checkin``: the targets to measure and the schedule.
 
@@ -447,7 +452,7 @@ class CollectorClient:
             "via_proxy": via_proxy,
             "public_evidence": public_evidence,
             "spool": {"depth": spool_depth, "evicted": evicted},
-        }
+        } | ({"region": region} if region is not None else {})
         status, data = await self._post_envelope("/probes/checkin", Purpose.CHECKIN, document)
         return _parse_checkin(status, data)
 

@@ -98,6 +98,7 @@ class RunOptions:
     decoys: tuple[str, ...] = ()
     jitter: float = ROUND_JITTER  # seconds a domain may wait before it starts
     declared: DeclaredNetwork | None = None
+    region: str | None = None  # --region CN-HA (ISO 3166-2), counts once vouched
     collector_timeout: float = DEFAULT_TIMEOUT
     # socks5://, socks5h://, socks4://, http://: the collector is reached through it only.
     proxy: str | None = None
@@ -211,7 +212,9 @@ def _skew_seconds(server_time: str) -> float | None:
 async def _enroll(client: CollectorClient, identity: Identity, options: RunOptions) -> None:
     if options.collector_anchor is not None:
         reach.anchor(options.state_dir, options.collector_anchor)
-    answer = await client.enroll(options.enroll_token, options.role, options.declared)
+    answer = await client.enroll(
+        options.enroll_token, options.role, options.declared, region=options.region
+    )
     key_id = answer.get("collector_key_id")
     # The collector's key is checked against the token's anchor, then pinned: the
     # endpoint lists of every later check-in must be signed by it.
@@ -239,6 +242,7 @@ async def _check_in(
             spool_depth=depth,
             evicted=evicted,
             public_evidence=options.public_evidence,
+            region=options.region,
         )
     except CollectorRefused as exc:
         # A collector restored from an old backup, or another one of the list,
@@ -252,6 +256,7 @@ async def _check_in(
             spool_depth=depth,
             evicted=evicted,
             public_evidence=options.public_evidence,
+            region=options.region,
         )
     options.seen.remember(checkin.seen_address)  # in memory only: see privacy.SeenAddresses
     _keep_endpoints(options, checkin)
@@ -302,7 +307,10 @@ async def _measure_and_sign(
         # and on disk before any submission is tried: a crash loses nothing.
         observations = scrubber.scrub(result.to_dict())  # never the volunteer's address
         document = measurement_document(
-            observations, options.declared, via_proxy=options.proxy is not None
+            observations,
+            options.declared,
+            via_proxy=options.proxy is not None,
+            region=options.region,
         )
         envelope = sign(identity.key, Purpose.MEASUREMENT, document)
         spool.put(envelope, result.started_at, observations["measurement_id"])

@@ -16,12 +16,20 @@ from probe_agent.protocol.times import utc_now_rfc3339
 
 
 def measurement_document(
-    measurement: dict[str, Any], declared: DeclaredNetwork | None, via_proxy: bool
+    measurement: dict[str, Any],
+    declared: DeclaredNetwork | None,
+    via_proxy: bool,
+    region: str | None = None,
 ) -> dict[str, Any]:
-    """The signed payload of a measurement (docs/api.md ``POST /measurements``)."""
-    return {
+    """The signed payload of a measurement (docs/api.md ``POST /measurements``). The
+    declared region (``run --region``) only when there is one: collectors before
+    regions ignore the field, and documents without it read as before."""
+    document: dict[str, Any] = {
         "measurement": measurement,
         "signed_at": utc_now_rfc3339(),
         "declared": declared.to_json() if declared else None,
         "via_proxy": via_proxy,
     }
+    if region is not None:
+        document["region"] = region
+    return document

@@ -205,6 +205,27 @@ def parse_declared(cc: str | None, asn: int | None) -> DeclaredNetwork | None:
     return DeclaredNetwork(cc.strip().upper(), asn)
 
 
+_REGION_RE = re.compile(r"^[A-Za-z]{2}-[A-Za-z0-9]{1,3}$")
+
+
+def parse_region(region: str | None, cc: str | None = None) -> str | None:
+    """``--region CN-HA``: an ISO 3166-2 subdivision code (upper-cased), of the declared
+    country when one is declared. Whether ISO knows the code is the collector's check."""
+    if region is None:
+        return None
+    code = region.strip().upper()
+    if not _REGION_RE.match(code):
+        raise InvalidOptionError(
+            N_("invalid region %(region)r: expected an ISO 3166-2 code like CN-HA"),
+            region=region,
+        )
+    if cc is not None and not code.startswith(cc.strip().upper() + "-"):
+        raise InvalidOptionError(
+            N_("region %(region)s is not in the declared country %(cc)s"), region=code, cc=cc
+        )
+    return code
+
+
 def parse_collector_url(raw: str) -> str:
     """A collector base URL (``https://host[:port][/prefix]``), without a trailing slash."""
     text = raw.strip()

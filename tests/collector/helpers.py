@@ -61,6 +61,7 @@ class TestProbe:
 
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     declared: dict[str, Any] | None = None
+    region: str | None = None  # run --region
 
     @property
     def key_id(self) -> str:
@@ -84,7 +85,10 @@ class TestProbe:
             doc["token"] = token
         if self.declared:
             doc["declared"] = self.declared
-        return self.signed(Purpose.ENROLL, doc, at=at)
+        return self.signed(Purpose.ENROLL, doc | self._region(), at=at)
+
+    def _region(self) -> dict[str, Any]:
+        return {"region": self.region} if self.region is not None else {}
 
     def checkin(self, via_proxy: bool = False, **spool: int) -> dict[str, str]:
         return self.signed(
@@ -94,7 +98,8 @@ class TestProbe:
                 "via_proxy": via_proxy,
                 "software": {"name": "blockwatch-probe", "version": "0.1.0"},
                 "spool": {"depth": spool.get("depth", 0), "evicted": spool.get("evicted", 0)},
-            },
+            }
+            | self._region(),
         )
 
     def measure(
@@ -110,7 +115,8 @@ class TestProbe:
                 "measurement": m or measurement(),
                 "declared": self.declared,
                 "via_proxy": via_proxy,
-            },
+            }
+            | self._region(),
             at=at,
         )
 

@@ -119,7 +119,13 @@ def checkin(
         server_time=clock.now(),
         interval_seconds=settings.measure_interval,
         retest_spacing_seconds=settings.retest_spacing,
-        network=NetworkOut(cc=network.cc, asn=network.asn, source=str(network.source)),
+        network=NetworkOut(
+            cc=network.cc,
+            asn=network.asn,
+            source=str(network.source),
+            region=network.region,
+            region_source=network.region_source,
+        ),
         targets=[target_out(t, own_ports) for t in targets],  # own: the collector's names
         seen_address=seen_address,
         endpoints=endpoints,

@@ -9,6 +9,8 @@ from fastapi.testclient import TestClient
 from tests.collector.conftest import FakeClock, FakeGeolocator
 from tests.collector.helpers import ADMIN, TestProbe, enroll, error_code, tamper, token
 
+NO_REGION = {"region": None, "region_source": None}
+
 
 def test_enroll_with_token_then_checkin(client: TestClient) -> None:
     probe = TestProbe()
@@ -20,7 +22,7 @@ def test_enroll_with_token_then_checkin(client: TestClient) -> None:
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert [t["domain"] for t in body["targets"]] == ["alive.bar", "o3o.ca"]
-    assert body["network"] == {"cc": "CN", "asn": 4134, "source": "geolocated"}
+    assert body["network"] == {"cc": "CN", "asn": 4134, "source": "geolocated", **NO_REGION}
     assert body["interval_seconds"] == 300
     assert body["retest_spacing_seconds"] == 180
     probes = client.get("/api/v1/probes", headers=ADMIN).json()["data"]
@@ -171,9 +173,9 @@ def test_declared_network_only_when_geolocation_is_impossible(
     probe = TestProbe(declared={"cc": "IR", "asn": 58224})
     enroll(client, probe, token=token(client))
     located = client.post("/api/v1/probes/checkin", json=probe.checkin()).json()
-    assert located["network"] == {"cc": "CN", "asn": 4134, "source": "geolocated"}
+    assert located["network"] == {"cc": "CN", "asn": 4134, "source": "geolocated", **NO_REGION}
     proxied = client.post("/api/v1/probes/checkin", json=probe.checkin(via_proxy=True)).json()
-    assert proxied["network"] == {"cc": "IR", "asn": 58224, "source": "declared"}
+    assert proxied["network"] == {"cc": "IR", "asn": 58224, "source": "declared", **NO_REGION}
     geolocator.table.clear()  # an address the database does not know
     unknown = client.post("/api/v1/probes/checkin", json=probe.checkin()).json()
     assert unknown["network"]["source"] == "declared"

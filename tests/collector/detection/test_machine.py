@@ -301,3 +301,36 @@ def test_a_public_source_counts_once_and_never_names_a_network() -> None:
     v.add("a1", CN_A, later, *OK)
     closed = run(out.state, v, later + MIN)
     assert closed.change is Change.CLOSED
+
+
+def test_an_outage_shows_at_once_not_when_the_last_ok_leaves_the_window() -> None:
+    v = Votes()
+    v.round(T0, everyone(OK))
+    out = run(KeyState(), v, T0 + MIN)
+    assert {n.state for n in out.networks} == {NetworkState.OK}
+    v.round(T0 + 5 * MIN, everyone(("down",)))  # the control failed too: an outage
+    out = run(out.state, v, T0 + 6 * MIN)  # the ok votes are still in the window
+    assert {n.state for n in out.networks} == {NetworkState.DOWN}
+    assert out.state.event is None
+    # Back up: the newest ok is decisive again.
+    v.round(T0 + 10 * MIN, everyone(OK))
+    out = run(out.state, v, T0 + 11 * MIN)
+    assert {n.state for n in out.networks} == {NetworkState.OK}
+
+
+def test_an_outage_during_a_block_never_makes_it_an_outage() -> None:
+    v = Votes()
+    v.round(T0, everyone(BLOCKED))
+    out = run(KeyState(), v, T0 + MIN)
+    assert out.change is Change.OPENED
+    v.round(T0 + 5 * MIN, everyone(("down",)))
+    out = run(out.state, v, T0 + 6 * MIN)
+    assert {n.state for n in out.networks} == {NetworkState.BLOCKED}
+    assert out.state.event is not None and out.state.event.open
+    # An older down never replaces a newer ok, and a residue unknown still hides nothing.
+    v2 = Votes()
+    v2.round(T0, everyone(("down",)))
+    v2.round(T0 + MIN, everyone(OK))
+    v2.round(T0 + 2 * MIN, everyone(("unknown",)))
+    out = run(KeyState(), v2, T0 + 3 * MIN)
+    assert {n.state for n in out.networks} == {NetworkState.OK}
