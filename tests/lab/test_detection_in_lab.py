@@ -60,6 +60,7 @@ class Stack:
     closed: list[float] = field(default_factory=list)  # lift -> closed_at, seconds
     alerted: list[float] = field(default_factory=list)  # onset -> webhook received, seconds
     downs: list[float] = field(default_factory=list)  # outage -> status "down" everywhere
+    first_downs: list[float] = field(default_factory=list)  # outage -> one network "down"
     false_events: list[dict[str, Any]] = field(default_factory=list)
 
     def events(self) -> list[dict[str, Any]]:
@@ -179,7 +180,10 @@ class Stack:
 
             def down_everywhere() -> bool:
                 networks = self.collector.api(f"/api/v1/status/{down}")["networks"]
-                return bool(networks) and all(n["state"] == "down" for n in networks)
+                states = [n["state"] for n in networks]
+                if "down" in states and len(self.first_downs) < len(self.downs) + 1:
+                    self.first_downs.append((datetime.now(UTC) - onset).total_seconds())
+                return bool(states) and all(state == "down" for state in states)
 
             self.wait(down_everywhere, OPEN_TIMEOUT, f"{down} to be down everywhere")
             self.downs.append((datetime.now(UTC) - onset).total_seconds())
@@ -206,7 +210,8 @@ class Stack:
             "onset_to_started_at": summary(self.starts),
             "lift_to_close": summary(self.closed),
             "onset_to_webhook": summary(self.alerted),
-            "outage_to_down": summary(self.downs),
+            "outage_to_down": summary(self.downs),  # every network (every volunteer)
+            "outage_to_first_down": summary(self.first_downs),  # one network (two volunteers)
             "false_events": len(self.false_events),
         }
 
