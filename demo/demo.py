@@ -302,7 +302,10 @@ async def _report(
     )
     # For researchers: today's rules over everything stored, and the data out.
     console.rule("[bold]Re-analysis and exports (docs/operator-guide.md)")
-    await _run(console, [collector, "reanalyse"], env)
+    # The analysis settings serve was given, as an operator's environment would hold them.
+    same = {"BLOCKWATCH_LAB_NETWORKS": "127.0.0.0/8", "BLOCKWATCH_MEASURE_INTERVAL": "3s",
+            "BLOCKWATCH_DETECT_WINDOW": "60s"}  # fmt: skip
+    await _run(console, [collector, "reanalyse"], env | same)
     await _run(console, [collector, "export", "--what", "events", "--format", "csv"], env)
     console.print(
         "reanalyse judged every stored measurement again with today's rules and would "
