@@ -98,7 +98,7 @@ class Geolocator(Protocol):
         ...
 
 
-def _locatable(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def locatable(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The address to look up, or None when no database could place it."""
     try:
         addr = ipaddress.ip_address(ip)
@@ -287,7 +287,7 @@ class BundledGeolocator:
         return table
 
     def lookup(self, ip: str) -> tuple[str, int] | None:
-        addr = _locatable(ip)
+        addr = locatable(ip)
         if addr is None:
             return None
         cc = self._loaded().find(int(addr))
@@ -320,7 +320,7 @@ def _record_asn(record: Record | None) -> int:
     return _asn_number(record.get("autonomous_system_number")) or _asn_number(record.get("asn"))
 
 
-class _MmdbFile:
+class MmdbFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
@@ -368,17 +368,17 @@ class MaxMindGeolocator:
             msg = "MaxMindGeolocator needs a country database, an ASN database or both"
             raise ValueError(msg)
         self._fallback = country_fallback
-        self._country = _MmdbFile(country_db) if country_db is not None else None
+        self._country = MmdbFile(country_db) if country_db is not None else None
         self._asn = self._country if asn_db == country_db else None
         if asn_db is not None and self._asn is None:
             try:
-                self._asn = _MmdbFile(asn_db)
+                self._asn = MmdbFile(asn_db)
             except GeoDatabaseError:
                 self.close()  # the country file, if it was opened
                 raise
 
     def lookup(self, ip: str) -> tuple[str, int] | None:
-        addr = _locatable(ip)
+        addr = locatable(ip)
         if addr is None:
             return None
         country_record = self._country.get(addr) if self._country is not None else None
@@ -449,7 +449,7 @@ def resolve_network(
     No state, no logging: the only effect is ``geo.lookup`` (a local file read).
     """
     if not via_proxy and client_ip is not None:
-        addr = _locatable(client_ip)
+        addr = locatable(client_ip)
         found = geo.lookup(str(addr)) if addr is not None else None
         if found is not None:
             cc = _country_code(found[0])

@@ -30,7 +30,7 @@ from typing import Any, Final, cast
 
 import pycountry
 
-from collector.services.geo import GeoDatabaseError, Network, NetworkSource, _locatable, _MmdbFile
+from collector.services.geo import GeoDatabaseError, MmdbFile, Network, NetworkSource, locatable
 
 REGION_RE: Final = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}$")
 
@@ -138,11 +138,11 @@ class CityRegions:
     """Subdivisions from an operator-provided city-level ``.mmdb`` file."""
 
     def __init__(self, path: Path) -> None:
-        self._file = _MmdbFile(path)
+        self._file = MmdbFile(path)
 
     def region(self, ip: str, cc: str) -> str | None:
         """The region of *ip* in country *cc*, or None (unknown, elsewhere, no address)."""
-        addr = _locatable(ip)
+        addr = locatable(ip)
         return _from_record(self._file.get(addr), cc) if addr is not None else None
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from collector.services.health import _known_revisions
+from collector.services import health
 from tests.collector.alerts.test_outbox_processes import SlowReceiver, wait_for
 from tests.collector.analysis import builders as b
 from tests.collector.conftest import TEST_SECRET_KEY, scratch_database
@@ -158,7 +158,9 @@ def test_two_replicas_one_lease_failover_and_no_double_event_or_alert(
             with engine.connect() as conn:
                 revision = conn.execute(text("SELECT version_num FROM alembic_version")).all()
             engine.dispose()
-            assert revision == [(_known_revisions()[-1],)]  # one row: migrated once, not twice
+            assert revision == [
+                (health._known_revisions()[-1],)
+            ]  # one row: migrated once, not twice
             a, b_ = replicas
             assert httpx.post(a.url + "/api/v1/targets", json={"domains": [DOMAIN]},
                               headers=ADMIN).status_code == 201  # fmt: skip
