@@ -14,6 +14,7 @@ demo mode.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,7 +27,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from probe_agent.protocol.endpoints import Endpoint
 from probe_agent.protocol.errors import InvalidDomainError, InvalidOptionError
-from probe_agent.protocol.inputs import normalize_domain, parse_collector_url, parse_duration
+from probe_agent.protocol.inputs import (
+    normalize_domain,
+    parse_collector_url,
+    parse_duration,
+    parse_network,
+)
 
 PLACEHOLDER_TOKENS = frozenset(
     {"", "changeme", "change-me", "admin", "secret", "password", "token", "test", "xxx"}
@@ -423,6 +429,11 @@ class CollectorSettings(BaseSettings):
         exported = os.environ.get(WORKER_SETTINGS_VARIABLE)
         # Every field is in the export, so no BLOCKWATCH_* variable overrides any of them.
         return cls.model_validate_json(exported) if exported else cls()
+
+    @property
+    def lab_network_list(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``lab_networks`` parsed (validated when the settings were read)."""
+        return tuple(parse_network(n) for n in self.lab_networks.split(",") if n.strip())
 
     @property
     def window_seconds(self) -> float:

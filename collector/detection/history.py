@@ -73,9 +73,8 @@ def replay(
     cutoff = now - params.window
     probes = standings(session)
     stats = ReplayStats()
-    ordered = sorted(keys)
-    for start in range(0, len(ordered), KEYS_AT_ONCE):
-        group = set(ordered[start : start + KEYS_AT_ONCE])
+    for chunk in chunks(sorted(keys), KEYS_AT_ONCE):
+        group = set(chunk)
         votes = votes_of(session, group, EPOCH, probes, until=cutoff)
         stored, alerted = _events_of(session, group)
         for key in sorted(group):

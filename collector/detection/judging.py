@@ -46,6 +46,7 @@ from collector.core import metrics
 from collector.core.db import chunks
 from collector.core.models import AnalysisQueueRow, MeasurementRow, VerdictRow, unpack_payload
 from collector.core.settings import CollectorSettings
+from collector.services.geo import Geolocator
 
 Key = tuple[str, str]  # (domain, country)
 # A probe's round: its measurements started within this much of each other. When at
@@ -162,6 +163,18 @@ def _nearest(controls: Iterable[_Control], key: Callable[[_Control], float]) -> 
         if current is None or key(control) < key(current):
             best[control.probe_id] = control
     return list(best.values())
+
+
+def context_from(settings: CollectorSettings, geolocator: Geolocator | None) -> Context:
+    """The analysis context a detection pass and a re-analysis judge with: the AS of
+    an answer's address from *geolocator*, the lab's networks, the residual time."""
+
+    def asn_of(ip: str) -> int | None:
+        found = geolocator.lookup(ip) if geolocator is not None else None
+        return found[1] or None if found else None
+
+    return Context(asn_of=asn_of, lab_networks=settings.lab_network_list,
+                   residual_seconds=settings.residual_seconds)  # fmt: skip
 
 
 class Analyzer:

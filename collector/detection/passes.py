@@ -27,7 +27,7 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from collector.analysis import RULES_VERSION, Context, Observed
+from collector.analysis import RULES_VERSION, Observed
 from collector.core import metrics
 from collector.core.clock import Clock
 from collector.core.db import chunks, session_scope
@@ -40,7 +40,7 @@ from collector.core.models import (
 )
 from collector.core.settings import CollectorSettings
 from collector.detection.gauges import Gauges
-from collector.detection.judging import Analyzer, Key
+from collector.detection.judging import Analyzer, Key, context_from
 from collector.detection.machine import (
     Change,
     Event,
@@ -56,7 +56,6 @@ from collector.services.geo import Geolocator
 from collector.services.ooni import OONI_PROBE_ID, OONI_VOLUNTEER
 from collector.services.volunteers import Standing, standings
 from probe_agent.protocol.addresses import FORGED_POOL_VERSION
-from probe_agent.protocol.inputs import parse_network
 
 log = logging.getLogger("blockwatch.collector.detection")
 
@@ -93,18 +92,7 @@ class Detector:
         self.gauges = Gauges(settings)
         self.params = params_from(settings)
         self.request_control = request_control
-        networks = tuple(parse_network(n) for n in settings.lab_networks.split(",") if n.strip())
-
-        def asn_of(ip: str) -> int | None:
-            found = geolocator.lookup(ip) if geolocator is not None else None
-            return found[1] or None if found else None
-
-        self.analyzer = Analyzer(
-            settings,
-            Context(
-                asn_of=asn_of, lab_networks=networks, residual_seconds=settings.residual_seconds
-            ),
-        )
+        self.analyzer = Analyzer(settings, context_from(settings, geolocator))
 
     # -- the pass ----------------------------------------------------------------
 
@@ -269,6 +257,18 @@ def _rows_of(session: Session, model: type[_State], keys: set[Key]) -> Iterator[
                 yield row
 
 
+_FLAG_SETS: dict[str, frozenset[str]] = {}  # a handful of distinct values
+
+
+def flag_set(flags: str) -> frozenset[str]:
+    """A verdict's stored flags as a vote holds them, one object per distinct value
+    (hundreds of thousands of votes a pass share a dozen sets)."""
+    found = _FLAG_SETS.get(flags)
+    if found is None:
+        found = _FLAG_SETS[flags] = frozenset(flags.split(","))
+    return found
+
+
 def votes_of(
     session: Session,
     keys: set[Key],
@@ -282,7 +282,6 @@ def votes_of(
     those that do not count (``services.volunteers``) are left out. OONI's verdicts
     are a public source's, one volunteer a network (docs/methodology.md)."""
     found: defaultdict[Key, list[Vote]] = defaultdict(list)
-    flag_sets: dict[str, frozenset[str]] = {}  # a handful of distinct values
     v = VerdictRow
     connection = session.connection()  # Core: hundreds of thousands of plain rows
     for names in chunks(sorted({domain for domain, _ in keys})):
@@ -308,12 +307,9 @@ def votes_of(
             key = (domain, cc)
             standing = probes.get(probe_id)
             if key in keys and standing is not None and standing.counts(cc, asn, source):
-                flag_set = flag_sets.get(flags)
-                if flag_set is None:
-                    flag_set = flag_sets[flags] = frozenset(flags.split(","))
                 public = probe_id == OONI_PROBE_ID  # one volunteer a network
                 volunteer = f"{OONI_VOLUNTEER}{asn}" if public else standing.volunteer
-                found[key].append(Vote(volunteer, asn, started_at, flag_set, mid, public))
+                found[key].append(Vote(volunteer, asn, started_at, flag_set(flags), mid, public))
     return found
 
 

@@ -36,9 +36,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from collector.analysis import RULES_VERSION, Context, Observed
+from collector.analysis import RULES_VERSION, Observed
 from collector.analysis.ooni import OONIFormatError, parse
-from collector.core.db import session_scope
+from collector.core.db import chunks, session_scope
 from collector.core.models import CursorRow, MeasurementRow, VerdictRow, unpack_payload
 from collector.core.settings import CollectorSettings
 from collector.detection.history import (
@@ -50,14 +50,13 @@ from collector.detection.history import (
     overlaps,
     replay,
 )
-from collector.detection.judging import JUDGED_COLUMNS, Analyzer, Key
+from collector.detection.judging import JUDGED_COLUMNS, Analyzer, Key, context_from
 from collector.detection.machine import Params, Vote
-from collector.detection.passes import params_from, votes_of
+from collector.detection.passes import flag_set, params_from, votes_of
 from collector.services.geo import Geolocator
-from collector.services.ooni import judge
+from collector.services.ooni import judge, verdict_columns
 from collector.services.volunteers import evaluate_soon, standings
 from probe_agent.protocol.addresses import FORGED_POOL_VERSION
-from probe_agent.protocol.inputs import parse_network
 
 BATCH = 1000
 # Parsed control documents kept between batches: the next batch needs the same window's
@@ -166,17 +165,8 @@ def cursor_name() -> str:
 class Reanalysis:
     def __init__(self, settings: CollectorSettings, geolocator: Geolocator | None = None) -> None:
         self.settings = settings
-        networks = tuple(parse_network(n) for n in settings.lab_networks.split(",") if n.strip())
-        self.lab_networks = networks
-
-        def asn_of(ip: str) -> int | None:
-            found = geolocator.lookup(ip) if geolocator is not None else None
-            return found[1] or None if found else None
-
-        context = Context(
-            asn_of=asn_of, lab_networks=networks, residual_seconds=settings.residual_seconds
-        )
-        self.analyzer = Analyzer(settings, context)
+        self.lab_networks = settings.lab_network_list
+        self.analyzer = Analyzer(settings, context_from(settings, geolocator))
 
     def run(
         self,
@@ -191,12 +181,12 @@ class Reanalysis:
         parsed: dict[int, Observed] = {}
         while True:
             with session_scope(sessions) as session:
-                rows = self._batch(session, last, since)
+                rows, stored = self._batch(session, last, since)
                 if not rows:
                     break
-                judged = [row for row in rows if row.verdict_pk is not None]
+                judged = [row for row in rows if row.measurement_pk in stored]
                 new = self._judge(session, judged, parsed)  # the rest wait in the queue
-                self._compare(session, judged, new, stats, apply)
+                self._compare(session, judged, stored, new, stats, apply)
                 last = rows[-1].measurement_pk
                 if apply:
                     self._advance(session, last)
@@ -225,9 +215,7 @@ class Reanalysis:
         params = params_from(self.settings)
         probes = standings(session)
         found: list[EventChange] = []
-        ordered = sorted(flips)
-        for start in range(0, len(ordered), KEYS_AT_ONCE):
-            group = ordered[start : start + KEYS_AT_ONCE]
+        for group in chunks(sorted(flips), KEYS_AT_ONCE):
             votes = votes_of(session, set(group), EPOCH, probes, until=now)
             for key in group:
                 found.extend(self._key_events(key, votes.get(key, []), flips[key],
@@ -262,8 +250,11 @@ class Reanalysis:
         else:
             row.position = position
 
-    def _batch(self, session: Session, after: int, since: datetime | None) -> list[Any]:
-        """The next BATCH measurements by id, each with its stored verdict. Two queries
+    def _batch(
+        self, session: Session, after: int, since: datetime | None
+    ) -> tuple[list[Any], dict[int, Any]]:
+        """The next BATCH measurements by id, and their stored verdicts by
+        ``measurement_pk`` (a measurement not judged yet has none). Two queries
         (the measurements by primary key, then their verdicts by ``measurement_pk``):
         a join left the plan to table statistics, and PostgreSQL without them (a table
         just loaded) hash-joined every verdict for every batch."""
@@ -276,9 +267,9 @@ class Reanalysis:
         )
         if since is not None:
             query = query.where(m.started_at >= since)
-        measurements = session.execute(query).all()
+        measurements = list(session.execute(query).all())
         if not measurements:
-            return []
+            return [], {}
         stored = {
             row.measurement_pk: row
             for row in session.execute(
@@ -287,7 +278,7 @@ class Reanalysis:
                 )
             )
         }
-        return [_Stored(row, stored.get(row.measurement_pk)) for row in measurements]
+        return measurements, stored
 
     def _judge(
         self, session: Session, rows: list[Any], parsed: dict[int, Observed]
@@ -304,86 +295,49 @@ class Reanalysis:
             except (OONIFormatError, ValueError):
                 continue
             verdict = judge(measurement, self.lab_networks)
-            new[row.measurement_pk] = {
-                "flags": ",".join(sorted(verdict.flags)),
-                "blocked": verdict.blocked,
-                "reasons": json.dumps(list(verdict.reasons)),
-                "triggers": "[]",
-                "controls": "[]",
-                "rule_version": verdict.rule_version,
-            }
+            new[row.measurement_pk] = verdict_columns(measurement, verdict)
         return new
 
     def _compare(
         self,
         session: Session,
         rows: list[Any],
+        stored: dict[int, Any],
         new: dict[int, dict[str, object]],
         stats: ReanalysisStats,
         apply: bool,
     ) -> None:
-        """Each new verdict beside the stored one (read with the measurement); with
-        *apply*, those that differ written back in one statement."""
+        """Each new verdict beside the stored one; with *apply*, those that differ
+        written back in one statement."""
         writes: list[dict[str, object]] = []
         for row in rows:
-            fresh = new.get(row.measurement_pk)
+            fresh, old = new.get(row.measurement_pk), stored[row.measurement_pk]
             if fresh is None:
                 continue
             stats.judged += 1
-            if fresh["flags"] != row.old_flags:
+            if fresh["flags"] != old.flags:
                 stats.changed += 1
-                stats.by_change[f"{row.old_flags} -> {fresh['flags']}"] += 1
-                stats.now_blocked += bool(fresh["blocked"]) and not row.old_blocked
-                stats.no_longer_blocked += bool(row.old_blocked) and not fresh["blocked"]
+                stats.by_change[f"{old.flags} -> {fresh['flags']}"] += 1
+                stats.now_blocked += bool(fresh["blocked"]) and not old.blocked
+                stats.no_longer_blocked += bool(old.blocked) and not fresh["blocked"]
                 key = (row.domain, row.cc)
                 stats.keys.add(key)
                 stats.flips.setdefault(key, {})[row.measurement_id] = (
-                    _flag_set(row.old_flags),
-                    _flag_set(str(fresh["flags"])),
+                    flag_set(old.flags),
+                    flag_set(str(fresh["flags"])),
                 )
-            elif fresh["reasons"] != row.old_reasons:
+            elif fresh["reasons"] != old.reasons:
                 stats.reasons_changed += 1
             else:
                 stats.unchanged += 1
             if apply and (fresh["flags"], fresh["reasons"], RULES_VERSION) != (
-                row.old_flags, row.old_reasons, row.old_rule_version
+                old.flags, old.reasons, old.rule_version
             ):  # fmt: skip
                 writes.append({
-                    "id": row.verdict_pk, "flags": fresh["flags"], "blocked": fresh["blocked"],
+                    "id": old.id, "flags": fresh["flags"], "blocked": fresh["blocked"],
                     "reasons": fresh["reasons"], "triggers": fresh["triggers"],
                     "controls": fresh["controls"], "rule_version": RULES_VERSION,
                 })  # fmt: skip
         if writes:  # by primary key, one executemany
             session.execute(update(VerdictRow), writes)
             stats.written += len(writes)
-
-
-class _Stored:
-    """A measurement row (what judging reads) and its stored verdict's columns, as one
-    row: ``verdict_pk``, ``old_flags``, ``old_blocked``, ``old_reasons``,
-    ``old_rule_version`` (None for a measurement not judged yet)."""
-
-    __slots__ = ("_row", "old_blocked", "old_flags", "old_reasons", "old_rule_version",
-                 "verdict_pk")  # fmt: skip
-
-    def __init__(self, row: Any, verdict: Any) -> None:
-        self._row = row
-        self.verdict_pk = verdict.id if verdict is not None else None
-        self.old_flags = verdict.flags if verdict is not None else None
-        self.old_blocked = verdict.blocked if verdict is not None else None
-        self.old_reasons = verdict.reasons if verdict is not None else None
-        self.old_rule_version = verdict.rule_version if verdict is not None else None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._row, name)
-
-
-_FLAG_SETS: dict[str, frozenset[str]] = {}
-
-
-def _flag_set(flags: str) -> frozenset[str]:
-    """The flags as the detector's votes hold them, one object per distinct value."""
-    found = _FLAG_SETS.get(flags)
-    if found is None:
-        found = _FLAG_SETS[flags] = frozenset(flags.split(","))
-    return found

@@ -46,7 +46,6 @@ from collector.core.settings import CollectorSettings
 from collector.services.targets import TargetService
 from collector.services.volunteers import evaluate_soon
 from probe_agent.protocol.addresses import IPNetwork
-from probe_agent.protocol.inputs import parse_network
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_LINE = 16 * 1024 * 1024  # one measurement; OONI's largest are a few MB (bodies)
@@ -149,6 +148,20 @@ def read_stream(name: str, stream: IO[bytes]) -> Iterator[Item]:
             yield _item(name, number, line.strip())
 
 
+def verdict_columns(measurement: OONIMeasurement, verdict: Verdict) -> dict[str, Any]:
+    """The judged columns of an OONI measurement's verdict row (the import's and a
+    re-analysis's): its own test helper is the control it was judged against."""
+    helper = ["ooni-test-helper"] if measurement.control is not None else []
+    return {
+        "flags": ",".join(sorted(verdict.flags)),
+        "blocked": verdict.blocked,
+        "reasons": json.dumps(list(verdict.reasons)),
+        "triggers": "[]",
+        "controls": json.dumps(helper),
+        "rule_version": verdict.rule_version,
+    }
+
+
 def judge(measurement: OONIMeasurement, lab_networks: tuple[IPNetwork, ...] = ()) -> Verdict:
     """Our verdict on one OONI measurement: the rules, its own control, its ASNs."""
     ctx = Context(asn_of=measurement.asns.get, lab_networks=lab_networks)
@@ -225,9 +238,7 @@ class Importer:
         self.clock = clock
         self.dry_run = dry_run
         self.add_targets = add_targets
-        self.lab_networks = tuple(
-            parse_network(n) for n in settings.lab_networks.split(",") if n.strip()
-        )
+        self.lab_networks = settings.lab_network_list
 
     def run(
         self,
@@ -342,13 +353,8 @@ class Importer:
                 asn=m.probe_asn,
                 network_source=NETWORK_SOURCE,
                 started_at=m.started_at,
-                flags=",".join(sorted(verdict.flags)),
-                blocked=verdict.blocked,
-                reasons=json.dumps(list(verdict.reasons)),
-                triggers="[]",
-                controls=json.dumps(["ooni-test-helper"] if m.control is not None else []),
-                rule_version=verdict.rule_version,
                 analyzed_at=now,
+                **verdict_columns(m, verdict),
             )
         )
         return True

@@ -44,7 +44,7 @@ from collector.services.documents import (
 )
 from collector.services.geo import Network
 from collector.services.ingest import NetworkOf
-from collector.services.regions import region_code
+from collector.services.regions import REGION_RE, region_code
 from collector.services.volunteers import reevaluate, window_start
 from probe_agent.protocol.envelope import Envelope, EnvelopeError, Purpose, fingerprint
 
@@ -339,7 +339,7 @@ def _region(region: str | None, cc: str | None) -> str | None:
     if region is None:
         return None
     code = region.strip().upper()
-    if not re.fullmatch(r"[A-Z]{2}-[A-Z0-9]{1,3}", code):
+    if not REGION_RE.match(code):
         raise Unprocessable(f"region {region!r}: expected an ISO 3166-2 code such as CN-GD")
     if region_code(code) is None:
         raise Unprocessable(f"region {code}: ISO 3166-2 knows no such subdivision")

@@ -96,6 +96,13 @@ def test_oonis_measurements_are_judged_again_from_their_own_control(
     # Every one whose verdict is not "unknown" changes back to what the import judged.
     assert dry.changed == sum(1 for line in lines if line["verdict"]["flags"] != ["unknown"])
     assert dry.changed > 0 and dry.changed + dry.unchanged + dry.reasons_changed == stats.stored
+    # Applied, each is written as the import wrote it: OONI's test helper as its control.
+    with session_scope(sessions) as s:
+        imported = {v.measurement_id: v.controls for v in s.scalars(select(VerdictRow))}
+    Reanalysis(settings).run(sessions, None, apply=True, now=clock.now())
+    with session_scope(sessions) as s:
+        assert {v.measurement_id: v.controls for v in s.scalars(select(VerdictRow))} == imported
+    assert '["ooni-test-helper"]' in imported.values()
 
 
 def set_verdicts(world: World, flags: str, blocked: bool, where: str | None = None) -> None:
