@@ -125,6 +125,15 @@ def _check_signed_at(value: Any) -> None:
         raise ApiError(422, "err_timestamp_out_of_window")
 
 
+def _check_region(document: dict[str, Any]) -> None:
+    """``region`` is optional (run --region), and then an ISO 3166-2 code's shape."""
+    if "region" in document and not (
+        isinstance(document["region"], str)
+        and re.fullmatch(r"[A-Za-z]{2}-[A-Za-z0-9]{1,3}", document["region"])
+    ):
+        raise ApiError(422, "err_malformed_payload", "region")
+
+
 def _check_declared(value: Any) -> None:
     if value is None:
         return
@@ -335,10 +344,11 @@ class FakeCollector:
         except EnvelopeError as exc:
             raise ApiError(401 if exc.code == "err_bad_signature" else 400, exc.code) from exc
         keys = set(document)
-        if keys - {"token"} != ENROLL_KEYS:
+        if keys - {"token", "region"} != ENROLL_KEYS:
             raise ApiError(422, "err_malformed_payload", f"enroll keys {sorted(keys)}")
         _check_signed_at(document["signed_at"])
         _check_declared(document["declared"])
+        _check_region(document)
         _check_software(document["software"])
         if document["role"] not in ("probe", "control"):
             raise ApiError(422, "err_validation", "role")
@@ -375,9 +385,10 @@ class FakeCollector:
 
     async def _checkin(self, data: Any) -> web.Response:
         probe, document = self._verified(data, Purpose.CHECKIN)
-        if set(document) != CHECKIN_KEYS:
+        if set(document) - {"region"} != CHECKIN_KEYS:
             raise ApiError(422, "err_malformed_payload", f"checkin keys {sorted(document)}")
         _check_declared(document["declared"])
+        _check_region(document)
         _check_software(document["software"])
         spool = document["spool"]
         if not isinstance(document["via_proxy"], bool) or not isinstance(
@@ -474,9 +485,10 @@ class FakeCollector:
             probe, document = self._verified(item, Purpose.MEASUREMENT)
             if probe.status != "active":
                 raise ApiError(403, "err_probe_pending")
-            if set(document) != MEASUREMENT_KEYS:
+            if set(document) - {"region"} != MEASUREMENT_KEYS:
                 raise ApiError(422, "err_malformed_payload", f"keys {sorted(document)}")
             _check_declared(document["declared"])
+            _check_region(document)
             measurement = document["measurement"]
             if not isinstance(document["via_proxy"], bool) or not isinstance(measurement, dict):
                 raise ApiError(422, "err_malformed_payload", "measurement or via_proxy")

@@ -103,6 +103,7 @@ async def test_run_once_end_to_end(tmp_path: Path) -> None:
     assert (state.probe_id, state.status, state.key_id) == (probe.probe_id, "active", key_id(key))
     assert state.collector == collector.url
     assert collector.enrollments[0]["declared"] == {"cc": "DE", "asn": 3320}
+    assert "region" not in collector.enrollments[0]  # no --region: the documents as before
 
     # Every measurement arrived signed by this key, for this purpose, once per target.
     assert len(collector.stored) == len(DOMAINS)
@@ -115,12 +116,27 @@ async def test_run_once_end_to_end(tmp_path: Path) -> None:
     for domain, document in documents.items():
         assert document["declared"] == {"cc": "DE", "asn": 3320}
         assert document["via_proxy"] is False
+        assert "region" not in document
         assert RFC3339_UTC.match(document["signed_at"])
         assert document["measurement"]["measurement_id"] in collector.stored
         assert document["measurement"]["domain"] == domain
     assert documents["alive.example"]["measurement"]["http"][0]["mastodon"] is True
     assert Hint.TLS_SNI_BLOCKED in documents["filtered.example"]["measurement"]["hints"]
     assert documents["closed.example"]["measurement"]["tcp"][0]["failure"] == "connection_refused"
+
+
+async def test_a_declared_region_goes_in_every_document(tmp_path: Path) -> None:
+    async with (
+        SimulatedNetwork(tmp_path, INSTANCES[:1]) as net,
+        FakeCollector(targets=DOMAINS[:1]) as collector,
+    ):
+        args = run_once_args(net, tmp_path / "state", collector.url)
+        run = await run_probe([*args, "--region", "cn-ha"], command="run")
+    assert run.returncode == EXIT_OK, run.stderr
+    assert collector.problems == []
+    assert collector.enrollments[0]["region"] == "CN-HA"
+    assert collector.checkins[0]["region"] == "CN-HA"
+    assert [d["region"] for d in collector.stored.values()] == ["CN-HA"]
 
 
 async def test_second_round_reuses_the_enrollment(tmp_path: Path) -> None:
@@ -280,8 +296,32 @@ async def test_a_pending_status_in_a_200_checkin_is_not_a_complete_round(tmp_pat
         (["--collector", "http://127.0.0.1:1", "--cc", "DE", "--asn", "0"], "--asn"),
         (["--collector", "http://127.0.0.1:1", "--cc", "DE", "--asn", "4294967295"], "--asn"),
         ([], "no collector given"),
+        (["--collector", "http://127.0.0.1:1", "--region", "Henan"], "invalid region"),
+        (
+            [
+                "--collector",
+                "http://127.0.0.1:1",
+                "--cc",
+                "DE",
+                "--asn",
+                "3320",
+                "--region",
+                "CN-HA",
+            ],
+            "region CN-HA is not in the declared country DE",
+        ),
     ],
-    ids=["scheme", "credentials", "cc", "cc-alone", "asn-0", "asn-too-big", "no-collector"],
+    ids=[
+        "scheme",
+        "credentials",
+        "cc",
+        "cc-alone",
+        "asn-0",
+        "asn-too-big",
+        "no-collector",
+        "region",
+        "region-elsewhere",
+    ],
 )
 def test_invalid_run_options_exit_2(tmp_path: Path, extra: list[str], message: str) -> None:
     args = ["run", "--once", "--state-dir", str(tmp_path / "s"), "--resolver", "127.0.0.1:1"]
